@@ -1,0 +1,1 @@
+"""fedapp: Byzantine-robust, private, compressed federated learning on Flower."""

@@ -1,0 +1,55 @@
+"""fedapp ClientApp: wiring only (load local data, train or evaluate, reply).
+
+In deployment every message starts a fresh process that imports this module, so
+the import path is kept lean: torch and Flower's client API only. Dataset
+libraries are imported inside the data loaders, when (and only if) needed.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedapp import task
+from fedapp.config import NodeConfig, RunConfig
+from fedapp.data.loading import dataset_spec, load_node_data
+
+app = ClientApp()
+
+
+def _setup(msg: Message, context: Context):  # type: ignore[no-untyped-def]
+    cfg = RunConfig.from_flower(context.run_config)
+    node = NodeConfig.from_flower(context.node_config)
+    train_data, val_data = load_node_data(cfg, node)
+    model = task.build_model(cfg.model, dataset_spec(cfg), cfg.hidden_units)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+    # Distinct, reproducible seed per (run seed, node, round).
+    node_key = node.partition_id if node.partition_id is not None else zlib.crc32(
+        str(node.data_path).encode())
+    seed = (cfg.seed * 1_000_003 + node_key * 1009 + server_round) % 2**31
+    return cfg, model, train_data, val_data, seed
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on local data; reply with weights and metrics."""
+    cfg, model, train_data, _, seed = _setup(msg, context)
+    loss, acc = task.train(model, train_data, cfg.local_epochs, cfg.batch_size,
+                           cfg.learning_rate, seed)
+    metrics = MetricRecord({"num-examples": len(train_data), "train-loss": loss,
+                            "train-accuracy": acc})
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the node's local validation split."""
+    _, model, train_data, val_data, _ = _setup(msg, context)
+    data = val_data if len(val_data) else train_data
+    loss, acc = task.evaluate(model, data)
+    metrics = MetricRecord({"num-examples": len(data), "eval-loss": loss, "eval-accuracy": acc})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

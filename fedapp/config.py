@@ -1,0 +1,186 @@
+"""One typed, validated configuration object for both apps.
+
+Flower's run config (``[tool.flwr.app.config]`` in pyproject.toml, overridden by
+``flwr run . --run-config "k=v ..."``) is a flat mapping of kebab-case keys.
+``RunConfig.from_flower`` turns it into a frozen dataclass once, at start-up, on
+each side, and fails with one message that names every bad key, its value and
+what is allowed. Nothing else in the code reads ``context.run_config[...]``.
+
+Node config (``--node-config`` on a SuperNode) carries what differs per node and
+is parsed by ``NodeConfig.from_flower``.
+
+This module must stay cheap to import: the ClientApp imports it on every message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+BUILTIN_DATASETS = ("digits", "breast-cancer")
+HF_PREFIX = "hf:"
+PARTITIONERS = ("iid", "dirichlet", "shard")
+MODELS = ("auto", "mlp", "cnn")
+# Names of the aggregation rules. Kept here (not imported from fedapp.robust) so
+# that parsing the config never imports torch; a test checks the two agree.
+AGGREGATOR_NAMES = ("fedavg",)
+
+
+class ConfigError(ValueError):
+    """A run or node config key has a missing, mistyped or disallowed value."""
+
+
+def _key(name: str, **rules: Any) -> Any:
+    """Field metadata: the kebab-case key and its validation rules."""
+    return {"key": name, **rules}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every run-config key of the apps, typed. Defaults equal pyproject.toml's."""
+
+    num_server_rounds: int = field(default=5, metadata=_key("num-server-rounds", min=1))
+    fraction_train: float = field(default=1.0, metadata=_key("fraction-train", min=0.0, max=1.0))
+    fraction_evaluate: float = field(
+        default=0.5, metadata=_key("fraction-evaluate", min=0.0, max=1.0)
+    )
+    min_train_nodes: int = field(default=2, metadata=_key("min-train-nodes", min=1))
+    min_available_nodes: int = field(default=2, metadata=_key("min-available-nodes", min=1))
+    round_timeout: float = field(default=600.0, metadata=_key("round-timeout", min=1.0))
+    local_epochs: int = field(default=1, metadata=_key("local-epochs", min=1))
+    batch_size: int = field(default=32, metadata=_key("batch-size", min=1))
+    learning_rate: float = field(default=0.05, metadata=_key("learning-rate", min=0.0, max=10.0))
+    server_lr: float = field(default=1.0, metadata=_key("server-lr", min=0.0, max=10.0))
+    aggregator: str = field(default="fedavg", metadata=_key("aggregator", choices=AGGREGATOR_NAMES))
+    dataset: str = field(default="digits", metadata=_key("dataset"))
+    label_column: str = field(default="label", metadata=_key("label-column"))
+    partitioner: str = field(
+        default="dirichlet", metadata=_key("partitioner", choices=PARTITIONERS)
+    )
+    dirichlet_alpha: float = field(default=0.5, metadata=_key("dirichlet-alpha", min=1e-3))
+    shards_per_node: int = field(default=2, metadata=_key("shards-per-node", min=1))
+    test_fraction: float = field(default=0.2, metadata=_key("test-fraction", min=0.05, max=0.5))
+    model: str = field(default="auto", metadata=_key("model", choices=MODELS))
+    hidden_units: int = field(default=64, metadata=_key("hidden-units", min=1, max=65536))
+    seed: int = field(default=42, metadata=_key("seed", min=0))
+    output_dir: str = field(default="~/.fedapp/runs", metadata=_key("output-dir"))
+
+    def __post_init__(self) -> None:
+        errors = [e for f in dataclasses.fields(self) if (e := _check_field(self, f))]
+        errors += self._cross_checks()
+        if errors:
+            raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
+
+    def _cross_checks(self) -> list[str]:
+        errors = []
+        if self.dataset not in BUILTIN_DATASETS and not (
+            self.dataset.startswith(HF_PREFIX) and len(self.dataset) > len(HF_PREFIX)
+        ):
+            allowed = ", ".join(BUILTIN_DATASETS)
+            errors.append(
+                f"dataset={self.dataset!r} is not one of: {allowed}, or 'hf:<hub name>'"
+            )
+        if self.min_train_nodes > self.min_available_nodes:
+            errors.append(
+                f"min-train-nodes={self.min_train_nodes} must be <= "
+                f"min-available-nodes={self.min_available_nodes}"
+            )
+        if not self.label_column:
+            errors.append("label-column='' must name the label column")
+        if not os.path.isabs(os.path.expanduser(self.output_dir)):
+            errors.append(
+                f"output-dir={self.output_dir!r} must be an absolute path (or start with ~): "
+                "the ServerApp's working directory is wherever the SuperLink started"
+            )
+        return errors
+
+    @property
+    def output_path(self) -> str:
+        """``output-dir`` with ``~`` expanded: always absolute."""
+        return os.path.expanduser(self.output_dir)
+
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower's flat run config; unknown or missing keys are errors."""
+        by_key = {f.metadata["key"]: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(run_config) - set(by_key))
+        missing = sorted(set(by_key) - set(run_config))
+        errors = []
+        if unknown:
+            errors.append(f"unknown keys {unknown}; allowed keys: {', '.join(sorted(by_key))}")
+        if missing:
+            errors.append(f"missing keys {missing} (are pyproject.toml defaults complete?)")
+        if errors:
+            raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
+        return cls(**{by_key[k].name: v for k, v in run_config.items()})
+
+    def to_flower(self) -> dict[str, Any]:
+        """The flat kebab-case mapping, as Flower's run config holds it."""
+        return {f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _check_field(cfg: RunConfig, f: dataclasses.Field[Any]) -> str | None:
+    """Type and range check of one field; returns an error message or None."""
+    key, value = f.metadata["key"], getattr(cfg, f.name)
+    expected = {"int": int, "float": float, "str": str}[str(f.type)]
+    ok_type = isinstance(value, expected) and not isinstance(value, bool)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        object.__setattr__(cfg, f.name, float(value))  # 1 is a fine value for a float key
+        value, ok_type = float(value), True
+    if not ok_type:
+        return f"{key}={value!r} must be of type {expected.__name__}"
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        return f"{key}={value!r} is not one of: {', '.join(choices)}"
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if lo is not None and value < lo:
+        return f"{key}={value!r} must be >= {lo}"
+    if hi is not None and value > hi:
+        return f"{key}={value!r} must be <= {hi}"
+    return None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What differs per node (``--node-config``).
+
+    Simulation gives each node ``partition-id`` and ``num-partitions``. A
+    hospital's SuperNode sets ``data-path`` (CSV or Parquet) instead, and may set
+    ``label-column`` when its file names the label differently.
+    """
+
+    partition_id: int | None = None
+    num_partitions: int | None = None
+    data_path: str | None = None
+    label_column: str | None = None
+
+    @classmethod
+    def from_flower(cls, node_config: Mapping[str, Any]) -> NodeConfig:
+        known = {"partition-id", "num-partitions", "data-path", "label-column"}
+        errors = []
+        pid, num = node_config.get("partition-id"), node_config.get("num-partitions")
+        path, label = node_config.get("data-path"), node_config.get("label-column")
+        if path is None and (pid is None or num is None):
+            errors.append(
+                "node config needs either data-path=<csv or parquet file> or both "
+                f"partition-id and num-partitions; got {dict(node_config)} "
+                f"(known keys: {', '.join(sorted(known))})"
+            )
+        for key, value in (("partition-id", pid), ("num-partitions", num)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                errors.append(f"node config {key}={value!r} must be an integer")
+        if not errors and path is None and not 0 <= pid < num:  # type: ignore[operator]
+            errors.append(f"node config partition-id={pid} must be in [0, num-partitions={num})")
+        if path is not None and (not isinstance(path, str) or not path):
+            errors.append(f"node config data-path={path!r} must be a non-empty path")
+        if errors:
+            raise ConfigError("invalid node config:\n  " + "\n  ".join(errors))
+        return cls(
+            partition_id=pid,
+            num_partitions=num,
+            data_path=os.path.expanduser(path) if path else None,
+            label_column=str(label) if label else None,
+        )

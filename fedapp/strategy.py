@@ -1,0 +1,145 @@
+"""The fedapp Strategy: validate replies, aggregate *updates* with a pluggable rule.
+
+A subclass of Flower's FedAvg: sampling, messaging and the round loop
+(``Strategy.start``) are Flower's. What changes is ``aggregate_train``:
+
+1. failed nodes (``msg.has_error()``) are counted and logged;
+2. every other reply is validated (``fedapp.validation``); a bad one is rejected
+   with a reason, counted and logged, never raised;
+3. accepted replies become updates ``u_i = w_i - w_global`` stacked into an
+   ``(n, d)`` float32 matrix, weighted by ``num-examples``;
+4. the aggregation rule maps the matrix to one ``d``-vector ``a``;
+5. the new global model is ``w_global + server_lr * a``.
+
+A round with fewer accepted replies than ``min_train_nodes`` keeps the previous
+global model and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedapp.arrays import flatten, unflatten
+from fedapp.robust import AggregationReport, weighted_mean
+from fedapp.robust.base import Aggregator
+from fedapp.validation import (
+    WEIGHT_KEY,
+    ReplyRejected,
+    array_specs,
+    check_metrics,
+    check_train_reply,
+    weighted_metrics,
+)
+
+
+@dataclass
+class RoundStats:
+    """What happened to one training round's replies."""
+
+    server_round: int
+    replies: int = 0
+    accepted: int = 0
+    rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
+    failed: dict[int, str] = field(default_factory=dict)  # node id -> error reason
+    kept_previous: bool = False
+    report: AggregationReport | None = None
+    started: float = field(default_factory=time.perf_counter)
+    train_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class RobustStrategy(FedAvg):
+    """FedAvg's sampling and round loop; validated, update-based, pluggable aggregation."""
+
+    def __init__(self, *, aggregate_fn: Aggregator = weighted_mean, server_lr: float = 1.0,
+                 **fedavg_kwargs: object) -> None:
+        super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
+        self.aggregate_fn = aggregate_fn
+        self.server_lr = server_lr
+        self.history: dict[int, RoundStats] = {}
+        self._global: ArrayRecord | None = None
+
+    def summary(self) -> None:
+        super().summary()
+        name = getattr(self.aggregate_fn, "__name__", repr(self.aggregate_fn))
+        log(INFO, "\t└──> Aggregation: %s on updates, server lr %s", name, self.server_lr)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._global = arrays
+        self.history[server_round] = RoundStats(server_round)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._global is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        stats = self.history.setdefault(server_round, RoundStats(server_round))
+        reference = array_specs(self._global)
+        rows: list[np.ndarray] = []
+        metrics: list[dict[str, float]] = []
+        for msg in replies:
+            stats.replies += 1
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                stats.failed[node] = msg.error.reason
+                log(WARNING, "round %d: node %d failed: %s", server_round, node, msg.error.reason)
+                continue
+            try:
+                local, node_metrics = check_train_reply(msg.content, reference)
+            except ReplyRejected as exc:
+                stats.rejected[node] = str(exc)
+                log(WARNING, "round %d: rejected reply of node %d: %s", server_round, node, exc)
+                continue
+            rows.append(local)
+            metrics.append(node_metrics)
+        stats.accepted = len(rows)
+        stats.train_metrics = weighted_metrics(metrics)
+
+        if len(rows) < max(self.min_train_nodes, 1):
+            stats.kept_previous = True
+            log(WARNING, "round %d: %d valid replies < min-train-nodes=%d; keeping the previous "
+                "global model", server_round, len(rows), self.min_train_nodes)
+            return self._global, self._round_metrics(stats)
+
+        global_flat = flatten(self._global)
+        updates = torch.from_numpy(np.stack(rows) - global_flat)
+        weights = torch.tensor([m[WEIGHT_KEY] for m in metrics], dtype=torch.float64)
+        result = self.aggregate_fn(updates, weights)
+        stats.report = result.report
+        new_flat = global_flat + self.server_lr * result.aggregate.numpy().astype(np.float32)
+        return unflatten(new_flat, self._global), self._round_metrics(stats)
+
+    def _round_metrics(self, stats: RoundStats) -> MetricRecord:
+        record = MetricRecord({k: v for k, v in stats.train_metrics.items() if k != WEIGHT_KEY})
+        record["replies"] = stats.replies
+        record["accepted"] = stats.accepted
+        record["rejected"] = len(stats.rejected)
+        record["failures"] = len(stats.failed)
+        return record
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        """Weighted mean of client-side evaluation metrics; bad replies are skipped."""
+        rows = []
+        for msg in replies:
+            if msg.has_error():
+                log(WARNING, "round %d: evaluation failed on node %d: %s", server_round,
+                    msg.metadata.src_node_id, msg.error.reason)
+                continue
+            try:
+                rows.append(check_metrics(msg.content))
+            except ReplyRejected as exc:
+                log(WARNING, "round %d: rejected evaluation reply of node %d: %s",
+                    server_round, msg.metadata.src_node_id, exc)
+        return MetricRecord(weighted_metrics(rows)) if rows else None  # type: ignore[arg-type]

@@ -1,0 +1,52 @@
+"""The real apps through Flower's simulation engine, driven by `flwr run`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.flwr_cli import free_port, kill_processes_mentioning, run_log, submit, wait_finished
+
+pytestmark = [pytest.mark.simulation, pytest.mark.timeout(420)]
+
+
+@pytest.fixture(scope="module")
+def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A private FLWR_HOME whose managed local SuperLink listens on free ports;
+    the SuperLink and everything it started are stopped afterwards."""
+    home = tmp_path_factory.mktemp("flwr-home")
+    env = {**os.environ, "FLWR_HOME": str(home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+           "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+    try:
+        yield env
+    finally:
+        kill_processes_mentioning(str(home))
+
+
+def test_simulation_completes_and_learns(local_env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_id = submit(local_env, [], f"num-server-rounds=2 output-dir='{out}' local-epochs=2",
+                    "num-supernodes=3 client-resources-num-cpus=1")
+    status = wait_finished(local_env, [], run_id, timeout=300)
+    log = run_log(local_env, [], run_id)
+    assert status == "finished:completed", log
+    rounds = json.loads((out / f"run-{run_id}" / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(r["accepted"] == 3 and r["failures"] == 0 for r in rounds[1:])
+    assert rounds[-1]["server-accuracy"] > rounds[0]["server-accuracy"] + 0.2
+    assert (out / f"run-{run_id}" / "model.pt").stat().st_size > 0
+    assert "[fedapp] round 2/2: acc" in log
+
+
+def test_bad_config_fails_the_run_with_a_clear_message(local_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    run_id = submit(local_env, [], f"aggregator='krumm' output-dir='{tmp_path}'",
+                    "num-supernodes=2 client-resources-num-cpus=1")
+    assert wait_finished(local_env, [], run_id, timeout=120) == "finished:failed"
+    assert "aggregator='krumm' is not one of: fedavg" in run_log(local_env, [], run_id)

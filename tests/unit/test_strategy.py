@@ -1,0 +1,152 @@
+"""RobustStrategy: every malformed reply is rejected with a reason, never raised;
+a valid round aggregates to the exact weighted mean of the updates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedapp.arrays import flatten
+from fedapp.strategy import RobustStrategy
+
+# Messages are created inside a task (a ServerApp process in production); give this
+# test process the identity a ServerApp would have.
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+GLOBAL = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.float32)}
+
+
+class StubGrid:
+    """Just enough of a Grid for configure_train to sample nodes."""
+
+    def __init__(self, n: int) -> None:
+        self.nodes = list(range(1, n + 1))
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def start_round(n: int, min_train_nodes: int = 2) -> tuple[RobustStrategy, list[Message]]:
+    strategy = RobustStrategy(min_train_nodes=min_train_nodes, min_available_nodes=n,
+                              fraction_evaluate=0.0)
+    arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), StubGrid(n)))
+    assert len(messages) == n
+    return strategy, messages
+
+
+def reply(msg: Message, arrays: dict[str, np.ndarray] | None = None,
+          metrics: dict | None = None, **extra: RecordDict) -> Message:
+    arrays = GLOBAL if arrays is None else arrays
+    metrics = {"num-examples": 10, "train-loss": 0.5} if metrics is None else metrics
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                          "metrics": MetricRecord(metrics), **extra})
+    return Message(content=content, reply_to=msg)
+
+
+def shifted(delta: float) -> dict[str, np.ndarray]:
+    return {k: v + np.float32(delta) for k, v in GLOBAL.items()}
+
+
+def test_valid_round_is_exact_weighted_mean_of_updates() -> None:
+    strategy, msgs = start_round(3)
+    weights, deltas = [10, 30, 60], [1.0, -2.0, 4.0]
+    replies = [reply(m, shifted(d), {"num-examples": w, "train-loss": d})
+               for m, w, d in zip(msgs, weights, deltas, strict=True)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    expected_delta = sum(w * d for w, d in zip(weights, deltas, strict=True)) / sum(weights)
+    expected = np.concatenate([v.ravel() for v in GLOBAL.values()]) + expected_delta
+    np.testing.assert_allclose(flatten(arrays), expected, rtol=1e-6)
+    assert list(arrays.keys()) == list(GLOBAL)
+    assert metrics["accepted"] == 3 and metrics["rejected"] == 0
+    assert metrics["train-loss"] == pytest.approx(expected_delta)
+
+
+def test_server_lr_scales_the_update() -> None:
+    strategy, msgs = start_round(2)
+    strategy.server_lr = 0.5
+    arrays, _ = strategy.aggregate_train(1, [reply(m, shifted(2.0)) for m in msgs])
+    base = np.concatenate([v.ravel() for v in GLOBAL.values()])
+    np.testing.assert_allclose(flatten(arrays), base + 1.0)
+
+
+def _bad_replies(msg: Message) -> dict[str, tuple[Message, str]]:
+    nan = {k: v.copy() for k, v in GLOBAL.items()}
+    nan["w"][0, 0] = np.nan
+    inf = {k: v.copy() for k, v in GLOBAL.items()}
+    inf["b"][1] = np.inf
+    wrong_dtype = {**GLOBAL, "b": GLOBAL["b"].astype(np.float64)}
+    corrupt = reply(msg)
+    corrupt.content["arrays"]["w"].data = b"garbage"
+    no_arrays = Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 1})}),
+                        reply_to=msg)
+    return {
+        "missing key": (reply(msg, {"w": GLOBAL["w"]}), "missing ['b']"),
+        "extra key": (reply(msg, {**GLOBAL, "z": GLOBAL["b"]}), "extra ['z']"),
+        "wrong shape": (reply(msg, {**GLOBAL, "w": GLOBAL["w"].reshape(3, 2)}),
+                        "array 'w' is float32[3, 2], expected float32[2, 3]"),
+        "wrong dtype": (reply(msg, wrong_dtype), "array 'b' is float64[2], expected float32[2]"),
+        "nan": (reply(msg, nan), "array 'w' has non-finite values"),
+        "inf": (reply(msg, inf), "array 'b' has non-finite values"),
+        "undecodable": (corrupt, "array 'w' cannot be decoded"),
+        "no num-examples": (reply(msg, metrics={"train-loss": 1.0}),
+                            "metric 'num-examples' is missing"),
+        "zero num-examples": (reply(msg, metrics={"num-examples": 0}), "must be a positive"),
+        "fractional num-examples": (reply(msg, metrics={"num-examples": 2.5}),
+                                    "must be a positive integer"),
+        "nan metric": (reply(msg, metrics={"num-examples": 3, "train-loss": float("nan")}),
+                       "metric 'train-loss'=nan is not a finite number"),
+        "no arrays": (no_arrays, "expected 1 ArrayRecord, got 0"),
+        "two array records": (reply(msg, extra=ArrayRecord({"b": Array(GLOBAL["b"])})),
+                              "expected 1 ArrayRecord, got 2"),
+    }
+
+
+BAD_KINDS = ["missing key", "extra key", "wrong shape", "wrong dtype", "nan", "inf", "undecodable",
+             "no num-examples", "zero num-examples", "fractional num-examples", "nan metric",
+             "no arrays", "two array records"]
+
+
+def test_bad_kinds_list_is_complete() -> None:
+    _, msgs = start_round(2)
+    assert list(_bad_replies(msgs[0])) == BAD_KINDS
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_each_malformed_reply_kind_is_rejected_with_reason(kind: str) -> None:
+    strategy, msgs = start_round(3)
+    bad, reason = _bad_replies(msgs[0])[kind]
+    replies = [bad, reply(msgs[1], shifted(1.0)), reply(msgs[2], shifted(3.0))]
+    arrays, metrics = strategy.aggregate_train(1, replies)  # must not raise
+    stats = strategy.history[1]
+    assert list(stats.rejected) == [msgs[0].metadata.dst_node_id]
+    assert reason in stats.rejected[msgs[0].metadata.dst_node_id]
+    assert (metrics["accepted"], metrics["rejected"]) == (2, 1)
+    base = np.concatenate([v.ravel() for v in GLOBAL.values()])
+    np.testing.assert_allclose(flatten(arrays), base + 2.0)  # mean of the two good ones
+
+
+def test_failed_nodes_counted_and_too_few_valid_keeps_previous_model() -> None:
+    strategy, msgs = start_round(3, min_train_nodes=2)
+    replies = [Message(Error(code=0, reason="boom"), reply_to=msgs[0]),
+               reply(msgs[1], shifted(5.0)),
+               reply(msgs[2], {"w": GLOBAL["w"]})]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert (metrics["failures"], metrics["rejected"], metrics["accepted"]) == (1, 1, 1)
+    assert strategy.history[1].kept_previous
+    assert "boom" in strategy.history[1].failed[msgs[0].metadata.dst_node_id]
+    np.testing.assert_array_equal(flatten(arrays),
+                                  np.concatenate([v.ravel() for v in GLOBAL.values()]))
+
+
+def test_aggregate_evaluate_skips_bad_replies() -> None:
+    strategy, msgs = start_round(3)
+    good = [Message(RecordDict({"metrics": MetricRecord({"num-examples": n, "eval-accuracy": a})}),
+                    reply_to=m) for m, n, a in ((msgs[0], 1, 1.0), (msgs[1], 3, 0.0))]
+    bad = Message(RecordDict({"metrics": MetricRecord({"eval-accuracy": 0.5})}), reply_to=msgs[2])
+    metrics = strategy.aggregate_evaluate(1, [*good, bad])
+    assert metrics["eval-accuracy"] == pytest.approx(0.25)
+    assert metrics["num-examples"] == 4
