@@ -42,7 +42,7 @@ def _key(name: str, **rules: Any) -> Any:
 class RunConfig:
     """Every run-config key of the apps, typed. Defaults equal pyproject.toml's."""
 
-    num_server_rounds: int = field(default=5, metadata=_key("num-server-rounds", min=1))
+    num_server_rounds: int = field(default=10, metadata=_key("num-server-rounds", min=1))
     fraction_train: float = field(default=1.0, metadata=_key("fraction-train", min=0.0, max=1.0))
     fraction_evaluate: float = field(
         default=0.5, metadata=_key("fraction-evaluate", min=0.0, max=1.0)
@@ -50,7 +50,7 @@ class RunConfig:
     min_train_nodes: int = field(default=2, metadata=_key("min-train-nodes", min=1))
     min_available_nodes: int = field(default=2, metadata=_key("min-available-nodes", min=1))
     round_timeout: float = field(default=600.0, metadata=_key("round-timeout", min=1.0))
-    local_epochs: int = field(default=1, metadata=_key("local-epochs", min=1))
+    local_epochs: int = field(default=3, metadata=_key("local-epochs", min=1))
     batch_size: int = field(default=32, metadata=_key("batch-size", min=1))
     learning_rate: float = field(default=0.05, metadata=_key("learning-rate", min=0.0, max=10.0))
     server_lr: float = field(default=1.0, metadata=_key("server-lr", min=0.0, max=10.0))

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -85,9 +86,7 @@ def kill_processes_mentioning(text: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             for kill in (os.killpg, os.kill):
-                try:
+                with contextlib.suppress(OSError, ProcessLookupError):
                     kill(pid, sig)
-                except (OSError, ProcessLookupError):
-                    pass
         if sig == signal.SIGTERM:
             time.sleep(2)

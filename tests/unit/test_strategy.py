@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedapp.arrays import flatten
