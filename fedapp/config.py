@@ -27,6 +27,7 @@ MODELS = ("auto", "mlp", "cnn")
 # Names of the aggregation rules. Kept here (not imported from fedapp.robust) so
 # that parsing the config never imports torch; a test checks the two agree.
 AGGREGATOR_NAMES = ("fedavg",)
+COMPRESSION_CODECS = ("off", "fp16", "qsgd", "topk", "topk-qsgd")
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,19 @@ class RunConfig:
     hidden_units: int = field(default=64, metadata=_key("hidden-units", min=1, max=65536))
     seed: int = field(default=42, metadata=_key("seed", min=0))
     output_dir: str = field(default="~/.fedapp/runs", metadata=_key("output-dir"))
+    # Uplink compression of train replies (fedapp.compression); "off" sends dense arrays.
+    compression: str = field(
+        default="off", metadata=_key("compression", choices=COMPRESSION_CODECS)
+    )
+    compression_topk: float = field(
+        default=0.01, metadata=_key("compression-topk", min=1e-6, max=1.0)
+    )
+    compression_bits: int = field(default=8, metadata=_key("compression-bits", min=1, max=8))
+    compression_block: int = field(default=0, metadata=_key("compression-block", min=0))
+    compression_stochastic: bool = field(
+        default=False, metadata=_key("compression-stochastic")
+    )
+    compression_feedback: bool = field(default=True, metadata=_key("compression-feedback"))
 
     def __post_init__(self) -> None:
         errors = [e for f in dataclasses.fields(self) if (e := _check_field(self, f))]
@@ -125,8 +139,8 @@ class RunConfig:
 def _check_field(cfg: RunConfig, f: dataclasses.Field[Any]) -> str | None:
     """Type and range check of one field; returns an error message or None."""
     key, value = f.metadata["key"], getattr(cfg, f.name)
-    expected = {"int": int, "float": float, "str": str}[str(f.type)]
-    ok_type = isinstance(value, expected) and not isinstance(value, bool)
+    expected = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+    ok_type = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         object.__setattr__(cfg, f.name, float(value))  # 1 is a fine value for a float key
         value, ok_type = float(value), True
