@@ -26,7 +26,11 @@ PARTITIONERS = ("iid", "dirichlet", "shard")
 MODELS = ("auto", "mlp", "cnn")
 # Names of the aggregation rules. Kept here (not imported from fedapp.robust) so
 # that parsing the config never imports torch; a test checks the two agree.
-AGGREGATOR_NAMES = ("fedavg",)
+AGGREGATOR_NAMES = (
+    "fedavg", "krum", "multikrum", "median", "trimmed-mean", "geomed", "centered-clipping",
+)
+WEIGHTINGS = ("capped", "num-examples", "uniform")
+PREAGGREGATIONS = ("none", "bucketing", "nnm")
 COMPRESSION_CODECS = ("off", "fp16", "qsgd", "topk", "topk-qsgd")
 
 
@@ -56,6 +60,16 @@ class RunConfig:
     learning_rate: float = field(default=0.05, metadata=_key("learning-rate", min=0.0, max=10.0))
     server_lr: float = field(default=1.0, metadata=_key("server-lr", min=0.0, max=10.0))
     aggregator: str = field(default="fedavg", metadata=_key("aggregator", choices=AGGREGATOR_NAMES))
+    # Robust aggregation (fedapp.aggregation): rule parameters, weights, pre-aggregation.
+    aggregator_f: int = field(default=0, metadata=_key("aggregator-f", min=0))
+    weighting: str = field(default="capped", metadata=_key("weighting", choices=WEIGHTINGS))
+    weight_cap: float = field(default=2.0, metadata=_key("weight-cap", min=1.0))
+    clip_norm: float = field(default=0.0, metadata=_key("clip-norm", min=0.0))
+    preaggregation: str = field(
+        default="none", metadata=_key("preaggregation", choices=PREAGGREGATIONS)
+    )
+    bucket_size: int = field(default=2, metadata=_key("bucket-size", min=1))
+    clipping_tau: float = field(default=1.0, metadata=_key("clipping-tau", min=1e-9))
     dataset: str = field(default="digits", metadata=_key("dataset"))
     label_column: str = field(default="label", metadata=_key("label-column"))
     partitioner: str = field(

@@ -13,9 +13,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedapp import task
+from fedapp.aggregation import AggregationPipeline
 from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec, load_server_test
-from fedapp.robust import AGGREGATORS
 from fedapp.strategy import RobustStrategy
 
 app = ServerApp()
@@ -31,7 +31,7 @@ def main(grid: Grid, context: Context) -> None:
     task.set_seed(cfg.seed)
     model = task.build_model(cfg.model, spec, cfg.hidden_units)
     strategy = RobustStrategy(
-        aggregate_fn=AGGREGATORS[cfg.aggregator],
+        aggregate_fn=AggregationPipeline.from_config(cfg),
         server_lr=cfg.server_lr,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,

@@ -115,7 +115,13 @@ class RobustStrategy(FedAvg):
         global_flat = flatten(self._global)
         updates = torch.from_numpy(np.stack(rows) - global_flat)
         weights = torch.tensor([m[WEIGHT_KEY] for m in metrics], dtype=torch.float64)
-        result = self.aggregate_fn(updates, weights)
+        try:
+            result = self.aggregate_fn(updates, weights)
+        except ValueError as exc:  # e.g. too few replies for the rule's f after dropouts
+            stats.kept_previous = True
+            log(WARNING, "round %d: aggregation of %d updates failed (%s); keeping the "
+                "previous global model", server_round, len(rows), exc)
+            return self._global, self._round_metrics(stats)
         stats.report = result.report
         new_flat = global_flat + self.server_lr * result.aggregate.numpy().astype(np.float32)
         return unflatten(new_flat, self._global), self._round_metrics(stats)

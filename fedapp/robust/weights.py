@@ -21,7 +21,7 @@ import torch
 #: Use ``"uniform"`` when even that is too much.
 DEFAULT_CAP = 2.0
 
-WeightMode = Literal["capped", "uniform"]
+WeightMode = Literal["capped", "uniform", "num-examples"]
 
 
 def _as_counts(num_examples: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -65,9 +65,17 @@ def node_weights(
     mode: WeightMode = "capped",
     cap: float = DEFAULT_CAP,
 ) -> torch.Tensor:
-    """Weights for the rules from self-reported counts: ``"capped"`` or ``"uniform"``."""
+    """Weights for the rules from self-reported counts.
+
+    ``"capped"`` (default): ``min(c_i, cap * median(c))``; ``"uniform"``: all ones;
+    ``"num-examples"``: the counts as reported (Flower's FedAvg; gameable).
+    """
+    if mode == "num-examples":
+        return _as_counts(num_examples)
     if mode == "capped":
         return capped_weights(num_examples, cap)
     if mode == "uniform":
         return uniform_weights(_as_counts(num_examples).numel())
-    raise ValueError(f"weight mode must be 'capped' or 'uniform', got {mode!r}")
+    raise ValueError(
+        f"weight mode must be 'capped', 'uniform' or 'num-examples', got {mode!r}"
+    )

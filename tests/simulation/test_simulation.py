@@ -49,4 +49,5 @@ def test_bad_config_fails_the_run_with_a_clear_message(local_env: dict[str, str]
     run_id = submit(local_env, [], f"aggregator='krumm' output-dir='{tmp_path}'",
                     "num-supernodes=2 client-resources-num-cpus=1")
     assert wait_finished(local_env, [], run_id, timeout=120) == "finished:failed"
-    assert "aggregator='krumm' is not one of: fedavg" in run_log(local_env, [], run_id)
+    log = run_log(local_env, [], run_id)
+    assert "aggregator='krumm' is not one of: fedavg, krum, multikrum" in log

@@ -34,7 +34,7 @@ def test_aggregator_names_match_registry() -> None:
 def test_bad_choice_names_key_value_and_allowed() -> None:
     with pytest.raises(ConfigError) as err:
         RunConfig.from_flower({**pyproject_defaults(), "aggregator": "krumm"})
-    assert "aggregator='krumm' is not one of: fedavg" in str(err.value)
+    assert "aggregator='krumm' is not one of: fedavg, krum, multikrum" in str(err.value)
 
 
 def test_all_errors_reported_at_once() -> None:
