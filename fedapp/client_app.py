@@ -7,16 +7,20 @@ libraries are imported inside the data loaders, when (and only if) needed.
 
 from __future__ import annotations
 
+import os
 import zlib
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedapp import task
+from fedapp.compression.mod import compression_mod
 from fedapp.config import NodeConfig, RunConfig
 from fedapp.data.loading import dataset_spec, load_node_data
 
-app = ClientApp()
+# Mods, outermost first. compression_mod encodes TRAIN replies as update payloads
+# when `compression` is not "off"; Flower's clipping mods, if added, go after it.
+app = ClientApp(mods=[compression_mod])
 
 
 def _setup(msg: Message, context: Context):  # type: ignore[no-untyped-def]
@@ -26,9 +30,10 @@ def _setup(msg: Message, context: Context):  # type: ignore[no-untyped-def]
     model = task.build_model(cfg.model, dataset_spec(cfg), cfg.hidden_units)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
-    # Distinct, reproducible seed per (run seed, node, round).
+    # Distinct, reproducible seed per (run seed, node, round); a hospital is keyed by
+    # its file's name, which does not change when the file moves.
     node_key = node.partition_id if node.partition_id is not None else zlib.crc32(
-        str(node.data_path).encode())
+        os.path.basename(str(node.data_path)).encode())
     seed = (cfg.seed * 1_000_003 + node_key * 1009 + server_round) % 2**31
     return cfg, model, train_data, val_data, seed
 

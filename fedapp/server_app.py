@@ -50,6 +50,7 @@ def main(grid: Grid, context: Context) -> None:
             row |= {"replies": stats.replies, "accepted": stats.accepted,
                     "rejected": len(stats.rejected), "failures": len(stats.failed),
                     "kept-previous": int(stats.kept_previous),
+                    "bytes-up": stats.bytes_up, "bytes-down": stats.bytes_down,
                     "seconds": time.perf_counter() - stats.started}
             row |= {k: v for k, v in stats.train_metrics.items() if k != "num-examples"}
         rows.append(row)
@@ -82,4 +83,5 @@ def round_line(row: dict[str, float], num_rounds: int) -> str:
     kept = " | kept previous model" if row["kept-previous"] else ""
     return (f"{head} | replies {int(row['replies'])} accepted {int(row['accepted'])} "
             f"rejected {int(row['rejected'])} failed {int(row['failures'])}{kept} | "
+            f"up {row['bytes-up'] / 1e3:.1f} kB down {row['bytes-down'] / 1e3:.1f} kB | "
             f"{row['seconds']:.1f}s")

@@ -6,8 +6,9 @@ A subclass of Flower's FedAvg: sampling, messaging and the round loop
 1. failed nodes (``msg.has_error()``) are counted and logged;
 2. every other reply is validated (``fedapp.validation``); a bad one is rejected
    with a reason, counted and logged, never raised;
-3. accepted replies become updates ``u_i = w_i - w_global`` stacked into an
-   ``(n, d)`` float32 matrix, weighted by ``num-examples``;
+3. accepted replies become updates ``u_i = w_i - w_global`` (or, for replies the
+   compression mod encoded, the decoded update) stacked into an ``(n, d)``
+   float32 matrix, weighted by ``num-examples``;
 4. the aggregation rule maps the matrix to one ``d``-vector ``a``;
 5. the new global model is ``w_global + server_lr * a``.
 
@@ -30,6 +31,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedapp.arrays import flatten, unflatten
+from fedapp.compression.server import decode_update, is_compressed
+from fedapp.compression.wire import serialized_bytes
 from fedapp.robust import AggregationReport, weighted_mean
 from fedapp.robust.base import Aggregator
 from fedapp.validation import (
@@ -55,6 +58,9 @@ class RoundStats:
     report: AggregationReport | None = None
     started: float = field(default_factory=time.perf_counter)
     train_metrics: dict[str, float] = field(default_factory=dict)
+    bytes_down: int = 0  # arrays sent to nodes, as serialized by Flower
+    bytes_up: int = 0  # arrays received in train replies (compressed or dense)
+    decode_seconds: float = 0.0
 
 
 class RobustStrategy(FedAvg):
@@ -76,8 +82,10 @@ class RobustStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._global = arrays
-        self.history[server_round] = RoundStats(server_round)
-        return super().configure_train(server_round, arrays, config, grid)
+        stats = self.history[server_round] = RoundStats(server_round)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        stats.bytes_down = sum(serialized_bytes(m.content) for m in messages)
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -86,6 +94,7 @@ class RobustStrategy(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         stats = self.history.setdefault(server_round, RoundStats(server_round))
         reference = array_specs(self._global)
+        global_flat = flatten(self._global)
         rows: list[np.ndarray] = []
         metrics: list[dict[str, float]] = []
         for msg in replies:
@@ -95,13 +104,20 @@ class RobustStrategy(FedAvg):
                 stats.failed[node] = msg.error.reason
                 log(WARNING, "round %d: node %d failed: %s", server_round, node, msg.error.reason)
                 continue
+            stats.bytes_up += serialized_bytes(msg.content)
             try:
-                local, node_metrics = check_train_reply(msg.content, reference)
+                if is_compressed(msg.content):
+                    t0 = time.perf_counter()
+                    update, node_metrics = decode_update(msg.content, reference)
+                    stats.decode_seconds += time.perf_counter() - t0
+                else:
+                    local, node_metrics = check_train_reply(msg.content, reference)
+                    update = local - global_flat
             except ReplyRejected as exc:
                 stats.rejected[node] = str(exc)
                 log(WARNING, "round %d: rejected reply of node %d: %s", server_round, node, exc)
                 continue
-            rows.append(local)
+            rows.append(update)
             metrics.append(node_metrics)
         stats.accepted = len(rows)
         stats.train_metrics = weighted_metrics(metrics)
@@ -112,8 +128,7 @@ class RobustStrategy(FedAvg):
                 "global model", server_round, len(rows), self.min_train_nodes)
             return self._global, self._round_metrics(stats)
 
-        global_flat = flatten(self._global)
-        updates = torch.from_numpy(np.stack(rows) - global_flat)
+        updates = torch.from_numpy(np.stack(rows))
         weights = torch.tensor([m[WEIGHT_KEY] for m in metrics], dtype=torch.float64)
         try:
             result = self.aggregate_fn(updates, weights)
@@ -132,6 +147,9 @@ class RobustStrategy(FedAvg):
         record["accepted"] = stats.accepted
         record["rejected"] = len(stats.rejected)
         record["failures"] = len(stats.failed)
+        record["bytes-up"] = stats.bytes_up
+        record["bytes-down"] = stats.bytes_down
+        record["decode-seconds"] = stats.decode_seconds
         return record
 
     def aggregate_evaluate(self, server_round: int,

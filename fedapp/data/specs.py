@@ -44,16 +44,31 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
 }
 
 
+# Per-feature mean and standard deviation of log1p(x) over the public WDBC data set
+# (all 569 rows, as shipped in scikit-learn; a test recomputes them). Fixed numbers,
+# so every hospital and the server map raw measurements to the same input space.
+BREAST_CANCER_LOG_MEAN = np.array((
+    2.691, 2.988, 4.501, 6.365, 0.09191, 0.09814, 0.08255, 0.0471, 0.1662, 0.06088,
+    0.3249, 0.7691, 1.262, 3.421, 0.007012, 0.02501, 0.031, 0.01171, 0.0203, 0.003784,
+    2.814, 3.257, 4.641, 6.617, 0.1241, 0.2194, 0.2284, 0.1068, 0.2536, 0.08047,
+), dtype=np.float32)
+BREAST_CANCER_LOG_STD = np.array((
+    0.222, 0.2092, 0.2481, 0.4819, 0.01278, 0.04661, 0.07005, 0.03624, 0.02302, 0.006609,
+    0.1662, 0.2265, 0.3955, 0.7053, 0.002969, 0.01717, 0.02745, 0.006067, 0.008023, 0.00262,
+    0.2602, 0.2309, 0.2879, 0.5537, 0.02007, 0.1173, 0.1544, 0.05826, 0.04656, 0.01643,
+), dtype=np.float32)
+
+
 def preprocess(dataset: str, x: np.ndarray) -> np.ndarray:
     """Fixed, stateless feature transform of a dataset, the same on every node.
 
     digits: ``x / 16`` (pixel intensities to [0, 1]).
-    breast-cancer: ``log1p(x)`` (features are non-negative and span four orders
-    of magnitude; a log keeps them comparable without statistics that would
-    have to be shared between hospitals).
+    breast-cancer: ``(log1p(x) - m) / s`` with the fixed per-feature constants
+    above (features are non-negative and span four orders of magnitude).
     Anything else: unchanged.
     Stateless on purpose: per-node standardisation would give every hospital a
-    different input space, and global statistics would leak data.
+    different input space, and statistics of the federation's own data would
+    have to be shared between hospitals.
     """
     x = np.asarray(x, dtype=np.float32)
     if dataset == "digits":
@@ -61,5 +76,5 @@ def preprocess(dataset: str, x: np.ndarray) -> np.ndarray:
     if dataset == "breast-cancer":
         if (x < 0).any():
             raise ValueError("breast-cancer features must be >= 0 (raw values expected)")
-        return np.log1p(x)
+        return (np.log1p(x) - BREAST_CANCER_LOG_MEAN) / BREAST_CANCER_LOG_STD
     return x

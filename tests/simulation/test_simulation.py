@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.flwr_cli import free_port, kill_processes_mentioning, run_log, submit, wait_finished
+from fedapp import runner
+from tests.flwr_cli import REPO, free_port, kill_processes_mentioning
 
 pytestmark = [pytest.mark.simulation, pytest.mark.timeout(420)]
 
@@ -31,10 +32,12 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 
 def test_simulation_completes_and_learns(local_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run_id = submit(local_env, [], f"num-server-rounds=2 output-dir='{out}' local-epochs=2",
-                    "num-supernodes=3 client-resources-num-cpus=1")
-    status = wait_finished(local_env, [], run_id, timeout=300)
-    log = run_log(local_env, [], run_id)
+    run_id = runner.submit(REPO, {"num-server-rounds": 2, "output-dir": str(out),
+                                  "local-epochs": 2},
+                           federation_config="num-supernodes=3 client-resources-num-cpus=1",
+                           env=local_env)
+    status = runner.wait(run_id, env=local_env, timeout=300)
+    log = runner.logs(run_id, env=local_env)
     assert status == "finished:completed", log
     rounds = json.loads((out / f"run-{run_id}" / "rounds.json").read_text())
     assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -46,8 +49,11 @@ def test_simulation_completes_and_learns(local_env: dict[str, str], tmp_path: Pa
 
 def test_bad_config_fails_the_run_with_a_clear_message(local_env: dict[str, str],
                                                        tmp_path: Path) -> None:
-    run_id = submit(local_env, [], f"aggregator='krumm' output-dir='{tmp_path}'",
-                    "num-supernodes=2 client-resources-num-cpus=1")
-    assert wait_finished(local_env, [], run_id, timeout=120) == "finished:failed"
-    log = run_log(local_env, [], run_id)
+    with pytest.raises(runner.RunFailed) as err:
+        runner.run_and_check(REPO, {"aggregator": "krumm", "output-dir": str(tmp_path)},
+                             federation_config="num-supernodes=2 client-resources-num-cpus=1",
+                             env=local_env, timeout=120)
+    assert "ended as finished:failed" in str(err.value)
+    assert err.value.run_id is not None
+    log = runner.logs(err.value.run_id, env=local_env)
     assert "aggregator='krumm' is not one of: fedavg, krum, multikrum" in log

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fedapp.config import NodeConfig, RunConfig
-from fedapp.data import DATASET_SPECS
+from fedapp.data import DATASET_SPECS, preprocess
 from fedapp.data.__main__ import main as data_cli
 from fedapp.data.builtin import load_raw, train_test_indices
 from fedapp.data.loading import load_node_data, load_server_test
@@ -101,4 +101,12 @@ def test_local_file_errors_name_file_and_column(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="feature column 'f5' has missing values"):
         load_table(_csv(tmp_path, df), "label", spec)
     ok = load_table(path, "label", spec)
-    assert ok.x.shape == (4, 30) and np.allclose(ok.x, np.log1p(1.0))
+    assert ok.x.shape == (4, 30)
+    np.testing.assert_allclose(ok.x[0], preprocess("breast-cancer", np.ones((1, 30)))[0])
+
+
+def test_breast_cancer_constants_match_the_dataset() -> None:
+    x, _, _ = load_raw("breast-cancer")
+    z = preprocess("breast-cancer", x)
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=0.01)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=0.01)

@@ -45,7 +45,10 @@ def test_no_weight_exceeds_cap_times_the_median(counts: list[float], cap: float)
         (lambda: capped_weights([]), r"empty"),
         (lambda: capped_weights([1, 2], cap=0.5), r"cap must be a finite number >= 1"),
         (lambda: capped_weights([0, 0, 5]), r"median num-examples is 0"),
-        (lambda: node_weights([1, 2], mode="fair"), r"'capped', 'uniform' or 'num-examples', got 'fair'"),
+        (
+            lambda: node_weights([1, 2], mode="fair"),
+            r"'capped', 'uniform' or 'num-examples', got 'fair'",
+        ),
         (lambda: uniform_weights(0), r"n >= 1"),
     ],
 )

@@ -1,0 +1,202 @@
+"""Process supervision for deployment tests: start, stop by PID, show logs on failure.
+
+Fixtures:
+  ``supervisor`` (module scope): a temp dir and a ``Supervisor``. Every
+      long-running process (SuperLink, SuperNodes) is started through it: its
+      output goes to a log file under ``supervisor.log_dir``, and teardown stops
+      it by PID (terminate, wait, kill), together with the helper processes it
+      spawned (flower-superexec, flwr-serverapp, flwr-clientapp).
+  ``deployment_timings``: a list of lines printed in pytest's terminal summary.
+When a test fails, the tail of every log is attached to its report.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+STOP_TIMEOUT_S = 15.0
+HELPER_GRACE_S = 3.0
+LOG_TAIL_LINES = 150
+TIMINGS: list[str] = []  # lines for the terminal summary
+ACTIVE: list[Supervisor] = []  # supervisors whose logs a failing test report shows
+
+
+@dataclass
+class ManagedProcess:
+    """One process started by a test, with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Supervisor:
+    """Starts processes with logs under ``log_dir`` and stops all of them on ``close``."""
+
+    root: Path
+    log_dir: Path
+    processes: list[ManagedProcess] = field(default_factory=list)
+    extra_logs: list[Path] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> ManagedProcess:
+        """Start ``argv`` in ``root`` with stdout and stderr to ``log_dir/NAME.log``."""
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("wb") as log_file:
+            popen = subprocess.Popen(
+                list(argv), cwd=self.root, env=env, stdout=log_file,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        proc = ManagedProcess(name, popen, log_path)
+        self.processes.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Stop every process, newest first, with the helpers each one spawned."""
+        for proc in reversed(self.processes):
+            stop_process_tree(proc.popen)
+
+    def log_tails(self) -> Iterator[tuple[str, str]]:
+        paths = [p.log_path for p in self.processes] + self.extra_logs
+        for path in paths:
+            if path.exists():
+                lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                yield path.name, "\n".join(lines)
+
+
+def _read_ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 4 of /proc/PID/stat, after the parenthesised command name.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
+def descendants(root: int) -> dict[int, bytes]:
+    """PIDs (with their command lines) of all live descendants of ``root``; Linux only."""
+    if not Path("/proc").is_dir():
+        return {}
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (ppid := _read_ppid(int(entry.name))) is not None:
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: dict[int, bytes] = {}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if (cmd := _cmdline(child)) is not None:
+                found[child] = cmd
+                stack.append(child)
+    return found
+
+
+def stop_process(popen: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, wait, then SIGKILL if it is still alive."""
+    if popen.poll() is not None:
+        return
+    popen.terminate()
+    try:
+        popen.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(timeout=STOP_TIMEOUT_S)
+
+
+def stop_process_tree(popen: subprocess.Popen[bytes]) -> None:
+    """Stop a process, then any of its helpers that outlive it (they watch their parent's
+    PID and usually exit by themselves): SIGTERM after a grace period, SIGKILL after
+    another. Only PIDs whose command line is unchanged are signalled, so a reused PID
+    is never hit."""
+    helpers = descendants(popen.pid)
+    stop_process(popen)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _wait_gone(helpers, HELPER_GRACE_S):
+            for pid, cmd in helpers.items():
+                if _alive(pid, cmd):
+                    with suppress(ProcessLookupError):  # it may exit meanwhile
+                        os.kill(pid, sig)
+    _wait_gone(helpers, HELPER_GRACE_S)
+
+
+def _wait_gone(helpers: dict[int, bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(pid, cmd) for pid, cmd in helpers.items()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _alive(pid: int, cmd: bytes) -> bool:
+    """Alive and not a zombie (a zombie's cmdline reads empty)."""
+    return _cmdline(pid) == cmd and bool(cmd)
+
+
+@pytest.fixture(scope="module")
+def supervisor(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
+    started = time.perf_counter()
+    root = tmp_path_factory.mktemp("deployment")
+    sup = Supervisor(root=root, log_dir=root / "logs")
+    sup.log_dir.mkdir()
+    ACTIVE.append(sup)
+    try:
+        yield sup
+    finally:
+        sup.close()
+        ACTIVE.remove(sup)
+        TIMINGS.append(f"{request.module.__name__}: {time.perf_counter() - started:.1f}s "
+                       "wall (setup, tests, teardown)")
+
+
+@pytest.fixture(scope="session")
+def deployment_timings() -> list[str]:
+    return TIMINGS
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    """On a failed test, attach the tail of every process log to its report."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.failed:
+        return
+    for supervisor in ACTIVE:
+        for name, text in supervisor.log_tails():
+            report.sections.append((f"log {name} (last {LOG_TAIL_LINES} lines)", text))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.write_sep("-", "deployment timings")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)
