@@ -14,20 +14,27 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedapp import task
+from fedapp.attack_mod import PARTITION_METRIC, attack_mod, is_malicious
 from fedapp.compression.mod import compression_mod
 from fedapp.config import NodeConfig, RunConfig
+from fedapp.data import Split
 from fedapp.data.loading import dataset_spec, load_node_data
 
 # Mods, outermost first. compression_mod encodes TRAIN replies as update payloads
-# when `compression` is not "off"; Flower's clipping mods, if added, go after it.
-app = ClientApp(mods=[compression_mod])
+# when `compression` is not "off"; attack_mod (simulation only, off by default)
+# poisons a malicious node's dense update before compression sees it. Flower's
+# clipping mods, if added, go after compression_mod.
+app = ClientApp(mods=[compression_mod, attack_mod])
 
 
 def _setup(msg: Message, context: Context):  # type: ignore[no-untyped-def]
     cfg = RunConfig.from_flower(context.run_config)
     node = NodeConfig.from_flower(context.node_config)
     train_data, val_data = load_node_data(cfg, node)
-    model = task.build_model(cfg.model, dataset_spec(cfg), cfg.hidden_units)
+    spec = dataset_spec(cfg)
+    if is_malicious(cfg, node) and cfg.attack == "label-flip":  # refused in deployment
+        train_data = Split(train_data.x, (spec.num_classes - 1) - train_data.y)
+    model = task.build_model(cfg.model, spec, cfg.hidden_units)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
     # Distinct, reproducible seed per (run seed, node, round); a hospital is keyed by
@@ -46,6 +53,8 @@ def train(msg: Message, context: Context) -> Message:
                            cfg.learning_rate, seed)
     metrics = MetricRecord({"num-examples": len(train_data), "train-loss": loss,
                             "train-accuracy": acc})
+    if cfg.attack != "none":  # simulation only: lets the threat model find its nodes
+        metrics[PARTITION_METRIC] = NodeConfig.from_flower(context.node_config).partition_id
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 

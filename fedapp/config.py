@@ -30,6 +30,13 @@ AGGREGATOR_NAMES = (
     "fedavg", "krum", "multikrum", "median", "trimmed-mean", "geomed", "centered-clipping",
 )
 WEIGHTINGS = ("capped", "num-examples", "uniform")
+DETECTION_MODES = ("off", "flag", "exclude")
+# Attack names (fedapp.attacks.ATTACKS; a test checks they agree). Simulation only.
+ATTACK_NAMES = (
+    "none", "label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max",
+    "min-sum", "alie-adaptive", "ipm-adaptive",
+)
+PERTURBATIONS = ("unit", "sign", "std")
 PREAGGREGATIONS = ("none", "bucketing", "nnm")
 COMPRESSION_CODECS = ("off", "fp16", "qsgd", "topk", "topk-qsgd")
 
@@ -70,6 +77,24 @@ class RunConfig:
     )
     bucket_size: int = field(default=2, metadata=_key("bucket-size", min=1))
     clipping_tau: float = field(default=1.0, metadata=_key("clipping-tau", min=1e-9))
+    # Anomaly detection on updates (fedapp.defenses): off, flag (report), exclude.
+    anomaly_detection: str = field(
+        default="flag", metadata=_key("anomaly-detection", choices=DETECTION_MODES)
+    )
+    detect_norm_z: float = field(default=3.5, metadata=_key("detect-norm-z", min=0.0))
+    detect_cosine: float = field(default=0.0, metadata=_key("detect-cosine", min=-1.0, max=1.0))
+    reputation_memory: float = field(
+        default=0.8, metadata=_key("reputation-memory", min=0.0, max=0.999)
+    )
+    # Attack simulation (fedapp.attacks, fedapp.threat_model): simulation only.
+    attack: str = field(default="none", metadata=_key("attack", choices=ATTACK_NAMES))
+    attack_fraction: float = field(
+        default=0.2, metadata=_key("attack-fraction", min=0.0, max=0.5)
+    )
+    attack_scale: float = field(default=0.0, metadata=_key("attack-scale", min=0.0))
+    attack_perturbation: str = field(
+        default="unit", metadata=_key("attack-perturbation", choices=PERTURBATIONS)
+    )
     dataset: str = field(default="digits", metadata=_key("dataset"))
     label_column: str = field(default="label", metadata=_key("label-column"))
     partitioner: str = field(

@@ -11,9 +11,11 @@ import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedapp import task
 from fedapp.aggregation import AggregationPipeline
+from fedapp.attack_mod import PARTITION_METRIC
 from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec, load_server_test
 from fedapp.strategy import RobustStrategy
@@ -30,29 +32,38 @@ def main(grid: Grid, context: Context) -> None:
     test_set = load_server_test(cfg)
     task.set_seed(cfg.seed)
     model = task.build_model(cfg.model, spec, cfg.hidden_units)
-    strategy = RobustStrategy(
+    robust = RobustStrategy(
         aggregate_fn=AggregationPipeline.from_config(cfg),
         server_lr=cfg.server_lr,
+        detection=cfg.anomaly_detection,
+        norm_threshold=cfg.detect_norm_z,
+        cosine_threshold=cfg.detect_cosine,
+        reputation_memory=cfg.reputation_memory,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_train_nodes,
         min_evaluate_nodes=1,
         min_available_nodes=cfg.min_available_nodes,
     )
+    strategy = robust if cfg.attack == "none" else threat_model(robust, cfg)
     rows: list[dict[str, float]] = []
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, acc = task.evaluate(model, test_set)
         row = {"round": server_round, "server-loss": loss, "server-accuracy": acc}
-        stats = strategy.history.get(server_round)
+        stats = robust.history.get(server_round)
         if stats is not None:
             row |= {"replies": stats.replies, "accepted": stats.accepted,
                     "rejected": len(stats.rejected), "failures": len(stats.failed),
+                    "flagged": len(stats.flagged), "excluded": stats.excluded,
                     "kept-previous": int(stats.kept_previous),
                     "bytes-up": stats.bytes_up, "bytes-down": stats.bytes_down,
                     "seconds": time.perf_counter() - stats.started}
             row |= {k: v for k, v in stats.train_metrics.items() if k != "num-examples"}
+        attack_round = getattr(strategy, "history", {}).get(server_round)
+        if strategy is not robust and attack_round is not None:
+            row["byzantine-replaced"] = len(attack_round.replaced)
         rows.append(row)
         log(INFO, "%s", round_line(row, cfg.num_server_rounds))
         return MetricRecord({"server-loss": loss, "server-accuracy": acc})
@@ -70,8 +81,31 @@ def main(grid: Grid, context: Context) -> None:
     torch.save(model.state_dict(), out_dir / "model.pt")
     (out_dir / "config.json").write_text(json.dumps(cfg.to_flower(), indent=2))
     (out_dir / "rounds.json").write_text(json.dumps(rows, indent=2))
+    (out_dir / "reputation.json").write_text(json.dumps(robust.reputation.to_dict(), indent=2))
     log(INFO, "[fedapp] final accuracy %.4f; model, config and per-round metrics in %s",
         rows[-1]["server-accuracy"], out_dir)
+
+
+def threat_model(robust: RobustStrategy, cfg: RunConfig) -> Strategy:
+    """Wrap the strategy in the simulation-only attack harness (``attack != 'none'``)."""
+    from fedapp.threat_model import ThreatModel
+
+    scale = cfg.attack_scale
+    params: dict[str, object] = {}
+    if cfg.attack == "alie" and scale > 0:
+        params["z"] = scale
+    elif cfg.attack == "ipm" and scale > 0:
+        params["epsilon"] = scale
+    elif cfg.attack in ("min-max", "min-sum"):
+        params["perturbation"] = cfg.attack_perturbation
+    elif cfg.attack in ("alie-adaptive", "ipm-adaptive"):
+        rule_params: dict[str, object] = {} if cfg.aggregator == "fedavg" else {
+            "f": cfg.aggregator_f}
+        if cfg.aggregator == "centered-clipping":
+            rule_params["tau"] = cfg.clipping_tau
+        params |= {"aggregator": cfg.aggregator, "aggregator_params": rule_params}
+    return ThreatModel(robust, cfg.attack, cfg.attack_fraction, cfg.seed,
+                       partition_metric=PARTITION_METRIC, **params)
 
 
 def round_line(row: dict[str, float], num_rounds: int) -> str:
@@ -81,6 +115,10 @@ def round_line(row: dict[str, float], num_rounds: int) -> str:
     if "replies" not in row:
         return head + " (initial model)"
     kept = " | kept previous model" if row["kept-previous"] else ""
+    if row.get("flagged"):
+        kept += f" | flagged {int(row['flagged'])} excluded {int(row['excluded'])}"
+    if "byzantine-replaced" in row:
+        kept += f" | byzantine {int(row['byzantine-replaced'])}"
     return (f"{head} | replies {int(row['replies'])} accepted {int(row['accepted'])} "
             f"rejected {int(row['rejected'])} failed {int(row['failures'])}{kept} | "
             f"up {row['bytes-up'] / 1e3:.1f} kB down {row['bytes-down'] / 1e3:.1f} kB | "

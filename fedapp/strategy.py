@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedapp.arrays import flatten, unflatten
 from fedapp.compression.server import decode_update, is_compressed
 from fedapp.compression.wire import serialized_bytes
+from fedapp.defenses import Reputation, detect_anomalies
 from fedapp.robust import AggregationReport, weighted_mean
 from fedapp.robust.base import Aggregator
 from fedapp.validation import (
@@ -53,6 +54,8 @@ class RoundStats:
     replies: int = 0
     accepted: int = 0
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
+    flagged: dict[int, str] = field(default_factory=dict)  # node id -> anomaly reason
+    excluded: int = 0  # flagged updates left out of the aggregation
     failed: dict[int, str] = field(default_factory=dict)  # node id -> error reason
     kept_previous: bool = False
     report: AggregationReport | None = None
@@ -67,10 +70,18 @@ class RobustStrategy(FedAvg):
     """FedAvg's sampling and round loop; validated, update-based, pluggable aggregation."""
 
     def __init__(self, *, aggregate_fn: Aggregator = weighted_mean, server_lr: float = 1.0,
+                 detection: str = "off", norm_threshold: float = 3.5,
+                 cosine_threshold: float = 0.0, reputation_memory: float = 0.8,
                  **fedavg_kwargs: object) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
+        if detection not in ("off", "flag", "exclude"):
+            raise ValueError(f"detection={detection!r} is not one of: off, flag, exclude")
         self.aggregate_fn = aggregate_fn
         self.server_lr = server_lr
+        self.detection = detection
+        self.norm_threshold = norm_threshold
+        self.cosine_threshold = cosine_threshold
+        self.reputation = Reputation(memory=reputation_memory)
         self.history: dict[int, RoundStats] = {}
         self._global: ArrayRecord | None = None
 
@@ -97,6 +108,7 @@ class RobustStrategy(FedAvg):
         global_flat = flatten(self._global)
         rows: list[np.ndarray] = []
         metrics: list[dict[str, float]] = []
+        nodes: list[int] = []
         for msg in replies:
             stats.replies += 1
             node = msg.metadata.src_node_id
@@ -119,6 +131,7 @@ class RobustStrategy(FedAvg):
                 continue
             rows.append(update)
             metrics.append(node_metrics)
+            nodes.append(node)
         stats.accepted = len(rows)
         stats.train_metrics = weighted_metrics(metrics)
 
@@ -130,6 +143,8 @@ class RobustStrategy(FedAvg):
 
         updates = torch.from_numpy(np.stack(rows))
         weights = torch.tensor([m[WEIGHT_KEY] for m in metrics], dtype=torch.float64)
+        if self.detection != "off":
+            updates, weights = self._detect(server_round, stats, nodes, updates, weights)
         try:
             result = self.aggregate_fn(updates, weights)
         except ValueError as exc:  # e.g. too few replies for the rule's f after dropouts
@@ -141,12 +156,34 @@ class RobustStrategy(FedAvg):
         new_flat = global_flat + self.server_lr * result.aggregate.numpy().astype(np.float32)
         return unflatten(new_flat, self._global), self._round_metrics(stats)
 
+    def _detect(self, server_round: int, stats: RoundStats, nodes: list[int],
+                updates: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flag anomalous updates, update reputations, and drop flagged rows in
+        ``exclude`` mode (unless that would leave fewer than ``min_train_nodes``)."""
+        report = detect_anomalies(updates, norm_threshold=self.norm_threshold,
+                                  cosine_threshold=self.cosine_threshold)
+        stats.flagged = {nodes[i]: report.reasons[i] for i in report.flagged}
+        self.reputation.update(nodes, set(stats.flagged))
+        for node, reason in stats.flagged.items():
+            log(WARNING, "round %d: node %d flagged (%s), reputation %.2f", server_round, node,
+                reason, self.reputation.scores()[node])
+        keep = [i for i in range(len(nodes)) if i not in set(report.flagged)]
+        if self.detection == "exclude" and report.flagged:
+            if len(keep) >= max(self.min_train_nodes, 1):
+                stats.excluded = len(nodes) - len(keep)
+                return updates[keep], weights[keep]
+            log(WARNING, "round %d: excluding %d flagged updates would leave %d < "
+                "min-train-nodes; aggregating all", server_round, len(report.flagged), len(keep))
+        return updates, weights
+
     def _round_metrics(self, stats: RoundStats) -> MetricRecord:
         record = MetricRecord({k: v for k, v in stats.train_metrics.items() if k != WEIGHT_KEY})
         record["replies"] = stats.replies
         record["accepted"] = stats.accepted
         record["rejected"] = len(stats.rejected)
         record["failures"] = len(stats.failed)
+        record["flagged"] = len(stats.flagged)
+        record["excluded"] = stats.excluded
         record["bytes-up"] = stats.bytes_up
         record["bytes-down"] = stats.bytes_down
         record["decode-seconds"] = stats.decode_seconds

@@ -92,3 +92,10 @@ def test_node_config() -> None:
         NodeConfig.from_flower({})
     with pytest.raises(ConfigError, match=r"partition-id=4 must be in \[0, num-partitions=4\)"):
         NodeConfig.from_flower({"partition-id": 4, "num-partitions": 4})
+
+
+def test_attack_names_match_registry() -> None:
+    from fedapp.attacks import ATTACKS
+    from fedapp.config import ATTACK_NAMES
+
+    assert set(ATTACK_NAMES) == set(ATTACKS)

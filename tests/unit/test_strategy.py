@@ -149,3 +149,28 @@ def test_aggregate_evaluate_skips_bad_replies() -> None:
     metrics = strategy.aggregate_evaluate(1, [*good, bad])
     assert metrics["eval-accuracy"] == pytest.approx(0.25)
     assert metrics["num-examples"] == 4
+
+
+@pytest.mark.parametrize("mode", ["flag", "exclude"])
+def test_detection_flags_outlier_and_exclude_mode_drops_it(mode: str) -> None:
+    strategy = RobustStrategy(min_train_nodes=2, min_available_nodes=6, fraction_evaluate=0.0,
+                              detection=mode)
+    arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+    msgs = list(strategy.configure_train(1, arrays, ConfigRecord(), StubGrid(6)))
+    deltas = [1.0, 1.1, 0.9, 1.05, 0.95, 500.0]
+    arrays, metrics = strategy.aggregate_train(1, [reply(m, shifted(d))
+                                                   for m, d in zip(msgs, deltas, strict=True)])
+    outlier, honest = msgs[-1].metadata.dst_node_id, msgs[0].metadata.dst_node_id
+    stats = strategy.history[1]
+    assert list(stats.flagged) == [outlier] and "norm z=" in stats.flagged[outlier]
+    assert metrics["flagged"] == 1
+    scores = strategy.reputation.scores()
+    assert scores[outlier] < scores[honest] == 1.0
+    new = flatten(arrays)
+    base = np.concatenate([v.ravel() for v in GLOBAL.values()])
+    if mode == "exclude":
+        assert metrics["excluded"] == 1
+        np.testing.assert_allclose(new - base, 1.0, atol=1e-5)  # mean of the five honest
+    else:
+        assert metrics["excluded"] == 0
+        assert (new - base).min() > 50  # flagged but still averaged in

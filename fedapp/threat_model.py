@@ -1,0 +1,307 @@
+"""Threat model for simulation: a Strategy wrapper that plays the Byzantine nodes.
+
+``ThreatModel(strategy, attack, fraction, seed, **params)`` wraps any Flower
+``Strategy`` the way Flower's DP wrappers do (``DifferentialPrivacy*FixedClipping``
+hold the inner strategy and delegate). It delegates everything; in
+``aggregate_train`` it replaces the train replies of the designated malicious
+nodes with omniscient Byzantine replies (``fedapp.omniscient``) before the inner
+strategy's ``aggregate_train`` sees them. The crafted reply keeps the node's
+record names and metrics (so ``num-examples`` and every metric key stay) and
+carries ``global + b`` with the global model's array keys, shapes and dtypes, so
+Flower's FedAvg, MultiKrum, FedMedian, FedTrimmedAvg and Bulyan accept it.
+Honest replies compressed by ``fedapp.compression`` are decoded to their update
+first; the crafted reply is always a plain dense reply (no compression header).
+
+**Simulation only.** The first ``configure_train`` refuses (``SimulationOnlyError``,
+before any node is sampled) unless the Grid is the simulation engine's: in flwr
+1.41 the simulation runtime hands the ServerApp an ``InMemoryGrid`` (both
+``flwr run`` with a simulation federation and the legacy ``run_simulation``),
+while a deployed ServerApp (``flwr-serverapp``) gets an ``HttpGrid``; as a second
+signal, a run started on a simulation federation has
+``grid.run.primary_task_type == "flwr-simulation"``.
+
+**Who is malicious.** Node ids are random int64 in simulation, and the ServerApp
+cannot see the node-id -> partition-id map (it lives inside the simulation
+engine; ``NodeInfo`` carries no partition). By default the designated nodes are
+``malicious_ids(all node ids at the first configure_train, fraction, seed)``:
+stable across rounds, and the same fraction of the population whatever
+``fraction-train`` samples. With ``partition_metric="partition-id"`` the ClientApp
+reports its partition id in its train metrics; the wrapper then designates
+``malicious_ids(range(num_nodes), fraction, seed)`` over *partition ids* (the same
+call a node-side attack mod makes, so node-side and omniscient attacks hit the
+same hospitals) and removes that metric from every reply before aggregation.
+
+Node-side attacks (``"data"``/``"model"`` kinds) run in the ClientApp; for them the
+wrapper only enforces simulation and passes replies through unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from copy import copy
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedapp.arrays import flatten, unflatten
+from fedapp.attacks import ATTACKS, OMNISCIENT_ATTACKS, malicious_ids
+from fedapp.robust import AGGREGATORS
+from fedapp.validation import ArraySpec, ReplyRejected, array_specs, check_train_reply
+
+IN_MEMORY_GRID_MODULE = "flwr.superlink.grid.inmemory_grid"
+SIMULATION_TASK_TYPE = "flwr-simulation"  # flwr.supercore.constant.TaskType.SIMULATION
+ADAPTIVE = ("alie-adaptive", "ipm-adaptive")
+COMPRESSION_RECORD = "compression"  # fedapp.compression.wire.RECORD_KEY
+
+
+class SimulationOnlyError(RuntimeError):
+    """An attack was configured outside Flower's simulation engine."""
+
+
+def is_simulation(grid: Grid) -> bool:
+    """True when ``grid`` is the simulation engine's (see the module docstring).
+
+    ``InMemoryGrid`` is looked up in ``sys.modules`` rather than imported (its
+    import pulls the whole link state, ~3 s): an instance implies a loaded module.
+    """
+    module = sys.modules.get(IN_MEMORY_GRID_MODULE)
+    if module is not None and isinstance(grid, module.InMemoryGrid):
+        return True
+    try:
+        task_type = grid.run.primary_task_type
+    except Exception:  # a Grid without run info (a stub, an unset run) is not a simulation
+        return False
+    return str(task_type) == SIMULATION_TASK_TYPE
+
+
+@dataclass
+class AttackRound:
+    """What the threat model did in one round."""
+
+    server_round: int
+    replaced: tuple[int, ...] = ()  # node ids whose replies were replaced
+    honest: int = 0  # honest updates the attackers saw
+    note: str = ""
+
+
+@dataclass
+class _Crafter:
+    fn: Callable[..., torch.Tensor]
+    params: dict[str, Any] = field(default_factory=dict)
+    aggregator: Callable[..., Any] | None = None
+
+    def __call__(self, honest: torch.Tensor, num_byzantine: int) -> torch.Tensor:
+        if self.aggregator is None:
+            return self.fn(honest, num_byzantine, **self.params)
+        return self.fn(honest, num_byzantine, self.aggregator, **self.params)
+
+
+def _crafter(attack: str, params: dict[str, Any]) -> _Crafter:
+    """Bind and check an omniscient attack's parameters once, at construction."""
+    fn = OMNISCIENT_ATTACKS[attack]
+    params = dict(params)
+    aggregator = None
+    if attack in ADAPTIVE:
+        name = params.pop("aggregator", None)
+        if name is None:
+            raise ValueError(f"attack {attack!r} needs aggregator=<rule name or callable>: the "
+                             f"pure rule it adapts to, one of {sorted(AGGREGATORS)}")
+        if isinstance(name, str) and name not in AGGREGATORS:
+            raise ValueError(f"aggregator={name!r} is not one of {sorted(AGGREGATORS)}")
+        aggregator = AGGREGATORS[name] if isinstance(name, str) else name
+        params.update(params.pop("aggregator_params", None) or {})
+    args = (torch.zeros(1, 1), 1) + ((aggregator,) if aggregator is not None else ())
+    try:
+        inspect.signature(fn).bind(*args, **params)
+    except TypeError as exc:
+        allowed = [p for p in inspect.signature(fn).parameters][2:]
+        raise ValueError(f"attack {attack!r}: bad parameters {sorted(params)} ({exc}); "
+                         f"allowed: {allowed}") from exc
+    return _Crafter(fn, params, aggregator)
+
+
+def _rebuild(msg: Message, arrays: ArrayRecord | None = None,
+             drop_metric: str | None = None) -> Message:
+    """A copy of reply ``msg`` with its ArrayRecord(s) replaced by ``arrays`` (if given)
+    and the metric ``drop_metric`` removed (if given); metadata and other records kept.
+
+    With ``arrays`` the copy is a plain dense reply: ConfigRecords (the header of a
+    compressed reply, ``fedapp.compression.wire``) are dropped."""
+    records: dict[str, Any] = {}
+    for name, record in msg.content.items():
+        if isinstance(record, ConfigRecord) and arrays is not None:
+            continue
+        if isinstance(record, ArrayRecord) and arrays is not None:
+            records[name] = arrays
+        elif isinstance(record, MetricRecord) and drop_metric in record:
+            records[name] = MetricRecord({k: v for k, v in record.items() if k != drop_metric})
+        else:
+            records[name] = record
+    if arrays is not None and not msg.content.array_records:
+        records["arrays"] = arrays
+    return Message(metadata=copy(msg.metadata), content=RecordDict(records))
+
+
+def honest_update(content: RecordDict, specs: Mapping[str, ArraySpec],
+                  global_flat: np.ndarray) -> np.ndarray:
+    """A reply's flat float32 update: decoded if compressed, else ``local - global``.
+
+    Raises ``ReplyRejected`` for a reply the strategy would reject too.
+    """
+    if COMPRESSION_RECORD in content.config_records:
+        from fedapp.compression.server import decode_update  # only when compression is on
+
+        return decode_update(content, specs)[0]
+    return check_train_reply(content, specs)[0] - global_flat
+
+
+def _metric(msg: Message, key: str) -> int | None:
+    """The integer metric ``key`` of a reply, or None if absent or not an integer."""
+    for record in msg.content.metric_records.values():
+        value = record.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == int(value):
+            return int(value)
+    return None
+
+
+class ThreatModel(Strategy):
+    """Wrap ``strategy``; in simulation, replace the malicious nodes' train replies.
+
+    ``attack`` is a name of ``fedapp.attacks.ATTACKS`` other than ``"none"`` (for
+    ``"none"`` do not build the wrapper). ``fraction`` of the nodes, chosen by
+    ``malicious_ids`` with ``seed``, are malicious. ``params`` go to the attack
+    function (e.g. ``epsilon=`` for ``"ipm"``, ``z=`` for ``"alie"``,
+    ``perturbation=`` for ``"min-max"``); the adaptive attacks also take
+    ``aggregator=`` (a name in ``fedapp.robust.AGGREGATORS`` or a pure rule) and
+    ``aggregator_params=`` (e.g. ``{"f": 2}``). Do not pass the strategy's own
+    ``aggregate_fn`` if it is stateful (momentum, round counters): the adaptive
+    search calls it once per grid point.
+    """
+
+    def __init__(self, strategy: Strategy, attack: str, fraction: float, seed: int, *,
+                 partition_metric: str | None = None, **params: Any) -> None:
+        super().__init__()
+        if attack not in ATTACKS:
+            raise ValueError(f"attack={attack!r} is not one of: {', '.join(ATTACKS)}")
+        if ATTACKS[attack] == "none":
+            raise ValueError("attack='none' means no threat model: do not wrap the strategy")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction={fraction} must be in [0, 1]")
+        self.strategy = strategy
+        self.attack = attack
+        self.kind = ATTACKS[attack]
+        self.fraction = fraction
+        self.seed = seed
+        self.partition_metric = partition_metric
+        if self.kind == "omniscient":
+            self._craft: _Crafter | None = _crafter(attack, params)
+        elif params:
+            raise ValueError(f"{self.kind} attack {attack!r} runs in the ClientApp; the "
+                             f"threat model takes no parameters for it, got {sorted(params)}")
+        else:
+            self._craft = None
+        self.designated: set[int] | None = None  # node ids, or partition ids
+        self.history: dict[int, AttackRound] = {}
+        self._global: ArrayRecord | None = None
+
+    def summary(self) -> None:
+        self.strategy.summary()
+        by = f"partition ({self.partition_metric})" if self.partition_metric else "node id"
+        log(INFO, "\t└──> Threat model (simulation only): %s attack %r, fraction %s of nodes "
+            "by %s, seed %d", self.kind, self.attack, self.fraction, by, self.seed)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        if not is_simulation(grid):
+            raise SimulationOnlyError(
+                f"attack={self.attack!r} is for simulation only, but this ServerApp runs on "
+                f"a {type(grid).__name__} (not the simulation engine's InMemoryGrid): set "
+                "attack='none' for a deployment")
+        self._global = arrays
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        if self.designated is None:
+            nodes = sorted(int(n) for n in grid.get_node_ids())
+            by_partition = self.partition_metric is not None or self.kind != "omniscient"
+            pool = range(len(nodes)) if by_partition else nodes
+            self.designated = malicious_ids(pool, self.fraction, self.seed)
+            log(INFO, "[threat-model] %s attack %r: malicious %s %s (%d of %d)", self.kind,
+                self.attack, "partitions" if by_partition else "nodes",
+                sorted(self.designated), len(self.designated), len(nodes))
+        return messages
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None,
+                                                             MetricRecord | None]:
+        replies = list(replies)
+        if self._global is None or self.designated is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        malicious = self._malicious(server_round, replies) if self._craft else []
+        if self.partition_metric is not None:
+            replies = [m if m.has_error() else _rebuild(m, drop_metric=self.partition_metric)
+                       for m in replies]
+        if self._craft is None:
+            return self.strategy.aggregate_train(server_round, replies)
+        record = self.history[server_round] = AttackRound(server_round)
+        specs = array_specs(self._global)
+        global_flat = flatten(self._global)
+        rows = []
+        for i, msg in enumerate(replies):
+            if i in malicious or msg.has_error():
+                continue
+            try:
+                rows.append(honest_update(msg.content, specs, global_flat))
+            except ReplyRejected:
+                continue  # the inner strategy deals with it; attackers ignore it
+        record.honest = len(rows)
+        if not malicious or not rows:
+            record.note = "no malicious reply" if not malicious else "no honest update to use"
+            log(WARNING if malicious else INFO, "[threat-model] round %d: %s; replies unchanged",
+                server_round, record.note)
+            return self.strategy.aggregate_train(server_round, replies)
+        honest = torch.from_numpy(np.stack(rows))
+        crafted = self._craft(honest, len(malicious)).numpy()
+        for k, i in enumerate(malicious):
+            arrays = unflatten(global_flat + crafted[k].astype(np.float32), self._global)
+            replies[i] = _rebuild(replies[i], arrays)
+        record.replaced = tuple(replies[i].metadata.src_node_id for i in malicious)
+        log(INFO, "[threat-model] round %d: %s replaced %d replies (nodes %s) using %d honest "
+            "updates", server_round, self.attack, len(malicious), list(record.replaced),
+            len(rows))
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def _malicious(self, server_round: int, replies: list[Message]) -> list[int]:
+        """Indices of the replies (without error) that come from designated nodes."""
+        assert self.designated is not None
+        key = self.partition_metric
+        out = []
+        for i, msg in enumerate(replies):
+            if msg.has_error():
+                continue
+            if key is None:
+                ident: int | None = msg.metadata.src_node_id
+            else:
+                ident = _metric(msg, key)
+                if ident is None:
+                    log(WARNING, "[threat-model] round %d: reply of node %d has no integer "
+                        "metric %r; treated as honest", server_round,
+                        msg.metadata.src_node_id, key)
+            if ident is not None and ident in self.designated:
+                out.append(i)
+        return out
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
