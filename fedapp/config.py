@@ -37,6 +37,7 @@ ATTACK_NAMES = (
     "min-sum", "alie-adaptive", "ipm-adaptive",
 )
 PERTURBATIONS = ("unit", "sign", "std")
+INITIAL_MODELS = ("fresh", "champion")
 PREAGGREGATIONS = ("none", "bucketing", "nnm")
 COMPRESSION_CODECS = ("off", "fp16", "qsgd", "topk", "topk-qsgd")
 
@@ -107,6 +108,18 @@ class RunConfig:
     hidden_units: int = field(default=64, metadata=_key("hidden-units", min=1, max=65536))
     seed: int = field(default=42, metadata=_key("seed", min=0))
     output_dir: str = field(default="~/.fedapp/runs", metadata=_key("output-dir"))
+    # MLflow tracking and registry (fedapp.tracking, fedapp.registry).
+    tracking: bool = field(default=True, metadata=_key("tracking"))
+    tracking_uri: str = field(default="", metadata=_key("tracking-uri"))
+    experiment: str = field(default="fedapp", metadata=_key("experiment"))
+    parent_run_id: str = field(default="", metadata=_key("parent-run-id"))
+    registered_model: str = field(default="", metadata=_key("registered-model"))
+    promotion_margin: float = field(
+        default=0.0, metadata=_key("promotion-margin", min=0.0, max=1.0)
+    )
+    initial_model: str = field(
+        default="fresh", metadata=_key("initial-model", choices=INITIAL_MODELS)
+    )
     # Uplink compression of train replies (fedapp.compression); "off" sends dense arrays.
     compression: str = field(
         default="off", metadata=_key("compression", choices=COMPRESSION_CODECS)
@@ -143,6 +156,11 @@ class RunConfig:
             )
         if not self.label_column:
             errors.append("label-column='' must name the label column")
+        if not self.experiment:
+            errors.append("experiment='' must name an MLflow experiment")
+        if any(c in self.registered_model for c in "/:"):
+            errors.append(f"registered-model={self.registered_model!r} must not contain "
+                          "'/' or ':' ('' = fedapp-<dataset>, 'off' = do not register)")
         if not os.path.isabs(os.path.expanduser(self.output_dir)):
             errors.append(
                 f"output-dir={self.output_dir!r} must be an absolute path (or start with ~): "

@@ -45,6 +45,16 @@ def test_simulation_completes_and_learns(local_env: dict[str, str], tmp_path: Pa
     assert rounds[-1]["server-accuracy"] > rounds[0]["server-accuracy"] + 0.2
     assert (out / f"run-{run_id}" / "model.pt").stat().st_size > 0
     assert "[fedapp] round 2/2: acc" in log
+    # MLflow: one run with per-round metrics, the model registered as the first champion.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    [mlflow_run] = client.search_runs([client.get_experiment_by_name("fedapp").experiment_id])
+    history = client.get_metric_history(mlflow_run.info.run_id, "server-accuracy")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert mlflow_run.data.params["num-server-rounds"] == "2"
+    champion = client.get_model_version_by_alias("fedapp-digits", "champion")
+    assert champion.run_id == mlflow_run.info.run_id
 
 
 def test_bad_config_fails_the_run_with_a_clear_message(local_env: dict[str, str],

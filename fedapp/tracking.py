@@ -1,0 +1,340 @@
+"""MLflow tracking for the ServerApp: one MLflow run per Flower run.
+
+A ``Tracker`` logs the flat run config as params, per-round metrics, the output
+files, a PNG of the learning curves, and registers the final model as a new
+version of a registered model behind a promotion gate (``fedapp.registry``).
+
+Tracking must never stop training. Every MLflow failure (server down, bad URI,
+registry error) is caught, logged once as a WARNING with its reason, and turns
+the tracker into a no-op for the rest of the run. A dead server costs little:
+an HTTP(S) server is probed with a short TCP connect first, and MLflow's HTTP
+retries are switched off for the process unless the environment already sets
+them (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``).
+
+MLflow and matplotlib are imported inside the functions: importing this module
+is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import numbers
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlparse
+
+LOG = logging.getLogger("flwr.fedapp.tracking")  # a child of Flower's logger: same console
+DEFAULT_STORE_DIR = "~/.fedapp/runs"  # RunConfig's default output-dir
+STORE_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"  # next to an SQLite store, never in the working directory
+MODEL_ARTIFACT_PATH = "model"  # run artifacts: model/model.pt, model/config.json
+PROBE_TIMEOUT_S = 3.0
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+SUMMARY_KEYS = ("dataset", "model", "aggregator", "aggregator-f", "attack", "dp",
+                "dp-epsilon", "compression", "num-server-rounds", "seed")
+_BOUNDED_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (bad URI, unreachable server)."""
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """Outcome of ``Tracker.register_model``.
+
+    ``version`` is the new model version (None when nothing was registered),
+    ``champion`` the version holding the ``champion`` alias afterwards and
+    ``previous`` the champion it replaced (None when not promoted).
+    """
+
+    name: str
+    version: str | None
+    promoted: bool
+    champion: str | None
+    previous: str | None
+    reason: str
+
+
+def resolve_tracking_uri(uri: str = "", store_dir: str | Path | None = None) -> str:
+    """``uri`` if set, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<store_dir>/mlflow.db``.
+
+    ``store_dir`` defaults to ``~/.fedapp/runs`` (RunConfig's default output-dir).
+    """
+    if uri.strip():
+        return uri.strip()
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    directory = Path(store_dir if store_dir is not None else DEFAULT_STORE_DIR).expanduser()
+    return f"sqlite:///{directory.resolve() / STORE_FILE}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of an ``sqlite:///`` URI (None for any other URI)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def connect(uri: str) -> Any:
+    """An ``MlflowClient`` for tracking and registry at ``uri``, with bounded HTTP time.
+
+    Raises TrackingError naming the URI when the scheme is unusable or an HTTP(S)
+    server does not accept a TCP connection within ``PROBE_TIMEOUT_S`` seconds.
+    """
+    for key, value in _BOUNDED_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        _probe(uri, *_probe_target(parsed.scheme, parsed.hostname, parsed.port))
+    db = sqlite_path(uri)
+    if db is not None:
+        db.expanduser().parent.mkdir(parents=True, exist_ok=True)
+    from mlflow import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except Exception as exc:
+        raise TrackingError(f"tracking URI {uri!r} is not usable: {exc}") from exc
+
+
+def _probe_target(scheme: str, host: str | None, port: int | None) -> tuple[str | None, int]:
+    """Where the HTTP client will connect: the server, or the proxy that serves it."""
+    import urllib.request
+
+    proxy = urllib.request.getproxies().get(scheme)
+    if host and proxy and not urllib.request.proxy_bypass(host):
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        return parsed.hostname, parsed.port or 80
+    return host, port or (443 if scheme == "https" else 80)
+
+
+def _probe(uri: str, host: str | None, port: int) -> None:
+    if not host:
+        raise TrackingError(f"tracking URI {uri!r} has no host")
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise TrackingError(
+            f"tracking server {uri!r} is unreachable ({host}:{port}: {exc})"
+        ) from exc
+
+
+def config_summary(params: Mapping[str, Any]) -> str:
+    """One line of the key settings, e.g. ``dataset=digits aggregator=krum ...``."""
+    return " ".join(f"{k}={_param_value(params[k])}" for k in SUMMARY_KEYS if k in params)
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as Flower's run config writes it
+    return str(value)
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    return (items[i:i + size] for i in range(0, len(items), size))
+
+
+class Tracker:
+    """One MLflow run; a no-op once disabled (``enabled`` is False, ``reason`` says why)."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None, uri: str = "",
+                 params: Mapping[str, Any] | None = None, reason: str = "") -> None:
+        self._client = client
+        self.run_id = run_id
+        self.tracking_uri = uri
+        self.reason = reason
+        self._params = dict(params or {})
+
+    @classmethod
+    def disabled(cls, reason: str) -> Tracker:
+        """A tracker that does nothing (tracking switched off by configuration)."""
+        return cls(reason=reason)
+
+    @classmethod
+    def open(cls, tracking_uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
+             parent_run_id: str | None = None, tags: Mapping[str, str] | None = None,
+             store_dir: str | Path | None = None) -> Tracker:
+        """Start a run in ``experiment``; on any failure return a disabled tracker.
+
+        ``tracking_uri`` empty means ``$MLFLOW_TRACKING_URI``, else an SQLite store in
+        ``store_dir``. A ``parent_run_id`` makes the run a child (sweeps).
+        """
+        uri = resolve_tracking_uri(tracking_uri, store_dir)
+        tracker = cls(uri=uri, params=params)
+        try:
+            client = connect(uri)
+            experiment_id = _experiment_id(client, experiment, uri)
+            run_tags = {k: str(v) for k, v in (tags or {}).items()}
+            if parent_run_id:
+                run_tags["mlflow.parentRunId"] = parent_run_id
+            run = client.create_run(experiment_id, run_name=run_name or None, tags=run_tags)
+            tracker._client, tracker.run_id = client, run.info.run_id
+            tracker._log_params(params)
+        except Exception as exc:
+            tracker._disable(f"cannot start a run in experiment {experiment!r} at {uri}", exc)
+        return tracker
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None
+
+    def _disable(self, where: str, exc: BaseException) -> None:
+        if self._client is None and self.reason:
+            return
+        self.reason = f"{where}: {type(exc).__name__}: {exc}".strip()
+        LOG.warning("[fedapp] MLflow tracking disabled for the rest of this run (%s); "
+                    "training goes on without it", self.reason)
+        self._client = None
+
+    def _log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for chunk in _chunks(items, 100):
+            self._client.log_batch(self.run_id, params=chunk)
+
+    def log_round(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Log the numeric entries of ``metrics`` at ``step`` (others are skipped)."""
+        if self._client is None:
+            return
+        try:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            items = [Metric(str(k), float(v), now, int(step)) for k, v in metrics.items()
+                     if isinstance(v, numbers.Real)]
+            for chunk in _chunks(items, 1000):
+                self._client.log_batch(self.run_id, metrics=chunk)
+        except Exception as exc:
+            self._disable(f"cannot log metrics of step {step}", exc)
+
+    def log_artifacts(self, files: Iterable[Path], artifact_path: str | None = None) -> None:
+        """Upload each existing file (a missing one is skipped with a warning)."""
+        for file in map(Path, files):
+            if self._client is None:
+                return
+            if not file.is_file():
+                LOG.warning("[fedapp] not logging artifact %s: no such file", file)
+                continue
+            try:
+                self._client.log_artifact(self.run_id, str(file), artifact_path)
+            except Exception as exc:
+                self._disable(f"cannot log artifact {file}", exc)
+
+    def log_curves(self, rows: list[Mapping[str, Any]], path: Path) -> Path | None:
+        """Write a PNG of server accuracy and loss per round to ``path`` and log it.
+
+        The PNG is written even when tracking is disabled; returns its path, or None
+        when drawing failed (logged as a warning).
+        """
+        try:
+            from fedapp.report import save_curves
+
+            save_curves(rows, path)
+        except Exception as exc:
+            LOG.warning("[fedapp] cannot draw learning curves to %s: %s", path, exc)
+            return None
+        self.log_artifacts([path])
+        return path
+
+    def register_model(self, model_path: Path, registered_name: str, accuracy: float,
+                       tags: Mapping[str, str], margin: float) -> RegistrationResult:
+        """Log the model, add it as a version of ``registered_name``, apply the gate.
+
+        The ``champion`` alias moves to the new version only if ``accuracy`` beats
+        the champion's ``accuracy`` tag by more than ``margin``; the replaced
+        champion is recorded (see ``fedapp.registry``) so that rollback works.
+        """
+        if not margin >= 0.0:
+            raise ValueError(f"margin={margin!r} must be a number >= 0")
+        if self._client is None:
+            return RegistrationResult(registered_name, None, False, None, None,
+                                      f"not registered: tracking disabled ({self.reason})")
+        from fedapp import registry
+
+        try:
+            self._log_model(Path(model_path))
+            version_tags = {"run-id": str(self.run_id), "accuracy": repr(float(accuracy)),
+                            "config": config_summary(self._params)}
+            version_tags |= {k: str(v) for k, v in tags.items()}
+            version = registry.create_version(
+                self._client, registered_name, f"runs:/{self.run_id}/{MODEL_ARTIFACT_PATH}",
+                self.run_id, version_tags)
+            promoted, champion, previous, reason = registry.gate(
+                self._client, registered_name, version, float(accuracy), margin)
+        except Exception as exc:
+            self._disable(f"cannot register model {registered_name!r}", exc)
+            return RegistrationResult(registered_name, None, False, None, None,
+                                      f"not registered: {self.reason}")
+        LOG.info("[fedapp] model %r version %s: %s", registered_name, version, reason)
+        return RegistrationResult(registered_name, version, promoted, champion, previous, reason)
+
+    def _log_model(self, model_path: Path) -> None:
+        """Log ``model/model.pt`` and ``model/config.json`` (the run's params)."""
+        if not model_path.is_file():
+            raise FileNotFoundError(f"model file {model_path} does not exist")
+        with tempfile.TemporaryDirectory(prefix="fedapp-model-") as tmp:
+            shutil.copyfile(model_path, Path(tmp) / "model.pt")
+            config = json.dumps(self._params, indent=2, default=str)
+            (Path(tmp) / "config.json").write_text(config)
+            self._client.log_artifacts(self.run_id, tmp, MODEL_ARTIFACT_PATH)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` (FINISHED, FAILED or KILLED)."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status={status!r} is not one of: {', '.join(RUN_STATUSES)}")
+        if self._client is None:
+            return
+        try:
+            self._client.set_terminated(self.run_id, status)
+        except Exception as exc:
+            self._disable(f"cannot end run {self.run_id}", exc)
+        self._client = None
+        self.reason = self.reason or "run closed"
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close("FINISHED")
+        else:
+            self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+
+def _experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created (artifacts next to an SQLite store) if new."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage != "active":
+            raise TrackingError(f"experiment {name!r} is deleted; restore it or pick another")
+        return found.experiment_id
+    db = sqlite_path(uri)
+    location = (db.expanduser().resolve().parent / ARTIFACT_DIR).as_uri() if db else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:  # created concurrently by another run
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+

@@ -1,0 +1,13 @@
+"""Shared pytest set-up."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import settings
+
+# CI replays the same examples on every run (no flaky red builds from a newly drawn
+# example); developers get fresh random examples locally.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
