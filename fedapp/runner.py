@@ -67,13 +67,25 @@ def submit(app_dir: Path, run_config: Mapping[str, Any], connection: str | None 
     return int(out["run-id"])
 
 
-def status(run_id: int, connection: str | None = None,
-           env: Mapping[str, str] | None = None) -> str:
-    """The run's status, e.g. ``running`` or ``finished:completed``."""
+def run_info(run_id: int, connection: str | None = None,
+             env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`flwr list --run-id ID --format json`'s record of the run ({} if unknown)."""
     args = ["list", *([connection] if connection else []), "--run-id", str(run_id),
             "--format", "json"]
     runs = _json(flwr(args, env)).get("runs", [])
-    return str(runs[0]["status"]) if runs else "missing"
+    return dict(runs[0]) if runs else {}
+
+
+def status(run_id: int, connection: str | None = None,
+           env: Mapping[str, str] | None = None) -> str:
+    """The run's status, e.g. ``running`` or ``finished:completed``."""
+    return str(run_info(run_id, connection, env).get("status", "missing"))
+
+
+def elapsed(run_id: int, connection: str | None = None,
+            env: Mapping[str, str] | None = None) -> float:
+    """Seconds the SuperLink counts for the run (pending to finished)."""
+    return float(run_info(run_id, connection, env).get("elapsed", float("nan")))
 
 
 def logs(run_id: int, connection: str | None = None, env: Mapping[str, str] | None = None) -> str:
