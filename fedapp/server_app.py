@@ -72,9 +72,11 @@ def main(grid: Grid, context: Context) -> None:
                                                      "reputation.json")])
         tracker.log_curves(rows, out_dir / "curves.png")
         final = rows[-1]["server-accuracy"]
-        if cfg.registered_model != "off":  # logs the version and the gate's decision
+        if cfg.registered_model != "off":  # logs the model, the version and the gate's decision
             tracker.register_model(out_dir / "model.pt", model_name, final,
                                    {"flwr-run-id": str(context.run_id)}, cfg.promotion_margin)
+        else:
+            tracker.log_artifacts([out_dir / "model.pt"], "model")
     log(INFO, "[fedapp] final accuracy %.4f; model, config and per-round metrics in %s",
         final, out_dir)
 

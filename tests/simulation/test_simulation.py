@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fedapp import runner
-from tests.flwr_cli import REPO, free_port, kill_processes_mentioning
+from tests.flwr_cli import REPO
 
 pytestmark = [pytest.mark.simulation, pytest.mark.timeout(420)]
-
-
-@pytest.fixture(scope="module")
-def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A private FLWR_HOME whose managed local SuperLink listens on free ports;
-    the SuperLink and everything it started are stopped afterwards."""
-    home = tmp_path_factory.mktemp("flwr-home")
-    env = {**os.environ, "FLWR_HOME": str(home),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
-    try:
-        yield env
-    finally:
-        kill_processes_mentioning(str(home))
 
 
 def test_simulation_completes_and_learns(local_env: dict[str, str], tmp_path: Path) -> None:
