@@ -38,6 +38,7 @@ ATTACK_NAMES = (
 )
 PERTURBATIONS = ("unit", "sign", "std")
 INITIAL_MODELS = ("fresh", "champion")
+DP_MODES = ("off", "local", "central")
 PREAGGREGATIONS = ("none", "bucketing", "nnm")
 COMPRESSION_CODECS = ("off", "fp16", "qsgd", "topk", "topk-qsgd")
 
@@ -96,6 +97,14 @@ class RunConfig:
     attack_perturbation: str = field(
         default="unit", metadata=_key("attack-perturbation", choices=PERTURBATIONS)
     )
+    # Differential privacy (fedapp.privacy): per-node DP-SGD ("local", Opacus) or
+    # client-level DP on the server ("central": clipped mean + Gaussian noise).
+    dp: str = field(default="off", metadata=_key("dp", choices=DP_MODES))
+    dp_epsilon: float = field(default=3.0, metadata=_key("dp-epsilon", min=1e-3))
+    dp_delta: float = field(default=1e-5, metadata=_key("dp-delta", min=1e-12, max=0.1))
+    dp_max_grad_norm: float = field(default=1.0, metadata=_key("dp-max-grad-norm", min=1e-6))
+    dp_clip: float = field(default=1.0, metadata=_key("dp-clip", min=1e-6))
+    dp_noise: float = field(default=0.0, metadata=_key("dp-noise", min=0.0))
     dataset: str = field(default="digits", metadata=_key("dataset"))
     label_column: str = field(default="label", metadata=_key("label-column"))
     partitioner: str = field(
@@ -156,6 +165,16 @@ class RunConfig:
             )
         if not self.label_column:
             errors.append("label-column='' must name the label column")
+        if self.dp == "central":
+            # The accounting holds for the clipped mean only (fedapp.privacy.central).
+            for key, value, needed in (("aggregator", self.aggregator, "fedavg"),
+                                       ("preaggregation", self.preaggregation, "none")):
+                if value != needed:
+                    errors.append(f"dp='central' needs {key}={needed!r}, got {value!r}: its "
+                                  "epsilon is only valid for the clipped mean")
+            if self.anomaly_detection == "exclude":
+                errors.append("dp='central' cannot use anomaly-detection='exclude' (excluding "
+                              "nodes after seeing their updates voids the accounting)")
         if not self.experiment:
             errors.append("experiment='' must name an MLflow experiment")
         if any(c in self.registered_model for c in "/:"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from logging import INFO, WARNING
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
@@ -84,8 +86,17 @@ def main(grid: Grid, context: Context) -> None:
 def build_strategy(cfg: RunConfig) -> tuple[RobustStrategy, Strategy]:
     """The robust strategy, and what runs the rounds: itself, or the threat model
     wrapping it when an attack is configured (simulation only)."""
+    aggregate_fn: Callable[..., Any] = AggregationPipeline.from_config(cfg)
+    accountant = None
+    if cfg.dp == "central":
+        from fedapp.privacy import CentralAccountant, CentralDP, calibrate_noise
+
+        z = cfg.dp_noise or calibrate_noise(cfg.dp_epsilon, cfg.dp_delta, cfg.fraction_train,
+                                            cfg.num_server_rounds)
+        aggregate_fn, accountant = CentralDP(cfg.dp_clip, z), CentralAccountant(z, cfg.dp_delta)
     robust = RobustStrategy(
-        aggregate_fn=AggregationPipeline.from_config(cfg),
+        aggregate_fn=aggregate_fn,
+        dp_accountant=accountant,
         server_lr=cfg.server_lr,
         detection=cfg.anomaly_detection,
         norm_threshold=cfg.detect_norm_z,
@@ -126,6 +137,8 @@ def round_row(server_round: int, loss: float, acc: float, robust: RobustStrategy
                 "kept-previous": int(stats.kept_previous),
                 "bytes-up": stats.bytes_up, "bytes-down": stats.bytes_down,
                 "seconds": time.perf_counter() - stats.started}
+        if stats.dp_epsilon is not None:
+            row["dp-epsilon"] = stats.dp_epsilon
         row |= {k: v for k, v in stats.train_metrics.items() if k != "num-examples"}
     attack_round = getattr(strategy, "history", {}).get(server_round)
     if strategy is not robust and attack_round is not None:
@@ -166,6 +179,9 @@ def round_line(row: dict[str, float], num_rounds: int) -> str:
         kept += f" | flagged {int(row['flagged'])} excluded {int(row['excluded'])}"
     if "byzantine-replaced" in row:
         kept += f" | byzantine {int(row['byzantine-replaced'])}"
+    for key in ("dp-epsilon", "dp-epsilon-max"):  # central / local (max over nodes)
+        if key in row:
+            kept += f" | epsilon {row[key]:.2f}"
     return (f"{head} | replies {int(row['replies'])} accepted {int(row['accepted'])} "
             f"rejected {int(row['rejected'])} failed {int(row['failures'])}{kept} | "
             f"up {row['bytes-up'] / 1e3:.1f} kB down {row['bytes-down'] / 1e3:.1f} kB | "

@@ -34,6 +34,7 @@ from fedapp.arrays import flatten, unflatten
 from fedapp.compression.server import decode_update, is_compressed
 from fedapp.compression.wire import serialized_bytes
 from fedapp.defenses import Reputation, detect_anomalies
+from fedapp.privacy import CentralAccountant
 from fedapp.robust import AggregationReport, weighted_mean
 from fedapp.robust.base import Aggregator
 from fedapp.validation import (
@@ -44,6 +45,8 @@ from fedapp.validation import (
     check_train_reply,
     weighted_metrics,
 )
+
+LOCAL_DP_METRIC = "dp-epsilon"  # reported by each node that trains with DP-SGD
 
 
 @dataclass
@@ -61,6 +64,7 @@ class RoundStats:
     report: AggregationReport | None = None
     started: float = field(default_factory=time.perf_counter)
     train_metrics: dict[str, float] = field(default_factory=dict)
+    dp_epsilon: float | None = None  # central DP: epsilon spent after this round
     bytes_down: int = 0  # arrays sent to nodes, as serialized by Flower
     bytes_up: int = 0  # arrays received in train replies (compressed or dense)
     decode_seconds: float = 0.0
@@ -72,6 +76,7 @@ class RobustStrategy(FedAvg):
     def __init__(self, *, aggregate_fn: Aggregator = weighted_mean, server_lr: float = 1.0,
                  detection: str = "off", norm_threshold: float = 3.5,
                  cosine_threshold: float = 0.0, reputation_memory: float = 0.8,
+                 dp_accountant: CentralAccountant | None = None,
                  **fedavg_kwargs: object) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         if detection not in ("off", "flag", "exclude"):
@@ -82,6 +87,9 @@ class RobustStrategy(FedAvg):
         self.norm_threshold = norm_threshold
         self.cosine_threshold = cosine_threshold
         self.reputation = Reputation(memory=reputation_memory)
+        # Central DP: aggregate_fn is a CentralDP; the accountant composes the rounds.
+        self.dp_accountant = dp_accountant
+        self._dp_sampling = (0, 0)  # (nodes sampled, nodes connected) this round
         self.history: dict[int, RoundStats] = {}
         self._global: ArrayRecord | None = None
 
@@ -96,6 +104,9 @@ class RobustStrategy(FedAvg):
         stats = self.history[server_round] = RoundStats(server_round)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         stats.bytes_down = sum(serialized_bytes(m.content) for m in messages)
+        if self.dp_accountant is not None:  # the noise scale uses the public sample size
+            self.aggregate_fn.num_sampled = len(messages)  # type: ignore[attr-defined]
+            self._dp_sampling = (len(messages), len(list(grid.get_node_ids())))
         return messages
 
     def aggregate_train(
@@ -134,6 +145,9 @@ class RobustStrategy(FedAvg):
             nodes.append(node)
         stats.accepted = len(rows)
         stats.train_metrics = weighted_metrics(metrics)
+        spent = [m[LOCAL_DP_METRIC] for m in metrics if LOCAL_DP_METRIC in m]
+        if spent:  # local DP: the worst-off node's budget is what matters
+            stats.train_metrics[LOCAL_DP_METRIC + "-max"] = max(spent)
 
         if len(rows) < max(self.min_train_nodes, 1):
             stats.kept_previous = True
@@ -153,6 +167,8 @@ class RobustStrategy(FedAvg):
                 "previous global model", server_round, len(rows), exc)
             return self._global, self._round_metrics(stats)
         stats.report = result.report
+        if self.dp_accountant is not None:
+            stats.dp_epsilon = self.dp_accountant.step(*self._dp_sampling)
         new_flat = global_flat + self.server_lr * result.aggregate.numpy().astype(np.float32)
         return unflatten(new_flat, self._global), self._round_metrics(stats)
 
@@ -187,6 +203,8 @@ class RobustStrategy(FedAvg):
         record["bytes-up"] = stats.bytes_up
         record["bytes-down"] = stats.bytes_down
         record["decode-seconds"] = stats.decode_seconds
+        if stats.dp_epsilon is not None:
+            record["dp-epsilon"] = stats.dp_epsilon
         return record
 
     def aggregate_evaluate(self, server_round: int,

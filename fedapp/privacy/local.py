@@ -1,0 +1,269 @@
+"""Sample-level DP-SGD on a node, with Opacus's PrivacyEngine, and its budget.
+
+Guarantee: each node's *reply* (its trained weights, hence its update) is
+``(epsilon, delta)``-DP with respect to adding or removing one example of that
+node's training data, for the whole run (Abadi et al. 2016, "Deep Learning with
+Differential Privacy", https://arxiv.org/abs/1607.00133). Every step of DP-SGD
+Poisson-samples each example with probability ``q = 1 / steps_per_epoch``, clips
+each per-example gradient to L2 norm ``C`` (``max_grad_norm``), sums them, adds
+``N(0, (z C)^2 I)`` and divides by the expected batch size ``q N``:
+
+    g = ( sum_{i in B} g_i * min(1, C / ||g_i||) + N(0, z^2 C^2 I) ) / (q N)
+
+Everything downstream (momentum, the update, server aggregation) is
+post-processing. The accounting (:mod:`fedapp.privacy.accounting`) composes the
+steps of all rounds: the accountant's history lives in :class:`DPState`, which the
+ClientApp keeps in ``context.state`` between rounds.
+
+Not covered by the guarantee: the node's reported ``train-loss`` /
+``train-accuracy`` (computed on the private batches) and ``num-examples``. Report
+them only if that is acceptable; the epsilon spent is a function of public
+parameters and may be reported.
+
+Randomness: the noise and the Poisson sampling must be unpredictable to the
+server. The seed the apps derive (run seed, node, round) is known to the server,
+which could then regenerate the noise and subtract it; so by default
+:func:`dp_train` seeds its noise and sampling generators from the OS's entropy
+(``secrets``) and uses ``seed`` only for everything else. ``deterministic_noise=True``
+(tests, benchmarks) makes a run reproducible and voids the guarantee against
+whoever knows the seed. Opacus's ``secure_mode`` (a CSPRNG that also resists the
+floating-point attack of Mironov 2012) would need ``torchcsprng`` and is not used.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import warnings
+from dataclasses import dataclass, field, replace
+
+import torch
+from flwr.app import ConfigRecord, RecordDict
+from torch import nn
+
+from fedapp.data.specs import Split
+from fedapp.privacy.accounting import (
+    ACCOUNTANT,
+    History,
+    calibrate_noise,
+    check_history,
+    epsilon_of,
+)
+
+#: Key of the node's DP-SGD state (a ConfigRecord) in ``context.state``.
+STATE_KEY = "dp-sgd"
+_VERSION = 1
+
+
+def plan_steps(num_examples: int, batch_size: int) -> tuple[float, int]:
+    """``(sample_rate, steps_per_epoch)`` exactly as Opacus derives them.
+
+    ``make_private`` sets ``q = 1 / len(loader)`` with ``len(loader) = ceil(N / B)``
+    for a non-dropping loader of batch size ``B``, and its Poisson loader then yields
+    ``int(1 / q)`` batches of expected size ``q N`` per epoch.
+    """
+    if num_examples < 1 or batch_size < 1:
+        raise ValueError(f"need num_examples >= 1 and batch_size >= 1, got "
+                         f"{num_examples}, {batch_size}")
+    sample_rate = 1 / math.ceil(num_examples / batch_size)
+    return sample_rate, int(1 / sample_rate)
+
+
+@dataclass(frozen=True)
+class DPState:
+    """A node's DP-SGD plan and its accountant's state; immutable, one per round.
+
+    ``history`` is Opacus's RDP accountant history ``[(z, q, steps), ...]`` of every
+    DP-SGD step this node has taken in the run; ``noise_multiplier`` was calibrated
+    once (:meth:`plan`) so that ``planned_steps = rounds x steps_per_round`` steps
+    spend exactly ``target_epsilon`` at ``delta``.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    planned_steps: int
+    target_epsilon: float
+    delta: float
+    history: tuple[tuple[float, float, int], ...] = field(default=())
+
+    @classmethod
+    def plan(cls, *, target_epsilon: float, delta: float, num_examples: int, batch_size: int,
+             local_epochs: int, num_rounds: int) -> DPState:
+        """Calibrate ``z`` for a node that trains in every one of ``num_rounds`` rounds.
+
+        A node that is not sampled every round spends less; the plan is the worst case.
+        """
+        q, per_epoch = plan_steps(num_examples, batch_size)
+        per_round = local_epochs * per_epoch
+        total = num_rounds * per_round
+        z = calibrate_noise(target_epsilon, delta, q, total)
+        return cls(z, q, per_round, total, target_epsilon, delta)
+
+    @property
+    def steps_taken(self) -> int:
+        return sum(steps for _, _, steps in self.history)
+
+    @property
+    def epsilon(self) -> float:
+        """Epsilon spent so far at ``delta``."""
+        return epsilon_of(self.history, self.delta)
+
+    def with_history(self, history: History) -> DPState:
+        return replace(self, history=tuple(check_history(history)))
+
+    def to_record(self) -> ConfigRecord:
+        """A Flower ConfigRecord (survives Flower's protobuf serde of ``context.state``)."""
+        return ConfigRecord({
+            "version": _VERSION,
+            "accountant": ACCOUNTANT,
+            "noise-multiplier": self.noise_multiplier,
+            "sample-rate": self.sample_rate,
+            "steps-per-round": self.steps_per_round,
+            "planned-steps": self.planned_steps,
+            "target-epsilon": self.target_epsilon,
+            "delta": self.delta,
+            "history-noise": [float(z) for z, _, _ in self.history],
+            "history-rate": [float(q) for _, q, _ in self.history],
+            "history-steps": [int(s) for _, _, s in self.history],
+        })
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> DPState:
+        """Inverse of :meth:`to_record`; raises ``ValueError`` on anything else."""
+        try:
+            if record["version"] != _VERSION or record["accountant"] != ACCOUNTANT:
+                raise ValueError(f"unsupported version/accountant {record['version']!r}, "
+                                 f"{record['accountant']!r}")
+            zs, qs, steps = (list(record[k]) for k in  # type: ignore[call-overload]
+                             ("history-noise", "history-rate", "history-steps"))
+            if not len(zs) == len(qs) == len(steps):
+                raise ValueError("history columns differ in length")
+            return cls(
+                noise_multiplier=float(record["noise-multiplier"]),  # type: ignore[arg-type]
+                sample_rate=float(record["sample-rate"]),  # type: ignore[arg-type]
+                steps_per_round=int(record["steps-per-round"]),  # type: ignore[arg-type]
+                planned_steps=int(record["planned-steps"]),  # type: ignore[arg-type]
+                target_epsilon=float(record["target-epsilon"]),  # type: ignore[arg-type]
+                delta=float(record["delta"]),  # type: ignore[arg-type]
+                history=tuple(check_history(zip(zs, qs, steps, strict=True))),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a DP-SGD state record: {exc!r}") from exc
+
+
+def load_state(state: RecordDict) -> DPState | None:
+    """The node's DP-SGD state from ``context.state``, or None before its first round."""
+    record = state.get(STATE_KEY)
+    if record is None:
+        return None
+    if not isinstance(record, ConfigRecord):
+        raise ValueError(f"context.state[{STATE_KEY!r}] is a {type(record).__name__}")
+    return DPState.from_record(record)
+
+
+def store_state(state: RecordDict, dp: DPState) -> None:
+    """Write ``dp`` into ``context.state`` (call only after training succeeded)."""
+    state[STATE_KEY] = dp.to_record()
+
+
+def would_exceed(state: DPState, next_steps: int, sample_rate: float, noise_multiplier: float,
+                 delta: float, target_epsilon: float) -> bool:
+    """True if ``next_steps`` more steps at ``(noise_multiplier, sample_rate)`` would push the
+    epsilon spent (at ``delta``) above ``target_epsilon``: the node must refuse the round."""
+    projected = [*state.history, (noise_multiplier, sample_rate, next_steps)]
+    return epsilon_of(projected, delta) > target_epsilon
+
+
+def check_model(model: nn.Module) -> None:
+    """Raise ``ValueError`` if Opacus cannot compute per-example gradients for ``model``.
+
+    ``ModuleValidator.fix`` is *not* applied here: replacing a layer (e.g. BatchNorm
+    by GroupNorm) changes the parameter names and shapes, and the server aggregates
+    by name. Build the model through :func:`make_compatible` on server *and* nodes.
+    """
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ValueError("model is not DP-SGD compatible (build it with "
+                         f"fedapp.privacy.make_compatible on every side): {errors}")
+
+
+def make_compatible(model: nn.Module) -> nn.Module:
+    """``ModuleValidator.fix`` (e.g. BatchNorm -> GroupNorm) then a strict validation."""
+    from opacus.validators import ModuleValidator
+
+    fixed = ModuleValidator.fix(model)
+    ModuleValidator.validate(fixed, strict=True)
+    return fixed
+
+
+def dp_train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: float, seed: int,
+             max_grad_norm: float, noise_multiplier: float, delta: float, state: DPState,
+             *, deterministic_noise: bool = False) -> tuple[float, float, float, DPState]:
+    """DP-SGD (momentum 0.9, cross-entropy) on ``data``; ``model`` is trained in place.
+
+    Opacus wraps model, optimizer and loader (Poisson sampling); the accountant starts
+    from ``state.history``, so the epsilon returned is the total spent by this node
+    in the run so far (non-decreasing across calls). After training the wrapper is
+    removed (``to_standard_module``): ``model.state_dict()`` has the plain keys.
+
+    Returns ``(loss, accuracy, epsilon_spent, new_state)``; loss and accuracy are
+    means over the examples sampled in the last epoch (``nan`` if none were).
+    """
+    from opacus import PrivacyEngine
+
+    check_model(model)
+    if len(data) == 0 or epochs < 1:
+        raise ValueError(f"dp_train needs data and epochs >= 1, got {len(data)} rows, {epochs}")
+    if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
+    torch.manual_seed(seed)
+    secret = seed if deterministic_noise else secrets.randbits(63)
+    sampling = torch.Generator().manual_seed(secret)
+    noise = torch.Generator().manual_seed((secret * 7_919 + 1) % 2**63)
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(data.x.copy()),
+                                             torch.from_numpy(data.y.copy()))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, generator=sampling)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    with warnings.catch_warnings():
+        # Documented above (no secure_mode); and the first layer's input needs no grad.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        engine = PrivacyEngine(accountant=ACCOUNTANT)
+        engine.accountant.history = list(state.history)
+        dp_model, dp_opt, dp_loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader,
+            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+            poisson_sampling=True, noise_generator=noise,
+        )
+        try:
+            loss, acc = _run_epochs(dp_model, dp_opt, dp_loader, epochs)
+        finally:
+            dp_model.to_standard_module()  # removes Opacus's hooks and per-sample attributes
+    new_state = state.with_history(engine.accountant.history)
+    return loss, acc, new_state.epsilon, new_state
+
+
+def _run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer,
+                loader: torch.utils.data.DataLoader, epochs: int) -> tuple[float, float]:
+    """The DP-SGD loop on Opacus's wrapped objects; mean (loss, accuracy) of the last epoch."""
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, correct, seen = 0.0, 0, 0
+    for _ in range(epochs):
+        total_loss, correct, seen = 0.0, 0, 0
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            out = model(xb)
+            # An empty Poisson batch still takes a (pure-noise) step, and is accounted.
+            loss = loss_fn(out, yb) if len(yb) else out.sum()
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(yb)
+            correct += int((out.argmax(1) == yb).sum())
+            seen += len(yb)
+    if not seen:
+        return float("nan"), float("nan")
+    return total_loss / seen, correct / seen
