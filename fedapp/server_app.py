@@ -179,9 +179,9 @@ def round_line(row: dict[str, float], num_rounds: int) -> str:
         kept += f" | flagged {int(row['flagged'])} excluded {int(row['excluded'])}"
     if "byzantine-replaced" in row:
         kept += f" | byzantine {int(row['byzantine-replaced'])}"
-    for key in ("dp-epsilon", "dp-epsilon-max"):  # central / local (max over nodes)
-        if key in row:
-            kept += f" | epsilon {row[key]:.2f}"
+    epsilon = row.get("dp-epsilon-max", row.get("dp-epsilon"))  # local: worst node
+    if epsilon is not None:
+        kept += f" | epsilon {epsilon:.2f}"
     return (f"{head} | replies {int(row['replies'])} accepted {int(row['accepted'])} "
             f"rejected {int(row['rejected'])} failed {int(row['failures'])}{kept} | "
             f"up {row['bytes-up'] / 1e3:.1f} kB down {row['bytes-down'] / 1e3:.1f} kB | "

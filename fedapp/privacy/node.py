@@ -1,0 +1,49 @@
+"""One DP-SGD round on a node, with the budget enforced: the ClientApp's entry point."""
+
+from __future__ import annotations
+
+from flwr.app import RecordDict
+from torch import nn
+
+from fedapp.config import RunConfig
+from fedapp.data.specs import Split
+from fedapp.privacy.local import (
+    DPState,
+    dp_train,
+    load_state,
+    plan_steps,
+    store_state,
+    would_exceed,
+)
+
+
+class BudgetExhausted(RuntimeError):
+    """Training this round would spend more than the node's (epsilon, delta) budget."""
+
+
+def private_round(cfg: RunConfig, model: nn.Module, data: Split, seed: int,
+                  state: RecordDict) -> tuple[float, float, float]:
+    """Train ``model`` in place with DP-SGD for ``local-epochs``; return (loss, acc, epsilon).
+
+    The first call plans the whole run (noise calibrated once for
+    ``num-server-rounds x local-epochs`` epochs at the target ``dp-epsilon``); the
+    accountant's history lives in ``state`` (the node's ``context.state``) and is
+    written back only after the round trained. A round that would push epsilon past
+    ``dp-epsilon`` raises ``BudgetExhausted`` before any training: the node replies
+    with that error, the server counts a failure, the run goes on.
+    """
+    plan = load_state(state) or DPState.plan(
+        target_epsilon=cfg.dp_epsilon, delta=cfg.dp_delta, num_examples=len(data),
+        batch_size=cfg.batch_size, local_epochs=cfg.local_epochs,
+        num_rounds=cfg.num_server_rounds)
+    q, per_epoch = plan_steps(len(data), cfg.batch_size)
+    if would_exceed(plan, cfg.local_epochs * per_epoch, q, plan.noise_multiplier, cfg.dp_delta,
+                    cfg.dp_epsilon):
+        raise BudgetExhausted(
+            f"DP budget: another round would exceed dp-epsilon={cfg.dp_epsilon} "
+            f"(spent {plan.epsilon:.3f} in {plan.steps_taken} steps); not training")
+    loss, acc, eps, plan = dp_train(model, data, cfg.local_epochs, cfg.batch_size,
+                                    cfg.learning_rate, seed, cfg.dp_max_grad_norm,
+                                    plan.noise_multiplier, cfg.dp_delta, plan)
+    store_state(state, plan)
+    return loss, acc, eps
