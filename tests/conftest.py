@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import settings
 
 # CI replays the same examples on every run (no flaky red builds from a newly drawn
@@ -11,3 +12,10 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(autouse=True)
+def _private_data_cache(tmp_path_factory: pytest.TempPathFactory,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hospital-file caches written by tests go to a temp dir, never ~/.cache."""
+    monkeypatch.setenv("FEDAPP_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))

@@ -3,9 +3,11 @@
 Fixtures:
   ``supervisor`` (module scope): a temp dir and a ``Supervisor``. Every
       long-running process (SuperLink, SuperNodes) is started through it: its
-      output goes to a log file under ``supervisor.log_dir``, and teardown stops
-      it by PID (terminate, wait, kill), together with the helper processes it
-      spawned (flower-superexec, flwr-serverapp, flwr-clientapp).
+      output (and that of the helpers it spawns) goes to a log file under
+      ``supervisor.log_dir``, each line prefixed with the seconds since the
+      supervisor started (``   12.345 | ...``), and teardown stops it by PID
+      (terminate, wait, kill), together with the helper processes it spawned
+      (flower-superexec, flwr-serverapp, flwr-clientapp).
   ``deployment_timings``: a list of lines printed in pytest's terminal summary.
 When a test fails, the tail of every log is attached to its report.
 """
@@ -13,19 +15,23 @@ When a test fails, the tail of every log is attached to its report.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 STOP_TIMEOUT_S = 15.0
 HELPER_GRACE_S = 3.0
 LOG_TAIL_LINES = 150
+STAMPED_LINE = re.compile(r"^\s*(\d+\.\d+) \| ?(.*)$")
 TIMINGS: list[str] = []  # lines for the terminal summary
 ACTIVE: list[Supervisor] = []  # supervisors whose logs a failing test report shows
 
@@ -37,6 +43,7 @@ class ManagedProcess:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    copier: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -48,6 +55,14 @@ class ManagedProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def stamped_lines(self) -> list[tuple[float, str]]:
+        """``(seconds since the supervisor started, text)`` for every log line."""
+        lines = []
+        for line in self.log_text().splitlines():
+            if match := STAMPED_LINE.match(line):
+                lines.append((float(match.group(1)), match.group(2)))
+        return lines
+
 
 @dataclass
 class Supervisor:
@@ -57,16 +72,25 @@ class Supervisor:
     log_dir: Path
     processes: list[ManagedProcess] = field(default_factory=list)
     extra_logs: list[Path] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def now(self) -> float:
+        """Seconds since the supervisor started: the clock of the log prefixes."""
+        return time.monotonic() - self.started
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> ManagedProcess:
-        """Start ``argv`` in ``root`` with stdout and stderr to ``log_dir/NAME.log``."""
+        """Start ``argv`` in ``root`` with stdout and stderr, line by line and time-stamped,
+        to ``log_dir/NAME.log``."""
         log_path = self.log_dir / f"{name}.log"
-        with log_path.open("wb") as log_file:
-            popen = subprocess.Popen(
-                list(argv), cwd=self.root, env=env, stdout=log_file,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        proc = ManagedProcess(name, popen, log_path)
+        popen = subprocess.Popen(
+            list(argv), cwd=self.root, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        assert popen.stdout is not None
+        copier = threading.Thread(target=_copy_stamped, args=(popen.stdout, log_path, self),
+                                  name=f"log-{name}", daemon=True)
+        copier.start()
+        proc = ManagedProcess(name, popen, log_path, copier)
         self.processes.append(proc)
         return proc
 
@@ -74,6 +98,8 @@ class Supervisor:
         """Stop every process, newest first, with the helpers each one spawned."""
         for proc in reversed(self.processes):
             stop_process_tree(proc.popen)
+            if proc.copier is not None:  # EOF once the process and its helpers are gone
+                proc.copier.join(timeout=HELPER_GRACE_S)
 
     def log_tails(self) -> Iterator[tuple[str, str]]:
         paths = [p.log_path for p in self.processes] + self.extra_logs
@@ -81,6 +107,14 @@ class Supervisor:
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
                 yield path.name, "\n".join(lines)
+
+
+def _copy_stamped(stream: IO[bytes], log_path: Path, sup: Supervisor) -> None:
+    """Copy ``stream`` to ``log_path`` line by line, each prefixed with ``sup.now()``."""
+    with stream, log_path.open("wb") as log_file:
+        for line in iter(stream.readline, b""):
+            log_file.write(f"{sup.now():9.3f} | ".encode() + line)
+            log_file.flush()
 
 
 def _read_ppid(pid: int) -> int | None:
