@@ -136,6 +136,7 @@ def round_row(server_round: int, loss: float, acc: float, robust: RobustStrategy
                 "flagged": len(stats.flagged), "excluded": stats.excluded,
                 "kept-previous": int(stats.kept_previous),
                 "bytes-up": stats.bytes_up, "bytes-down": stats.bytes_down,
+                "decode-seconds": stats.decode_seconds,
                 "seconds": time.perf_counter() - stats.started}
         if stats.dp_epsilon is not None:
             row["dp-epsilon"] = stats.dp_epsilon

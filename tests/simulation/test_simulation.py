@@ -50,3 +50,23 @@ def test_bad_config_fails_the_run_with_a_clear_message(local_env: dict[str, str]
     assert err.value.run_id is not None
     log = runner.logs(err.value.run_id, env=local_env)
     assert "aggregator='krumm' is not one of: fedavg, krum, multikrum" in log
+
+
+def test_dp_compression_and_robust_rule_compose_in_one_run(local_env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_config = {"num-server-rounds": 2, "local-epochs": 1, "output-dir": str(out),
+                  "tracking": False, "dp": "local", "dp-epsilon": 8.0,
+                  "compression": "topk-qsgd", "compression-topk": 0.1,
+                  "aggregator": "trimmed-mean", "aggregator-f": 1}
+    run_id, _ = runner.run_and_check(
+        REPO, run_config, federation_config="num-supernodes=4 client-resources-num-cpus=1",
+        env=local_env, timeout=300)
+    rounds = json.loads((out / f"run-{run_id}" / "rounds.json").read_text())
+    dense = sum(4 * v.numel() for v in __import__("torch").load(
+        out / f"run-{run_id}" / "model.pt").values())
+    for row in rounds[1:]:
+        assert row["accepted"] == 4 and row["rejected"] == 0
+        assert row["bytes-up"] < 4 * dense / 5  # 10% top-k at 8 bits, headers included
+        assert 0 < row["dp-epsilon-max"] <= 8.0 * 1.01
+    assert rounds[2]["dp-epsilon-max"] > rounds[1]["dp-epsilon-max"]
