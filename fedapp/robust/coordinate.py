@@ -3,13 +3,17 @@
 Paper: Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed Learning:
 Towards Optimal Statistical Rates", ICML 2018, https://arxiv.org/abs/1803.01498
 
-Both rules sort each coordinate over the ``n`` rows (one ``torch.sort`` along
-dim 0) and work on blocks of columns, so extra memory stays
-``O(n * chunk_columns)`` whatever ``d`` is.
+Both rules sort each coordinate over the ``n`` rows and work on blocks of
+columns, so extra memory stays ``O(n * chunk_columns)`` whatever ``d`` is. With
+equal weights (uniform, or equal example counts) only the sorted values are
+needed: a CPU matrix then goes through numpy (``np.sort`` along axis 0 is
+vectorised and several times faster than ``torch.sort``). Unequal weights also
+need the sort permutation and use ``torch.sort``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fedapp.robust.base import (
@@ -27,6 +31,22 @@ def _column_slices(n: int, d: int, chunk_columns: int | None) -> list[slice]:
     elif chunk_columns < 1:
         raise ValueError(f"chunk_columns must be >= 1, got {chunk_columns}")
     return [slice(j, j + chunk_columns) for j in range(0, d, chunk_columns)]
+
+
+def _plain_numpy(updates: torch.Tensor, w: torch.Tensor) -> bool:
+    """Equal weights and a CPU float matrix: the plain rule, computed with numpy."""
+    return (
+        updates.device.type == "cpu"
+        and updates.dtype in (torch.float32, torch.float64)
+        and bool((w == w[0]).all())
+    )
+
+
+def _median_block(block: np.ndarray) -> np.ndarray:
+    """Median of each column of ``block`` ``(n, c)``: midpoint of the two middle values."""
+    n = block.shape[0]
+    values = np.sort(block, axis=0)
+    return (values[(n - 1) // 2] + values[n // 2]) / 2
 
 
 def _weighted_median_block(block: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -66,8 +86,13 @@ def coordinate_median(
     n, d = updates.shape
     check_f("median", n, f)
     out = torch.empty(d, dtype=updates.dtype)
-    for cols in _column_slices(n, d, chunk_columns):
-        out[cols] = _weighted_median_block(updates[:, cols], w)
+    if _plain_numpy(updates, w):
+        x, out_np = updates.detach().numpy(), out.numpy()
+        for cols in _column_slices(n, d, chunk_columns):
+            out_np[cols] = _median_block(x[:, cols])
+    else:
+        for cols in _column_slices(n, d, chunk_columns):
+            out[cols] = _weighted_median_block(updates[:, cols], w)
     return AggregationResult(out, AggregationReport("median", extra={"f": float(f)}))
 
 
@@ -82,6 +107,56 @@ def _trim_count(n: int, f: int | None, beta: float | None) -> int:
     if not 0.0 <= beta < 0.5:
         raise ValueError(f"trimmed-mean needs 0 <= beta < 0.5, got beta={beta}")
     return int(beta * n)
+
+
+def _trimmed_rows(block: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``block`` ``(n, c)``, at how many columns a stable sort trims it.
+
+    ``values`` holds the sorted columns and ``k >= 1``. A row is trimmed low where it
+    lies below the ``k``-th smallest value and high where above the ``k``-th largest;
+    rows tied with one of these edge values are trimmed by row index (lowest first
+    on the low side, highest first on the high side), just enough to trim ``k`` per
+    side, exactly as the permutation of a stable sort trims them.
+    """
+    n = block.shape[0]
+    counts = np.zeros(n, dtype=np.float64)
+    for edge, low in ((values[k - 1], True), (values[n - k], False)):
+        side = block <= edge if low else block >= edge
+        excess = np.count_nonzero(side, axis=0) - k  # > 0 where over k rows tie at the edge
+        if (excess > 0).any():
+            tied = block == edge
+            rank = np.cumsum(tied, axis=0) if low else np.cumsum(tied[::-1], axis=0)[::-1]
+            trim_tied = tied & (rank <= np.count_nonzero(tied, axis=0) - excess)
+            side = (block < edge if low else block > edge) | trim_tied
+        counts += np.count_nonzero(side, axis=1)
+    return counts
+
+
+def _trimmed_block(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain trimmed mean of each column of ``block`` (float64) and per-row trim counts."""
+    n = block.shape[0]
+    values = np.sort(block, axis=0)
+    mean = values[k : n - k].sum(axis=0, dtype=np.float64) / (n - 2 * k)
+    counts = _trimmed_rows(block, values, k) if k > 0 else np.zeros(n, dtype=np.float64)
+    return mean, counts
+
+
+def _weighted_trimmed_block(
+    block: torch.Tensor, w: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted trimmed mean of each column of ``block`` (float64) and per-row trim counts."""
+    n = block.shape[0]
+    values, idx = torch.sort(block, dim=0, stable=True)
+    kept = values[k : n - k].to(torch.float64)
+    kept_w = w[idx[k : n - k]]
+    total = kept_w.sum(dim=0)
+    weighted = (kept_w * kept).sum(dim=0) / total.clamp_min(1e-300)
+    mean = torch.where(total > 0, weighted, kept.mean(dim=0))
+    counts = torch.zeros(n, dtype=torch.float64)
+    if k > 0:
+        dropped = torch.cat([idx[:k].reshape(-1), idx[n - k :].reshape(-1)])
+        counts = torch.bincount(dropped, minlength=n).to(torch.float64)
+    return mean, counts
 
 
 def trimmed_mean(
@@ -110,16 +185,17 @@ def trimmed_mean(
     k = _trim_count(n, f, beta)
     out = torch.empty(d, dtype=updates.dtype)
     trimmed_count = torch.zeros(n, dtype=torch.float64)
-    for cols in _column_slices(n, d, chunk_columns):
-        values, idx = torch.sort(updates[:, cols], dim=0, stable=True)
-        kept = values[k : n - k].to(torch.float64)
-        kept_w = w[idx[k : n - k]]
-        total = kept_w.sum(dim=0)
-        weighted = (kept_w * kept).sum(dim=0) / total.clamp_min(1e-300)
-        out[cols] = torch.where(total > 0, weighted, kept.mean(dim=0)).to(updates.dtype)
-        if k > 0:
-            dropped = torch.cat([idx[:k].reshape(-1), idx[n - k :].reshape(-1)])
-            trimmed_count += torch.bincount(dropped, minlength=n).to(torch.float64)
+    if _plain_numpy(updates, w):
+        x, out_np, count_np = updates.detach().numpy(), out.numpy(), trimmed_count.numpy()
+        for cols in _column_slices(n, d, chunk_columns):
+            mean, counts = _trimmed_block(x[:, cols], k)
+            out_np[cols] = mean
+            count_np += counts
+    else:
+        for cols in _column_slices(n, d, chunk_columns):
+            mean_t, counts_t = _weighted_trimmed_block(updates[:, cols], w, k)
+            out[cols] = mean_t.to(updates.dtype)
+            trimmed_count += counts_t
     report = AggregationReport(
         "trimmed-mean",
         scores=tuple((trimmed_count / d).tolist()) if d > 0 else (),

@@ -1,9 +1,9 @@
-"""Distance kernels shared by the rules, in float64, in bounded-memory row blocks.
+"""Distance kernels shared by the rules, in float64, in bounded-memory blocks.
 
 Inputs are float32 ``(n, d)`` matrices that can be large (``d`` is the number of
-model parameters). Each kernel converts at most ``block_rows`` rows to float64
-at a time, so peak extra memory is ``O(block_rows * d)`` plus the ``n x n``
-result, and no Python loop ever runs over coordinates.
+model parameters). Each kernel converts one block of at most ``BLOCK_ELEMENTS``
+elements (or ``block_rows`` rows) to float64 at a time, so peak extra memory is
+one block plus the ``n x n`` result, and no Python loop ever runs over coordinates.
 """
 
 from __future__ import annotations
@@ -27,16 +27,22 @@ def pairwise_sq_distances(x: torch.Tensor, block_rows: int | None = None) -> tor
     """Squared Euclidean distances between all rows, as an ``(n, n)`` float64 matrix.
 
     One Gram matrix ``G = X X^T`` gives ``D_ij = G_ii + G_jj - 2 G_ij``, clamped at
-    0 against rounding; the diagonal is exactly 0. When ``n * d`` is large, ``G``
-    is filled block by block (upper triangle, mirrored), ``block_rows`` rows at a
-    time. Cost ``O(n^2 d)``, memory ``O(n^2 + block_rows * d)``.
+    0 against rounding; the diagonal is exactly 0. By default ``G`` is summed over
+    blocks of columns, ``G = sum_b X_b X_b^T``: each block of at most
+    ``BLOCK_ELEMENTS / n`` columns is converted to float64 once, so ``X`` is read
+    and converted exactly once. With ``block_rows``, ``G`` is filled instead block
+    by block of rows (upper triangle, mirrored), ``block_rows`` rows at a time.
+    Cost ``O(n^2 d)``, memory ``O(n^2 + BLOCK_ELEMENTS)`` (or ``O(n^2 + block_rows * d)``).
     """
     n, d = x.shape
-    rows = rows_per_block(d, block_rows)
-    if rows >= n:
-        x64 = x.to(torch.float64)
-        gram = x64 @ x64.T
+    if block_rows is None:
+        gram = torch.zeros(n, n, dtype=torch.float64)
+        columns = max(1, BLOCK_ELEMENTS // max(n, 1))
+        for j in range(0, d, columns):
+            block = x[:, j : j + columns].to(torch.float64)
+            gram.addmm_(block, block.T)
     else:
+        rows = rows_per_block(d, block_rows)
         gram = torch.empty(n, n, dtype=torch.float64)
         starts = range(0, n, rows)
         for i in starts:

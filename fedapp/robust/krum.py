@@ -98,6 +98,14 @@ def multi_krum(
     if float(w_sel.sum()) <= 0.0:
         w_sel = torch.ones_like(w_sel)
     coef = (w_sel / w_sel.sum()).to(updates.dtype)
+    # Sum over runs of consecutive chosen rows, each a view of ``updates``:
+    # ``updates[chosen]`` would copy up to the whole matrix first.
+    agg = torch.zeros(updates.shape[1], dtype=updates.dtype)
+    start = 0
+    for end in range(1, m + 1):
+        if end == m or chosen[end] != chosen[end - 1] + 1:
+            agg += coef[start:end] @ updates[chosen[start] : chosen[end - 1] + 1]
+            start = end
     report = AggregationReport(
         "multikrum",
         selected=tuple(chosen),
@@ -105,4 +113,4 @@ def multi_krum(
         scores=tuple(scores.tolist()),
         extra={"f": float(f), "m": float(m)},
     )
-    return AggregationResult(coef @ updates[chosen], report)
+    return AggregationResult(agg, report)

@@ -72,7 +72,7 @@ def test_geomed_is_a_minimum(seed: int, n: int) -> None:
     best = _objective(x, z, w)
     for _ in range(10):
         step = torch.randn(4, generator=gen) * 1e-2
-        assert best <= _objective(x, z + step, w) + 1e-6
+        assert best <= _objective(x, z + step, w) * (1 + 1e-5) + 1e-6  # smoothed optimum
 
 
 @FAST
