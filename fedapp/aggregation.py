@@ -33,6 +33,7 @@ class AggregationPipeline:
 
     rule: str = "fedavg"
     f: int = 0
+    byzantine_fraction: float = 0.0
     weighting: str = "capped"
     weight_cap: float = 2.0
     clip_norm: float = 0.0
@@ -45,7 +46,8 @@ class AggregationPipeline:
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> AggregationPipeline:
-        return cls(rule=cfg.aggregator, f=cfg.aggregator_f, weighting=cfg.weighting,
+        return cls(rule=cfg.aggregator, f=cfg.aggregator_f,
+                   byzantine_fraction=cfg.byzantine_fraction, weighting=cfg.weighting,
                    weight_cap=cfg.weight_cap, clip_norm=cfg.clip_norm,
                    preaggregation=cfg.preaggregation, bucket_size=cfg.bucket_size,
                    tau=cfg.clipping_tau, seed=cfg.seed)
@@ -53,7 +55,15 @@ class AggregationPipeline:
     @property
     def __name__(self) -> str:  # shown in the strategy summary
         pre = f" after {self.preaggregation}" if self.preaggregation != "none" else ""
-        return f"{self.rule} (f={self.f}, weights {self.weighting}{pre})"
+        f = f"floor({self.byzantine_fraction} n)" if self.byzantine_fraction > 0 else self.f
+        return f"{self.rule} (f={f}, weights {self.weighting}{pre})"
+
+    def f_for(self, n: int) -> int:
+        """The ``f`` used for ``n`` updates: ``floor(byzantine_fraction * n)`` when that
+        fraction is set, else the fixed ``f``."""
+        if self.byzantine_fraction > 0:
+            return int(self.byzantine_fraction * n + 1e-9)
+        return self.f
 
     def __call__(self, updates: torch.Tensor, num_examples: torch.Tensor) -> AggregationResult:
         self._calls += 1
@@ -64,11 +74,12 @@ class AggregationPipeline:
             x = clip_norm(x, self.clip_norm)
         if self.preaggregation == "bucketing":
             x, weights = bucketing(x, self.bucket_size, self.seed + self._calls), None
-        elif self.preaggregation == "nnm":
-            x = nearest_neighbor_mixing(x, self.f)
+        f = self.f_for(len(updates))
+        if self.preaggregation == "nnm":
+            x = nearest_neighbor_mixing(x, f)
         kwargs: dict[str, object] = {}
         if self.rule != "fedavg":
-            kwargs["f"] = self.f
+            kwargs["f"] = f
         if self.rule == "centered-clipping":
             kwargs |= {"tau": self.tau, "center": self._center}
         result = AGGREGATORS[self.rule](x, weights, **kwargs)

@@ -71,6 +71,11 @@ class RunConfig:
     aggregator: str = field(default="fedavg", metadata=_key("aggregator", choices=AGGREGATOR_NAMES))
     # Robust aggregation (fedapp.aggregation): rule parameters, weights, pre-aggregation.
     aggregator_f: int = field(default=0, metadata=_key("aggregator-f", min=0))
+    # Or f as a fraction of the updates that reach the rule each round (floor(b * n)):
+    # follows the federation's size and dropouts. Only one of the two may be set.
+    byzantine_fraction: float = field(
+        default=0.0, metadata=_key("byzantine-fraction", min=0.0, max=0.45)
+    )
     weighting: str = field(default="capped", metadata=_key("weighting", choices=WEIGHTINGS))
     weight_cap: float = field(default=2.0, metadata=_key("weight-cap", min=1.0))
     clip_norm: float = field(default=0.0, metadata=_key("clip-norm", min=0.0))
@@ -163,6 +168,9 @@ class RunConfig:
                 f"min-train-nodes={self.min_train_nodes} must be <= "
                 f"min-available-nodes={self.min_available_nodes}"
             )
+        if self.aggregator_f > 0 and self.byzantine_fraction > 0:
+            errors.append(f"aggregator-f={self.aggregator_f} and byzantine-fraction="
+                          f"{self.byzantine_fraction} both set f: set one of them to 0")
         if not self.label_column:
             errors.append("label-column='' must name the label column")
         if self.dp == "central":

@@ -160,13 +160,28 @@ def threat_model(robust: RobustStrategy, cfg: RunConfig) -> Strategy:
     elif cfg.attack in ("min-max", "min-sum"):
         params["perturbation"] = cfg.attack_perturbation
     elif cfg.attack in ("alie-adaptive", "ipm-adaptive"):
-        rule_params: dict[str, object] = {} if cfg.aggregator == "fedavg" else {
-            "f": cfg.aggregator_f}
-        if cfg.aggregator == "centered-clipping":
-            rule_params["tau"] = cfg.clipping_tau
-        params |= {"aggregator": cfg.aggregator, "aggregator_params": rule_params}
+        params["aggregator"] = adaptive_target(cfg)
     return ThreatModel(robust, cfg.attack, cfg.attack_fraction, cfg.seed,
                        partition_metric=PARTITION_METRIC, **params)
+
+
+def adaptive_target(cfg: RunConfig) -> Callable[..., Any]:
+    """The pure rule an adaptive attacker searches against: the configured rule with the
+    ``f`` the pipeline would use for that many updates (and ``tau`` for centered clipping)."""
+    from fedapp.robust import AGGREGATORS
+
+    pipeline = AggregationPipeline.from_config(cfg)
+
+    def rule(updates: torch.Tensor) -> Any:
+        kwargs: dict[str, object] = {}
+        if cfg.aggregator != "fedavg":
+            kwargs["f"] = pipeline.f_for(len(updates))
+        if cfg.aggregator == "centered-clipping":
+            kwargs["tau"] = cfg.clipping_tau
+        return AGGREGATORS[cfg.aggregator](updates, **kwargs)
+
+    rule.__name__ = cfg.aggregator
+    return rule
 
 
 def round_line(row: dict[str, float], num_rounds: int) -> str:

@@ -117,7 +117,11 @@ class RobustStrategy(FedAvg):
         stats = self.history.setdefault(server_round, RoundStats(server_round))
         reference = array_specs(self._global)
         global_flat = flatten(self._global)
-        rows: list[np.ndarray] = []
+        replies = list(replies)
+        # One (replies, d) float32 matrix, filled row by row: accepted updates are
+        # written in place (no per-reply copies, no stacking); a rejected reply's row
+        # is overwritten by the next one.
+        matrix = np.empty((len(replies), global_flat.size), dtype=np.float32)
         metrics: list[dict[str, float]] = []
         nodes: list[int] = []
         for msg in replies:
@@ -128,34 +132,34 @@ class RobustStrategy(FedAvg):
                 log(WARNING, "round %d: node %d failed: %s", server_round, node, msg.error.reason)
                 continue
             stats.bytes_up += serialized_bytes(msg.content)
+            row = matrix[len(nodes)]
             try:
                 if is_compressed(msg.content):
                     t0 = time.perf_counter()
-                    update, node_metrics = decode_update(msg.content, reference)
+                    row[:], node_metrics = decode_update(msg.content, reference)
                     stats.decode_seconds += time.perf_counter() - t0
                 else:
-                    local, node_metrics = check_train_reply(msg.content, reference)
-                    update = local - global_flat
+                    _, node_metrics = check_train_reply(msg.content, reference, out=row)
+                    np.subtract(row, global_flat, out=row)
             except ReplyRejected as exc:
                 stats.rejected[node] = str(exc)
                 log(WARNING, "round %d: rejected reply of node %d: %s", server_round, node, exc)
                 continue
-            rows.append(update)
             metrics.append(node_metrics)
             nodes.append(node)
-        stats.accepted = len(rows)
+        stats.accepted = len(nodes)
         stats.train_metrics = weighted_metrics(metrics)
         spent = [m[LOCAL_DP_METRIC] for m in metrics if LOCAL_DP_METRIC in m]
         if spent:  # local DP: the worst-off node's budget is what matters
             stats.train_metrics[LOCAL_DP_METRIC + "-max"] = max(spent)
 
-        if len(rows) < max(self.min_train_nodes, 1):
+        if len(nodes) < max(self.min_train_nodes, 1):
             stats.kept_previous = True
             log(WARNING, "round %d: %d valid replies < min-train-nodes=%d; keeping the previous "
-                "global model", server_round, len(rows), self.min_train_nodes)
+                "global model", server_round, len(nodes), self.min_train_nodes)
             return self._global, self._round_metrics(stats)
 
-        updates = torch.from_numpy(np.stack(rows))
+        updates = torch.from_numpy(matrix[: len(nodes)])  # a view: no copy
         weights = torch.tensor([m[WEIGHT_KEY] for m in metrics], dtype=torch.float64)
         if self.detection != "off":
             updates, weights = self._detect(server_round, stats, nodes, updates, weights)
@@ -164,7 +168,7 @@ class RobustStrategy(FedAvg):
         except ValueError as exc:  # e.g. too few replies for the rule's f after dropouts
             stats.kept_previous = True
             log(WARNING, "round %d: aggregation of %d updates failed (%s); keeping the "
-                "previous global model", server_round, len(rows), exc)
+                "previous global model", server_round, len(nodes), exc)
             return self._global, self._round_metrics(stats)
         stats.report = result.report
         if self.dp_accountant is not None:

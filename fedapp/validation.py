@@ -53,15 +53,17 @@ def check_metrics(content: RecordDict) -> dict[str, float]:
 
 
 def check_train_reply(
-    content: RecordDict, reference: Mapping[str, ArraySpec]
+    content: RecordDict, reference: Mapping[str, ArraySpec], out: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Validate a train reply against the global model's layout.
 
     Returns the reply's weights flattened to float32 (key order of ``reference``)
-    and its metrics. Raises ``ReplyRejected`` naming the first problem found:
-    not exactly one ArrayRecord, missing or extra keys, a shape or dtype that
-    differs from the global model's, an undecodable array, non-finite values, or
-    bad metrics (see ``check_metrics``).
+    and its metrics. With ``out`` (a float32 vector of the model's size, e.g. one
+    row of a preallocated update matrix) the weights are written there and ``out``
+    is returned, so a server never holds a second copy of them. Raises
+    ``ReplyRejected`` naming the first problem found: not exactly one ArrayRecord,
+    missing or extra keys, a shape or dtype that differs from the global model's,
+    an undecodable array, non-finite values, or bad metrics (see ``check_metrics``).
     """
     records = list(content.array_records.values())
     if len(records) != 1:
@@ -74,6 +76,7 @@ def check_train_reply(
                             f"extra {extra}")
     metrics = check_metrics(content)
     parts = []
+    offset = 0
     for key, spec in reference.items():
         arr = arrays[key]
         if str(arr.dtype) != spec.dtype or tuple(arr.shape) != spec.shape:
@@ -92,7 +95,15 @@ def check_train_reply(
             )
         if not np.isfinite(values).all():
             raise ReplyRejected(f"array {key!r} has non-finite values")
-        parts.append(values.astype(np.float32, copy=False).ravel())
+        if out is None:
+            parts.append(values.astype(np.float32, copy=False).ravel())
+        else:
+            out[offset:offset + values.size] = values.ravel()
+            offset += values.size
+    if out is not None:
+        if offset != out.size:
+            raise ValueError(f"out has {out.size} values, the model has {offset}")
+        return out, metrics
     return np.concatenate(parts), metrics
 
 

@@ -83,3 +83,23 @@ def test_strategy_keeps_previous_model_when_the_rule_cannot_run() -> None:
     assert strategy.history[1].kept_previous
     assert new["w"].numpy().tolist() == [0.0, 0.0]
     assert metrics["accepted"] == 3
+
+
+def test_byzantine_fraction_sets_f_from_the_number_of_updates() -> None:
+    p = AggregationPipeline.from_config(RunConfig(aggregator="trimmed-mean",
+                                                  byzantine_fraction=0.2))
+    assert [p.f_for(n) for n in (2, 4, 5, 9, 10, 20)] == [0, 0, 1, 1, 2, 4]
+    # 10 updates, f = 2: the two largest and two smallest values go (f = 1 would give
+    # 50 / 8, f = 0 the mean 15).
+    x = torch.tensor([0.0] * 8 + [50.0, 100.0]).reshape(10, 1)
+    assert p(x, torch.ones(10)).aggregate.item() == 0.0
+    assert AggregationPipeline(rule="trimmed-mean", f=3).f_for(20) == 3  # a fixed f stays
+
+
+def test_adaptive_attack_target_uses_the_pipelines_f() -> None:
+    from fedapp.server_app import adaptive_target
+
+    rule = adaptive_target(RunConfig(aggregator="trimmed-mean", byzantine_fraction=0.2))
+    x = torch.tensor([0.0] * 8 + [50.0, 100.0]).reshape(10, 1)
+    assert rule(x).aggregate.item() == 0.0  # f = 2 of 10
+    assert rule(x[5:]).aggregate.item() == pytest.approx(50 / 3)  # f = 1 of 5

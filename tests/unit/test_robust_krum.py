@@ -205,3 +205,22 @@ def test_krum_selects_only_honest_rows_against_far_outliers(
     assert set(result.report.selected) == honest_rows
     assert (result.aggregate >= honest.min(0).values - 1e-6).all()
     assert (result.aggregate <= honest.max(0).values + 1e-6).all()
+
+
+def test_large_inputs_get_centered_float32_distances_as_accurate_as_float64() -> None:
+    # More elements than one block: the fast path (centered, float32 per block). A large
+    # component shared by every row is what ruins an uncentered float32 Gram.
+    from fedapp.robust.distances import BLOCK_ELEMENTS, pairwise_sq_distances
+
+    gen = torch.Generator().manual_seed(0)
+    n = 12
+    d = 2 * (BLOCK_ELEMENTS // n) + 7
+    x = torch.randn(d, generator=gen) * 100 + torch.randn(n, d, generator=gen) * 0.01
+    fast = pairwise_sq_distances(x)
+    exact = pairwise_sq_distances(x, block_rows=n)  # float64 reference path
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    assert torch.allclose(fast[off_diagonal], exact[off_diagonal], rtol=1e-4)
+    gram32 = x @ x.T  # what an uncentered float32 Gram would give
+    sq = gram32.diagonal()
+    naive = (sq[:, None] + sq[None, :] - 2 * gram32).to(torch.float64)
+    assert not torch.allclose(naive[off_diagonal], exact[off_diagonal], rtol=1e-2)
