@@ -108,13 +108,14 @@ def defended_rule(cfg: RunConfig) -> Callable[..., AggregationResult]:
     knows the whole defense, not only the final rule."""
     def rule(updates: torch.Tensor) -> AggregationResult:
         x = updates
-        if cfg.anomaly_detection == "exclude":
+        pipeline = AggregationPipeline.from_config(cfg)  # fresh: no momentum state
+        if cfg.anomaly_detection == "exclude":  # as RobustStrategy._detect does
             report = detect_anomalies(x, norm_threshold=cfg.detect_norm_z,
                                       cosine_threshold=cfg.detect_cosine)
-            keep = [i for i in range(len(x)) if i not in set(report.flagged)]
+            drop = set(report.most_severe(pipeline.f_for(len(x)) or None))
+            keep = [i for i in range(len(x)) if i not in drop]
             if len(keep) >= max(cfg.min_train_nodes, 1):
                 x = x[keep]
-        pipeline = AggregationPipeline.from_config(cfg)  # fresh: no momentum state
         return pipeline(x, torch.ones(len(x), dtype=torch.float64))
     return rule
 
@@ -128,8 +129,10 @@ def scenario_strategy(sc: dict[str, Any], base: RunConfig, n: int) -> tuple[Stra
         robust = None
     else:
         overrides = {k.replace("-", "_"): v for k, v in sc["config"].items()}
-        cfg = dataclasses.replace(base, **overrides, aggregator_f=f, attack="none",
-                                  fraction_evaluate=0.0, min_train_nodes=n,
+        # f as the fraction (what a user configures); min-train-nodes stays small, as it is
+        # also the floor below which detection does not exclude.
+        cfg = dataclasses.replace(base, **overrides, aggregator_f=0, byzantine_fraction=fraction,
+                                  attack="none", fraction_evaluate=0.0, min_train_nodes=2,
                                   min_available_nodes=n)
         robust, strategy = build_strategy(cfg)
         rule = defended_rule(cfg)

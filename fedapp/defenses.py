@@ -60,6 +60,26 @@ class DetectionReport:
     norm_threshold: float = 3.5
     cosine_threshold: float = 0.0
 
+    def severity(self, i: int) -> float:
+        """How far row ``i`` is past the thresholds: ``max(z_i / t_z, (1 - cos_i) /
+        (1 - t_cos))``. Each term exceeds 1 exactly when its check fires, so flagged
+        rows have severity > 1 and the scales of the two checks are comparable."""
+        by_norm = self.norm_z[i] / self.norm_threshold if self.norm_threshold > 0 else 0.0
+        by_cos = (1.0 - self.cosine[i]) / max(1.0 - self.cosine_threshold, 1e-12)
+        return max(by_norm, by_cos)
+
+    def most_severe(self, limit: int | None) -> tuple[int, ...]:
+        """The flagged rows to exclude when at most ``limit`` may go (None: all of them):
+        the ``limit`` with the highest ``severity``, ties to the lower index, in row order.
+
+        Detection flags honest outliers too (non-IID data has them every round); a defense
+        that assumes at most ``f`` Byzantine nodes should not drop more than ``f``, or an
+        attacker who can make honest rows look anomalous removes honest nodes for free."""
+        if limit is None or limit >= len(self.flagged):
+            return self.flagged
+        ranked = sorted(self.flagged, key=lambda i: (-self.severity(i), i))
+        return tuple(sorted(ranked[: max(limit, 0)]))
+
 
 def robust_z_scores(values: torch.Tensor) -> torch.Tensor:
     """Robust z-scores ``(v_i - median) / (1.4826 * MAD)`` as float64 (see module doc).

@@ -179,7 +179,9 @@ class RobustStrategy(FedAvg):
     def _detect(self, server_round: int, stats: RoundStats, nodes: list[int],
                 updates: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flag anomalous updates, update reputations, and drop flagged rows in
-        ``exclude`` mode (unless that would leave fewer than ``min_train_nodes``)."""
+        ``exclude`` mode: at most the rule's ``f`` of them (the most severe; all of them
+        when the rule has no ``f``), and none if that would leave fewer than
+        ``min_train_nodes``."""
         report = detect_anomalies(updates, norm_threshold=self.norm_threshold,
                                   cosine_threshold=self.cosine_threshold)
         stats.flagged = {nodes[i]: report.reasons[i] for i in report.flagged}
@@ -187,13 +189,16 @@ class RobustStrategy(FedAvg):
         for node, reason in stats.flagged.items():
             log(WARNING, "round %d: node %d flagged (%s), reputation %.2f", server_round, node,
                 reason, self.reputation.scores()[node])
-        keep = [i for i in range(len(nodes)) if i not in set(report.flagged)]
-        if self.detection == "exclude" and report.flagged:
+        f_for = getattr(self.aggregate_fn, "f_for", None)
+        limit = f_for(len(nodes)) if f_for is not None else 0
+        drop = set(report.most_severe(limit if limit > 0 else None))
+        keep = [i for i in range(len(nodes)) if i not in drop]
+        if self.detection == "exclude" and drop:
             if len(keep) >= max(self.min_train_nodes, 1):
                 stats.excluded = len(nodes) - len(keep)
                 return updates[keep], weights[keep]
             log(WARNING, "round %d: excluding %d flagged updates would leave %d < "
-                "min-train-nodes; aggregating all", server_round, len(report.flagged), len(keep))
+                "min-train-nodes; aggregating all", server_round, len(drop), len(keep))
         return updates, weights
 
     def _round_metrics(self, stats: RoundStats) -> MetricRecord:

@@ -98,3 +98,16 @@ def test_reputation_rejects_bad_input() -> None:
         Reputation().update([1, 2], flagged={3})
     with pytest.raises(ValueError):
         Reputation(memory=1.0)
+
+
+def test_most_severe_ranks_flagged_rows_by_how_far_past_the_thresholds() -> None:
+    report = DetectionReport(flagged=(1, 2, 4), norm_z=(0.0, 7.0, 1.0, 0.0, 4.0),
+                             cosine=(0.9, 0.5, -0.9, 0.8, 0.3), norm_threshold=3.5,
+                             cosine_threshold=0.0)
+    # severities: row 1 max(2.0, 0.5) = 2.0; row 2 max(0.29, 1.9) = 1.9; row 4 = 1.14
+    assert report.severity(1) == pytest.approx(2.0)
+    assert report.severity(2) == pytest.approx(1.9)
+    assert report.most_severe(1) == (1,)
+    assert report.most_severe(2) == (1, 2)
+    assert report.most_severe(5) == report.most_severe(None) == (1, 2, 4)
+    assert report.most_severe(0) == ()

@@ -174,3 +174,21 @@ def test_detection_flags_outlier_and_exclude_mode_drops_it(mode: str) -> None:
     else:
         assert metrics["excluded"] == 0
         assert (new - base).min() > 50  # flagged but still averaged in
+
+
+def test_exclusion_drops_at_most_the_rules_f_most_severe_flagged_updates() -> None:
+    from fedapp.aggregation import AggregationPipeline
+
+    # Three rows are flagged (norm z huge for two, moderate for the third); with f = 1 of 8
+    # (byzantine-fraction 0.125) only the most severe one is excluded.
+    strategy = RobustStrategy(min_train_nodes=2, min_available_nodes=8, fraction_evaluate=0.0,
+                              detection="exclude",
+                              aggregate_fn=AggregationPipeline(byzantine_fraction=0.125))
+    arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+    msgs = list(strategy.configure_train(1, arrays, ConfigRecord(), StubGrid(8)))
+    deltas = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 40.0, 500.0]
+    _, metrics = strategy.aggregate_train(1, [reply(m, shifted(d))
+                                              for m, d in zip(msgs, deltas, strict=True)])
+    assert metrics["flagged"] == 2 and metrics["excluded"] == 1
+    stats = strategy.history[1]
+    assert set(stats.flagged) == {msgs[6].metadata.dst_node_id, msgs[7].metadata.dst_node_id}
