@@ -55,15 +55,16 @@ class AggregationPipeline:
     @property
     def __name__(self) -> str:  # shown in the strategy summary
         pre = f" after {self.preaggregation}" if self.preaggregation != "none" else ""
-        f = f"floor({self.byzantine_fraction} n)" if self.byzantine_fraction > 0 else self.f
+        f = self.f if self.f > 0 or self.byzantine_fraction <= 0 else (
+            f"floor({self.byzantine_fraction} n)")
         return f"{self.rule} (f={f}, weights {self.weighting}{pre})"
 
     def f_for(self, n: int) -> int:
-        """The ``f`` used for ``n`` updates: ``floor(byzantine_fraction * n)`` when that
-        fraction is set, else the fixed ``f``."""
-        if self.byzantine_fraction > 0:
-            return int(self.byzantine_fraction * n + 1e-9)
-        return self.f
+        """The ``f`` used for ``n`` updates: the fixed ``f`` if positive, else
+        ``floor(byzantine_fraction * n)``."""
+        if self.f > 0:
+            return self.f
+        return int(self.byzantine_fraction * n + 1e-9)
 
     def __call__(self, updates: torch.Tensor, num_examples: torch.Tensor) -> AggregationResult:
         self._calls += 1

@@ -68,25 +68,28 @@ class RunConfig:
     batch_size: int = field(default=32, metadata=_key("batch-size", min=1))
     learning_rate: float = field(default=0.05, metadata=_key("learning-rate", min=0.0, max=10.0))
     server_lr: float = field(default=1.0, metadata=_key("server-lr", min=0.0, max=10.0))
-    aggregator: str = field(default="fedavg", metadata=_key("aggregator", choices=AGGREGATOR_NAMES))
+    # Defaults of the aggregation block: the recommended robust setting (docs/robustness.md).
+    aggregator: str = field(
+        default="trimmed-mean", metadata=_key("aggregator", choices=AGGREGATOR_NAMES)
+    )
     # Robust aggregation (fedapp.aggregation): rule parameters, weights, pre-aggregation.
     aggregator_f: int = field(default=0, metadata=_key("aggregator-f", min=0))
-    # Or f as a fraction of the updates that reach the rule each round (floor(b * n)):
-    # follows the federation's size and dropouts. Only one of the two may be set.
+    # f as a fraction of the updates that reach the rule each round (floor(b * n)): follows
+    # the federation's size and dropouts. A positive aggregator-f takes precedence.
     byzantine_fraction: float = field(
-        default=0.0, metadata=_key("byzantine-fraction", min=0.0, max=0.45)
+        default=0.2, metadata=_key("byzantine-fraction", min=0.0, max=0.45)
     )
     weighting: str = field(default="capped", metadata=_key("weighting", choices=WEIGHTINGS))
     weight_cap: float = field(default=2.0, metadata=_key("weight-cap", min=1.0))
     clip_norm: float = field(default=0.0, metadata=_key("clip-norm", min=0.0))
     preaggregation: str = field(
-        default="none", metadata=_key("preaggregation", choices=PREAGGREGATIONS)
+        default="nnm", metadata=_key("preaggregation", choices=PREAGGREGATIONS)
     )
     bucket_size: int = field(default=2, metadata=_key("bucket-size", min=1))
     clipping_tau: float = field(default=1.0, metadata=_key("clipping-tau", min=1e-9))
     # Anomaly detection on updates (fedapp.defenses): off, flag (report), exclude.
     anomaly_detection: str = field(
-        default="flag", metadata=_key("anomaly-detection", choices=DETECTION_MODES)
+        default="exclude", metadata=_key("anomaly-detection", choices=DETECTION_MODES)
     )
     detect_norm_z: float = field(default=3.5, metadata=_key("detect-norm-z", min=0.0))
     detect_cosine: float = field(default=0.0, metadata=_key("detect-cosine", min=-1.0, max=1.0))
@@ -168,9 +171,6 @@ class RunConfig:
                 f"min-train-nodes={self.min_train_nodes} must be <= "
                 f"min-available-nodes={self.min_available_nodes}"
             )
-        if self.aggregator_f > 0 and self.byzantine_fraction > 0:
-            errors.append(f"aggregator-f={self.aggregator_f} and byzantine-fraction="
-                          f"{self.byzantine_fraction} both set f: set one of them to 0")
         if not self.label_column:
             errors.append("label-column='' must name the label column")
         if self.dp == "central":

@@ -58,7 +58,7 @@ def test_dp_compression_and_robust_rule_compose_in_one_run(local_env: dict[str, 
     run_config = {"num-server-rounds": 2, "local-epochs": 1, "output-dir": str(out),
                   "tracking": False, "dp": "local", "dp-epsilon": 8.0,
                   "compression": "topk-qsgd", "compression-topk": 0.1,
-                  "aggregator": "trimmed-mean", "aggregator-f": 1}
+                  "aggregator": "trimmed-mean", "aggregator-f": 1, "preaggregation": "none"}
     run_id, _ = runner.run_and_check(
         REPO, run_config, federation_config="num-supernodes=4 client-resources-num-cpus=1",
         env=local_env, timeout=300)

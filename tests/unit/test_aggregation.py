@@ -94,6 +94,9 @@ def test_byzantine_fraction_sets_f_from_the_number_of_updates() -> None:
     x = torch.tensor([0.0] * 8 + [50.0, 100.0]).reshape(10, 1)
     assert p(x, torch.ones(10)).aggregate.item() == 0.0
     assert AggregationPipeline(rule="trimmed-mean", f=3).f_for(20) == 3  # a fixed f stays
+    # a positive aggregator-f takes precedence over the fraction
+    both = RunConfig(aggregator="trimmed-mean", aggregator_f=1, byzantine_fraction=0.2)
+    assert AggregationPipeline.from_config(both).f_for(20) == 1
 
 
 def test_adaptive_attack_target_uses_the_pipelines_f() -> None:

@@ -36,7 +36,8 @@ def test_group_choice_and_dotted_override_map_to_flat_keys() -> None:
     cfg = composed("aggregator=multikrum", "compression=topk-qsgd", "run.num-server-rounds=3",
                    "federation=local4")
     run_config = to_run_config(cfg)
-    assert run_config["aggregator"] == "multikrum" and run_config["aggregator-f"] == 2
+    assert run_config["aggregator"] == "multikrum" and run_config["byzantine-fraction"] == 0.2
+    assert run_config["preaggregation"] == "none"
     assert run_config["compression"] == "topk-qsgd" and run_config["compression-topk"] == 0.01
     assert run_config["num-server-rounds"] == 3
     assert federation_config(cfg) == "num-supernodes=4 client-resources-num-cpus=1"
