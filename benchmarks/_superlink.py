@@ -4,16 +4,28 @@
 fresh ``FLWR_HOME`` in a temporary directory, free ports for the managed SuperLink, runtime
 dependency installation disabled (works offline), and stops the SuperLink and everything it
 started (the processes whose command line mentions that ``FLWR_HOME``) at the end.
+
+``with loopback_deployment(data_path) as dep:`` starts a real deployment instead: a
+plain-text ``flower-superlink`` and one ``flower-supernode`` (a hospital reading
+``data_path``) on free loopback ports, each with its own ``FLWR_HOME``; every output line
+is kept with the wall-clock time it was read, and both are stopped by PID (with the
+``flower-superexec`` / ``flwr-*app`` processes they spawned) at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,3 +52,162 @@ def private_superlink(prefix: str = "fedapp-bench-",
         kill_processes_mentioning(str(home))
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ------------------------------------------------- a real (insecure) deployment on loopback
+
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class StampedProcess:
+    """A process started by a benchmark; every output line is kept with the wall-clock time
+    (epoch seconds) at which it was read."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    def start_reader(self) -> None:
+        assert self.popen.stdout is not None
+        stream = self.popen.stdout
+
+        def copy() -> None:
+            with stream:
+                for raw in iter(stream.readline, b""):
+                    self.lines.append((time.time(), raw.decode(errors="replace").rstrip()))
+
+        self.reader = threading.Thread(target=copy, name=f"log-{self.name}", daemon=True)
+        self.reader.start()
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in list(self.lines))
+
+    def stop(self) -> None:
+        """SIGTERM, wait, SIGKILL: this process, then the helpers it spawned (by PID)."""
+        helpers = _descendants(self.popen.pid)
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=STOP_TIMEOUT_S)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            alive = [pid for pid, cmd in helpers.items() if _cmdline(pid) == cmd and cmd]
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 3
+            while alive and time.monotonic() < deadline:
+                alive = [pid for pid in alive if _cmdline(pid) == helpers[pid]]
+                time.sleep(0.1)
+        if self.reader is not None:
+            self.reader.join(timeout=3)
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
+def _descendants(root: int) -> dict[int, bytes]:
+    """Live descendants of ``root`` (PID -> command line), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: dict[int, bytes] = {}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if (cmd := _cmdline(child)) is not None:
+                found[child] = cmd
+                stack.append(child)
+    return found
+
+
+def start_stamped(name: str, argv: list[str], env: dict[str, str], cwd: Path) -> StampedProcess:
+    popen = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = StampedProcess(name, popen)
+    proc.start_reader()
+    return proc
+
+
+@dataclass
+class Deployment:
+    """A plain-text SuperLink and one SuperNode on loopback, driven with the `flwr` CLI."""
+
+    workdir: Path
+    env: dict[str, str]  # for `flwr` (FLWR_HOME with the connection)
+    connection: str
+    superlink: StampedProcess
+    supernode: StampedProcess
+
+    def flwr(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+        flwr = str(Path(sys.executable).parent / "flwr")
+        return subprocess.run([flwr, *args], cwd=REPO, env=self.env, capture_output=True,
+                              text=True, timeout=timeout_s, check=False)
+
+
+@contextmanager
+def loopback_deployment(data_path: Path, supernode_env: dict[str, str] | None = None,
+                        prefix: str = "fedapp-deploy-bench-") -> Iterator[Deployment]:
+    """Start ``flower-superlink --insecure`` and one ``flower-supernode --insecure`` reading
+    ``data_path``, on free ports with private ``FLWR_HOME``s; wait until the node is
+    online; stop both (and what they spawned, by PID) at the end."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.flwr_cli import free_port
+
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    bin_dir = str(Path(sys.executable).parent)
+    base = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PYTHONUNBUFFERED": "1"}
+    link_port, node_port = free_port(), free_port()
+    cli_home = workdir / "flwr-home"
+    cli_home.mkdir()
+    connection = "bench"
+    (cli_home / "config.toml").write_text(
+        f'[superlink.{connection}]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    cli_env = {**base, "FLWR_HOME": str(cli_home),
+               "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    procs: list[StampedProcess] = []
+    try:
+        link = start_stamped("superlink", [
+            "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
+            "--database", str(workdir / "link.db"), "--disable-runtime-dependency-installation",
+        ], {**base, "FLWR_HOME": str(workdir / "link-home")}, workdir)
+        procs.append(link)
+        node_env = {**base, "FLWR_HOME": str(workdir / "node-home"),
+                    "FEDAPP_COLD_START_LOG": "1",
+                    "FEDAPP_DATA_CACHE": str(workdir / "node-cache"), **(supernode_env or {})}
+        node = start_stamped("supernode", [
+            "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+            "--port", str(node_port), "--node-config", f"data-path='{data_path}'",
+        ], node_env, workdir)
+        procs.append(node)
+        deployment = Deployment(workdir, cli_env, connection, link, node)
+        deadline = time.monotonic() + 120
+        while "SuperNode ID:" not in node.text():
+            for proc in procs:
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited:\n{proc.text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the SuperNode did not connect:\n{node.text()[-3000:]}")
+            time.sleep(0.2)
+        yield deployment
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

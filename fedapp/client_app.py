@@ -3,19 +3,26 @@
 In deployment every message starts a fresh process that imports this module, so
 the import path is kept lean: torch and Flower's client API only. Dataset
 libraries are imported inside the data loaders, when (and only if) needed, and a
-hospital's parsed file is cached between messages (fedapp.data.local). With
+hospital's parsed file is cached between messages (fedapp.data.local). Local
+training avoids ``torch.optim`` (its first use imports ``torch._dynamo``, seconds per
+process; see ``task.train``) and runs on one torch thread by default. With
 ``FEDAPP_COLD_START_LOG=1`` in the SuperNode's environment each handler logs how
-long after its process started it was entered and how long the local data took.
+long after its process started it was entered and how long the local data took,
+and when it returned, with wall-clock (epoch) stamps of the process start, the
+handler's entry and its return (``benchmarks/cold_start.py`` reads them).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import zlib
+from collections.abc import Callable
 from logging import INFO
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
@@ -35,6 +42,26 @@ app = ClientApp(mods=[compression_mod, attack_mod])
 
 
 COLD_START_LOG_ENV = "FEDAPP_COLD_START_LOG"
+TORCH_THREADS_ENV = "FEDAPP_TORCH_THREADS"
+
+
+def _limit_torch_threads() -> None:
+    """One intra-op thread unless told otherwise. The models are tiny: extra threads gain
+    nothing and, on a busy machine, cost seconds per message (measured: a 152-row MLP
+    round took 1.5-2.3 s with 2 threads under load 6, 0.04-0.1 s with 1).
+    ``FEDAPP_TORCH_THREADS=N`` sets N, ``auto`` keeps torch's default; an explicit
+    ``OMP_NUM_THREADS`` is respected as well."""
+    wanted = os.environ.get(TORCH_THREADS_ENV, "").strip().lower()
+    if wanted == "auto" or (not wanted and "OMP_NUM_THREADS" in os.environ):
+        return
+    threads = int(wanted) if wanted.isdigit() else 1 if not wanted else 0
+    if threads < 1:
+        raise ValueError(f"{TORCH_THREADS_ENV}={wanted!r}: expected a positive integer or 'auto'")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+Handler = Callable[[Message, Context], Message]
 
 
 def _process_age() -> float | None:
@@ -48,16 +75,35 @@ def _process_age() -> float | None:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _cold_start_logged(handler: Handler) -> Handler:
+    """With ``FEDAPP_COLD_START_LOG=1``: log when ``handler`` returned (epoch) and how long
+    it ran; ``_setup`` logs its entry. Otherwise ``handler`` runs as it is."""
+    @functools.wraps(handler)
+    def logged(msg: Message, context: Context) -> Message:
+        if os.environ.get(COLD_START_LOG_ENV) != "1":
+            return handler(msg, context)
+        t0 = time.perf_counter()
+        reply = handler(msg, context)
+        log(INFO, "[fedapp] cold start: %s handler returned at %.3f (epoch) after %.3fs",
+            msg.metadata.message_type, time.time(), time.perf_counter() - t0)
+        return reply
+
+    return logged
+
+
 def _setup(msg: Message, context: Context):  # type: ignore[no-untyped-def]
     entered = _process_age() if os.environ.get(COLD_START_LOG_ENV) == "1" else None
+    entered_epoch = time.time()
+    _limit_torch_threads()
     cfg = RunConfig.from_flower(context.run_config)
     node = NodeConfig.from_flower(context.node_config)
     t0 = time.perf_counter()
     train_data, val_data = load_node_data(cfg, node)
     if entered is not None:
         log(INFO, "[fedapp] cold start: %s handler entered %.2fs after process start; "
-            "local data loaded in %.3fs", msg.metadata.message_type, entered,
-            time.perf_counter() - t0)
+            "local data loaded in %.3fs (process start %.3f, entered %.3f epoch)",
+            msg.metadata.message_type, entered, time.perf_counter() - t0,
+            entered_epoch - entered, entered_epoch)
     spec = dataset_spec(cfg)
     if is_malicious(cfg, node) and cfg.attack == "label-flip":  # refused in deployment
         train_data = Split(train_data.x, (spec.num_classes - 1) - train_data.y)
@@ -73,6 +119,7 @@ def _setup(msg: Message, context: Context):  # type: ignore[no-untyped-def]
 
 
 @app.train()
+@_cold_start_logged
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on local data; reply with weights and metrics."""
     cfg, model, train_data, _, seed = _setup(msg, context)
@@ -93,6 +140,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_cold_start_logged
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the node's local validation split."""
     _, model, train_data, val_data, _ = _setup(msg, context)

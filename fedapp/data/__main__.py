@@ -1,9 +1,13 @@
-"""``python -m fedapp.data split``: write per-hospital files from a built-in dataset.
+"""``python -m fedapp.data split|check``: hospital data files for a deployment.
 
-For demos and tests of a deployment: each hospital gets one CSV or Parquet file
-of raw features plus a ``label`` column, cut from the *training* part of the
-dataset (the server's held-out test rows are never written), partitioned like
-the simulation would (iid, dirichlet or shard).
+``split`` writes per-hospital files from a built-in dataset, for demos and tests:
+each hospital gets one CSV or Parquet file of raw features plus a ``label`` column,
+cut from the *training* part of the dataset (the server's held-out test rows are
+never written), partitioned like the simulation would (iid, dirichlet or shard).
+
+``check FILE --dataset NAME [--label-column COL]`` validates a hospital's file exactly
+as its ClientApp will (same reader, same checks, no cache): it prints the row count
+and label counts, or the error the ClientApp would reply with, and exits 1.
 """
 
 from __future__ import annotations
@@ -39,6 +43,23 @@ def split(dataset: str, hospitals: int, out: Path, fmt: str, partitioner: str, a
     return written
 
 
+def check(file: Path, dataset: str, label_column: str) -> int:
+    """Validate ``file`` with the ClientApp's own reader; 0 if it would be accepted."""
+    from fedapp.data.local import DataFileError, load_table
+    from fedapp.data.specs import DATASET_SPECS
+
+    spec = DATASET_SPECS[dataset]
+    try:
+        data = load_table(str(file), label_column, spec, cache=False)
+    except DataFileError as exc:
+        print(f"REJECTED: {exc}", file=sys.stderr)
+        return 1
+    counts = np.bincount(data.y, minlength=spec.num_classes).tolist()
+    print(f"OK: {file}: {len(data)} rows, {spec.num_features} features, label counts {counts} "
+          f"({dataset}, label column {label_column!r})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedapp.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="must equal the run config's test-fraction (same held-out rows)")
     p.add_argument("--seed", type=int, default=42, help="must equal the run config's seed")
+    c = sub.add_parser("check", help="validate one hospital file as its ClientApp would")
+    c.add_argument("file", type=Path)
+    c.add_argument("--dataset", choices=["digits", "breast-cancer"], default="breast-cancer",
+                   help="the run config's dataset")
+    c.add_argument("--label-column", default="label",
+                   help="the node config's label-column (else the run config's)")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return check(args.file, args.dataset, args.label_column)
     if args.hospitals < 1:
         parser.error(f"--hospitals={args.hospitals} must be >= 1")
     split(args.dataset, args.hospitals, args.out, args.format, args.partitioner,

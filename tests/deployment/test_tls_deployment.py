@@ -78,6 +78,8 @@ NODE_ID_LINE = re.compile(r"SuperNode ID: (\d+)")
 RUN_ID_LINE = re.compile(r"Successfully started run (\d+)")
 COLD_START_LINE = re.compile(r"\[fedapp\] cold start: (\w+) handler entered ([0-9.]+)s after "
                              r"process start; local data loaded in ([0-9.]+)s")
+HANDLER_LINE = re.compile(r"\[fedapp\] cold start: train handler returned at [0-9.]+ \(epoch\) "
+                          r"after ([0-9.]+)s")
 MESSAGE_LINE = re.compile(r"(Received successfully|Sending: (\w+) message)")
 
 pytestmark = [
@@ -525,6 +527,8 @@ def record_client_timings(fed: Federation) -> None:
         first_load += loads[:1]
         later_loads += loads[1:]
     fed.record_timing("ClientApp process start -> handler entered: " + summary(entered))
+    handler = [float(m.group(1)) for proc in honest for m in HANDLER_LINE.finditer(proc.log_text())]
+    fed.record_timing("train handler (local data, model, local SGD): " + summary(handler))
     fed.record_timing(f"local data load: first message (parse + cache) {summary(first_load)}; "
                       f"later messages (cache) {summary(later_loads)}")
 

@@ -66,6 +66,22 @@ def test_split_cli_writes_loadable_hospital_files(tmp_path: Path) -> None:
     assert total == len(train)
 
 
+def test_check_cli_accepts_a_good_file_and_names_the_problem_in_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _valid_frame(6)
+    assert data_cli(["check", _csv(tmp_path, good, "good.csv"), "--dataset",
+                     "breast-cancer"]) == 0
+    assert "OK:" in capsys.readouterr().out
+    renamed = good.rename(columns={"label": "diagnosis"})
+    assert data_cli(["check", _csv(tmp_path, renamed, "renamed.csv")]) == 1
+    assert "label" in capsys.readouterr().err
+    assert data_cli(["check", _csv(tmp_path, renamed, "renamed.csv"),
+                     "--label-column", "diagnosis"]) == 0
+    assert data_cli(["check", _csv(tmp_path, good.drop(columns=["f3"]))]) == 1
+    assert "29 feature columns" in capsys.readouterr().err
+
+
 def _csv(tmp_path: Path, df: pd.DataFrame, name: str = "bad.csv") -> str:
     path = tmp_path / name
     df.to_csv(path, index=False)
