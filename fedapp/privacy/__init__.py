@@ -1,6 +1,8 @@
 """Differential privacy for fedapp: DP-SGD on nodes (Opacus), central DP, accounting.
 
-- :mod:`fedapp.privacy.local`: sample-level DP-SGD with Opacus's PrivacyEngine,
+- :mod:`fedapp.privacy.local`: sample-level DP-SGD with Opacus's PrivacyEngine (in the
+  fastest per-sample-gradient mode the model allows: ghost clipping, ExpandedWeights
+  or hooks, :func:`choose_grad_sample_mode`),
   the node's accountant state (:class:`DPState`) kept in ``context.state``, and
   budget enforcement (:func:`would_exceed`);
 - :mod:`fedapp.privacy.central`: client-level DP on the server (clipped mean plus
@@ -19,9 +21,11 @@ from fedapp.privacy.central import (
     clip_updates,
 )
 from fedapp.privacy.local import (
+    GRAD_SAMPLE_MODES,
     STATE_KEY,
     DPState,
     check_model,
+    choose_grad_sample_mode,
     dp_train,
     load_state,
     make_compatible,
@@ -31,6 +35,7 @@ from fedapp.privacy.local import (
 )
 
 __all__ = [
+    "GRAD_SAMPLE_MODES",
     "STATE_KEY",
     "CentralAccountant",
     "CentralDP",
@@ -38,6 +43,7 @@ __all__ = [
     "calibrate_noise",
     "central_dp_mean",
     "check_model",
+    "choose_grad_sample_mode",
     "clip_updates",
     "dp_train",
     "epsilon_of",

@@ -116,3 +116,24 @@ def test_cli_writes_json_and_roc_png(tmp_path: Path) -> None:
     assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path)])  # a target is required
+
+
+def test_saved_federated_target_audit_matches_its_run(tmp_path: Path) -> None:
+    """``--model`` of a DP run: members = the nodes' training rows, non-members = the
+    server's test rows plus the nodes' validation rows (disjoint), shadows use DP-SGD."""
+    from fedapp.audit import _saved_target, parse_args
+    from fedapp.config import RunConfig
+
+    cfg = RunConfig(model="mlp", hidden_units=16, dp="local", dp_epsilon=2.5,
+                    dp_max_grad_norm=0.7, partitioner="iid", batch_size=64, learning_rate=0.1)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_flower()))
+    torch.save(task.build_model("mlp", SPEC, 16).state_dict(), tmp_path / "model.pt")
+    args = parse_args(["--model", str(tmp_path / "model.pt"), "--num-partitions", "2",
+                       "--epochs", "3"])
+    _, members, nonmembers, recipe, _ = _saved_target(args)
+    assert (recipe.dp_epsilon, recipe.max_grad_norm, recipe.epochs) == (2.5, 0.7, 3)
+    assert (recipe.batch_size, recipe.lr, recipe.hidden) == (64, 0.1, 16)
+    x, _, _ = load_raw("digits")
+    assert len(members) + len(nonmembers) == len(x)  # every row is one or the other
+    seen = {row.tobytes() for row in members.x}
+    assert not any(row.tobytes() in seen for row in nonmembers.x)

@@ -103,6 +103,19 @@ def test_would_exceed_refuses_the_round_past_the_budget() -> None:
     assert would_exceed(state, 1, state.sample_rate, 0.5 * state.noise_multiplier, DELTA, 0.1)
 
 
+def test_epsilon_of_is_opacus_rdp_accountant_exactly_and_caches_each_step() -> None:
+    from fedapp.privacy.accounting import _step_rdp, epsilon_of
+
+    history = [(2.0, 0.25, 12), (0.9, 0.05, 700), (2.0, 0.25, 36)]
+    assert epsilon_of(history, DELTA) == opacus_epsilon(history)  # bit for bit
+    hits = _step_rdp.cache_info().hits
+    more = [(2.0, 0.25, 48), (0.9, 0.05, 701)]  # new step counts, same (z, q)
+    assert epsilon_of(more, DELTA) == opacus_epsilon(more)
+    assert _step_rdp.cache_info().hits == hits + 2  # no RDP series recomputed
+    assert epsilon_of([], DELTA) == 0.0
+    assert epsilon_of([(2.0, 0.25, 0)], DELTA) == 0.0
+
+
 # --- DP-SGD with Opacus ------------------------------------------------------------------
 
 
