@@ -116,7 +116,7 @@ def defended_rule(cfg: RunConfig) -> Callable[..., AggregationResult]:
             keep = [i for i in range(len(x)) if i not in drop]
             if len(keep) >= max(cfg.min_train_nodes, 1):
                 x = x[keep]
-        return pipeline(x, torch.ones(len(x), dtype=torch.float64))
+        return pipeline(x, torch.ones(len(x), dtype=torch.float64), num_replies=len(updates))
     return rule
 
 

@@ -17,6 +17,13 @@ from fedapp.robust.preaggregation import bucketing, clip_norm, nearest_neighbor_
 from fedapp.robust.weights import node_weights
 
 
+def max_f(rule: str, n: int) -> int:
+    """The largest ``f`` rule ``rule`` accepts for ``n`` rows: ``n > 2f`` for the
+    median-type rules, ``n > 2f + 2`` for Krum and Multi-Krum (0 if none)."""
+    extra = 2 if rule in ("krum", "multikrum") else 0
+    return max(0, (n - 1 - extra) // 2)
+
+
 @dataclass
 class AggregationPipeline:
     """``__call__(updates, num_examples)``, the strategy's ``aggregate_fn``.
@@ -66,7 +73,14 @@ class AggregationPipeline:
             return self.f
         return int(self.byzantine_fraction * n + 1e-9)
 
-    def __call__(self, updates: torch.Tensor, num_examples: torch.Tensor) -> AggregationResult:
+    def __call__(self, updates: torch.Tensor, num_examples: torch.Tensor,
+                 num_replies: int | None = None) -> AggregationResult:
+        """Aggregate ``updates``. ``num_replies`` is the number of updates before anomaly
+        exclusion (default: ``len(updates)``): ``f`` is computed from it, because the
+        excluded rows may all have been honest, so as many Byzantine rows may remain. An
+        ``f`` from ``byzantine_fraction`` is then lowered, if needed, to the most the rule
+        can take for the rows it gets (``n > 2f``, Krum ``n > 2f + 2``); a fixed ``f`` that
+        the rule cannot take raises ``ValueError`` (the strategy keeps its model)."""
         self._calls += 1
         weights: torch.Tensor | None = node_weights(num_examples, self.weighting,  # type: ignore[arg-type]
                                                     self.weight_cap)
@@ -75,7 +89,9 @@ class AggregationPipeline:
             x = clip_norm(x, self.clip_norm)
         if self.preaggregation == "bucketing":
             x, weights = bucketing(x, self.bucket_size, self.seed + self._calls), None
-        f = self.f_for(len(updates))
+        f = self.f_for(num_replies or len(updates))
+        if self.f == 0:  # from byzantine-fraction: never more than the rule can take
+            f = min(f, max_f(self.rule, len(x)))
         if self.preaggregation == "nnm":
             x = nearest_neighbor_mixing(x, f)
         kwargs: dict[str, object] = {}

@@ -164,7 +164,10 @@ class RobustStrategy(FedAvg):
         if self.detection != "off":
             updates, weights = self._detect(server_round, stats, nodes, updates, weights)
         try:
-            result = self.aggregate_fn(updates, weights)
+            if hasattr(self.aggregate_fn, "f_for"):  # f counts the excluded rows too
+                result = self.aggregate_fn(updates, weights, num_replies=len(nodes))
+            else:
+                result = self.aggregate_fn(updates, weights)
         except ValueError as exc:  # e.g. too few replies for the rule's f after dropouts
             stats.kept_previous = True
             log(WARNING, "round %d: aggregation of %d updates failed (%s); keeping the "

@@ -106,3 +106,18 @@ def test_adaptive_attack_target_uses_the_pipelines_f() -> None:
     x = torch.tensor([0.0] * 8 + [50.0, 100.0]).reshape(10, 1)
     assert rule(x).aggregate.item() == 0.0  # f = 2 of 10
     assert rule(x[5:]).aggregate.item() == pytest.approx(50 / 3)  # f = 1 of 5
+
+
+def test_f_counts_excluded_rows_and_is_capped_to_what_the_rule_takes() -> None:
+    from fedapp.aggregation import max_f
+
+    assert [max_f("trimmed-mean", n) for n in (1, 2, 5, 14)] == [0, 0, 2, 6]
+    assert [max_f("multikrum", n) for n in (3, 4, 5, 14)] == [0, 0, 1, 5]
+    p = AggregationPipeline(rule="trimmed-mean", byzantine_fraction=0.3)
+    # 20 replies, 6 excluded: f stays floor(0.3 * 20) = 6, not floor(0.3 * 14) = 4.
+    x = torch.tensor([0.0] * 8 + [50.0] * 6).reshape(14, 1)
+    assert p(x, torch.ones(14), num_replies=20).aggregate.item() == 0.0
+    assert p(x, torch.ones(14)).aggregate.item() > 0.0  # f = 4 lets two 50s in
+    # 10 replies, 6 excluded: f = 3 would need n > 6; capped to 1 for the 4 rows left.
+    y = torch.tensor([0.0, 1.0, 2.0, 100.0]).reshape(4, 1)
+    assert p(y, torch.ones(4), num_replies=10).aggregate.item() == 1.5
