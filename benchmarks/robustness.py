@@ -59,6 +59,8 @@ ATTACK_COLUMNS = ("none", *NODE_SIDE, *OMNISCIENT)
 OURS: dict[str, dict[str, Any]] = {
     "ours-nnm-tm": {"aggregator": "trimmed-mean", "preaggregation": "nnm",
                     "anomaly-detection": "exclude"},
+    "ours-nnm-tm-flag": {"aggregator": "trimmed-mean", "preaggregation": "nnm",
+                         "anomaly-detection": "flag"},
     "ours-nnm-multikrum": {"aggregator": "multikrum", "preaggregation": "nnm",
                            "anomaly-detection": "exclude"},
 }
