@@ -31,13 +31,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _test_helpers():  # type: ignore[no-untyped-def]
+    """``tests.flwr_cli`` (tests/ is not installed; its helpers are reused in place)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import tests.flwr_cli
+
+    return tests.flwr_cli
+
+
 @contextmanager
 def private_superlink(prefix: str = "fedapp-bench-",
                       keep: bool = False) -> Iterator[tuple[dict[str, str], Path]]:
     """Yield ``(env, workdir)``: the environment for `flwr` and a scratch directory."""
-    if str(REPO) not in sys.path:  # tests/ is not installed; reuse its helpers in place
-        sys.path.insert(0, str(REPO))
-    from tests.flwr_cli import free_port, kill_processes_mentioning
+    helpers = _test_helpers()
+    free_port, kill_processes_mentioning = helpers.free_port, helpers.kill_processes_mentioning
 
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     home = workdir / "flwr-home"
@@ -86,7 +94,9 @@ class StampedProcess:
 
     def stop(self) -> None:
         """SIGTERM, wait, SIGKILL: this process, then the helpers it spawned (by PID)."""
-        helpers = _descendants(self.popen.pid)
+        cli = _test_helpers()
+        descendants, cmdline = cli.descendants, cli.cmdline
+        helpers = descendants(self.popen.pid)
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
@@ -95,44 +105,16 @@ class StampedProcess:
                 self.popen.kill()
                 self.popen.wait(timeout=STOP_TIMEOUT_S)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            alive = [pid for pid, cmd in helpers.items() if _cmdline(pid) == cmd and cmd]
+            alive = [pid for pid, cmd in helpers.items() if cmdline(pid) == cmd and cmd]
             for pid in alive:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             deadline = time.monotonic() + 3
             while alive and time.monotonic() < deadline:
-                alive = [pid for pid in alive if _cmdline(pid) == helpers[pid]]
+                alive = [pid for pid in alive if cmdline(pid) == helpers[pid]]
                 time.sleep(0.1)
         if self.reader is not None:
             self.reader.join(timeout=3)
-
-
-def _cmdline(pid: int) -> bytes | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-
-
-def _descendants(root: int) -> dict[int, bytes]:
-    """Live descendants of ``root`` (PID -> command line), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: dict[int, bytes] = {}
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if (cmd := _cmdline(child)) is not None:
-                found[child] = cmd
-                stack.append(child)
-    return found
 
 
 def start_stamped(name: str, argv: list[str], env: dict[str, str], cwd: Path) -> StampedProcess:
@@ -165,9 +147,7 @@ def loopback_deployment(data_path: Path, supernode_env: dict[str, str] | None = 
     """Start ``flower-superlink --insecure`` and one ``flower-supernode --insecure`` reading
     ``data_path``, on free ports with private ``FLWR_HOME``s; wait until the node is
     online; stop both (and what they spawned, by PID) at the end."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from tests.flwr_cli import free_port
+    free_port = _test_helpers().free_port
 
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     bin_dir = str(Path(sys.executable).parent)

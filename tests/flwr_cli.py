@@ -38,3 +38,37 @@ def kill_processes_mentioning(text: str) -> None:
                     kill(pid, sig)
         if sig == signal.SIGTERM:
             time.sleep(2)
+
+
+def read_ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 4 of /proc/PID/stat, after the parenthesised command name.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
+def descendants(root: int) -> dict[int, bytes]:
+    """PIDs (with their command lines) of all live descendants of ``root``; Linux only."""
+    if not Path("/proc").is_dir():
+        return {}
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (ppid := read_ppid(int(entry.name))) is not None:
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: dict[int, bytes] = {}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if (cmd := cmdline(child)) is not None:
+                found[child] = cmd
+                stack.append(child)
+    return found

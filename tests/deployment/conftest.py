@@ -28,6 +28,8 @@ from typing import IO
 
 import pytest
 
+from tests.flwr_cli import cmdline, descendants
+
 STOP_TIMEOUT_S = 15.0
 HELPER_GRACE_S = 3.0
 LOG_TAIL_LINES = 150
@@ -117,40 +119,6 @@ def _copy_stamped(stream: IO[bytes], log_path: Path, sup: Supervisor) -> None:
             log_file.flush()
 
 
-def _read_ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 4 of /proc/PID/stat, after the parenthesised command name.
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _cmdline(pid: int) -> bytes | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-
-
-def descendants(root: int) -> dict[int, bytes]:
-    """PIDs (with their command lines) of all live descendants of ``root``; Linux only."""
-    if not Path("/proc").is_dir():
-        return {}
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (ppid := _read_ppid(int(entry.name))) is not None:
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: dict[int, bytes] = {}
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if (cmd := _cmdline(child)) is not None:
-                found[child] = cmd
-                stack.append(child)
-    return found
-
-
 def stop_process(popen: subprocess.Popen[bytes]) -> None:
     """SIGTERM, wait, then SIGKILL if it is still alive."""
     if popen.poll() is not None:
@@ -190,7 +158,7 @@ def _wait_gone(helpers: dict[int, bytes], timeout_s: float) -> bool:
 
 def _alive(pid: int, cmd: bytes) -> bool:
     """Alive and not a zombie (a zombie's cmdline reads empty)."""
-    return _cmdline(pid) == cmd and bool(cmd)
+    return cmdline(pid) == cmd and bool(cmd)
 
 
 @pytest.fixture(scope="module")
