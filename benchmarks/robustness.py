@@ -181,11 +181,12 @@ def summarise(cells: list[dict[str, Any]], rows: list[str], attacks: list[str],
 
 
 def recommend(summary: dict[str, Any], rows: list[str]) -> str | None:
-    """Our row with the best worst case at the highest fraction (ties: the lower fraction)."""
+    """Our row with the best worst case at the lowest fraction (20%, the default
+    ``byzantine-fraction``); ties go to the next fraction."""
     ours = [r for r in rows if r in OURS]
     if not ours:
         return None
-    fractions = sorted(summary["tables"], key=float, reverse=True)
+    fractions = sorted(summary["tables"], key=float)
 
     def key(r: str) -> tuple[float, ...]:
         return tuple(summary["tables"][f][r]["worst"] or 0.0 for f in fractions)
@@ -207,7 +208,9 @@ def write_doc(results: dict[str, Any], path: Path, png: Path, json_path: Path) -
         f"({results['machine']['cpus']} cores, flwr {results['versions']['flwr']}, "
         f"torch {results['versions']['torch']}); raw results in "
         f"`{json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}`. "
-        f"Total {results['wall-seconds'] / 60:.0f} min.",
+        f"Total {results['wall-seconds'] / 60:.0f} min of the last invocation: a killed run "
+        "resumes from its finished cells (`--workdir`), and cells are only reused when the "
+        "code they ran is unchanged.",
         "",
         f"Setting: {results['dataset']}, model `{results['settings']['model']}`, "
         f"{results['settings']['nodes']} simulated nodes (Dirichlet alpha = 0.5), "
@@ -272,6 +275,14 @@ def findings(results: dict[str, Any]) -> list[str]:
             out.append(f"{round(100 * float(f))}% setting, no attack: `{rec}` is {d:+.1f} pt "
                        f"from clean FedAvg (target: within 1 pt): "
                        f"{'met' if abs(d) <= 1.0 or d > 0 else 'missed'}.")
+        broken = [a for a in results["attacks"] if a != "none" and all(
+            table[r]["accuracy"][a] is not None and table[r]["accuracy"][a] < 0.5 for r in rows)]
+        if broken:
+            best = {a: max(rows, key=lambda r, a=a: table[r]["accuracy"][a]) for a in broken}
+            out.append(f"{round(100 * float(f))}% Byzantine: no aggregator in the table keeps 50% "
+                       "accuracy under " + ", ".join(
+                           f"{a} (best {LABELS.get(best[a], best[a])}, "
+                           f"{_pct(table[best[a]]['accuracy'][a])}%)" for a in broken) + ".")
     return out
 
 
