@@ -37,9 +37,11 @@ import secrets
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from logging import WARNING
 
 import torch
 from flwr.app import ConfigRecord, RecordDict
+from flwr.common.logger import log
 from torch import nn
 
 from fedapp.data.specs import Split
@@ -324,10 +326,11 @@ def _make_private(model: nn.Module, lr: float, loader: torch.utils.data.DataLoad
 
     try:
         return wrap(mode)
-    except (NotImplementedError, ValueError, RuntimeError):
+    except (NotImplementedError, ValueError, RuntimeError) as exc:
         # Opacus validates the layers for the mode before it attaches anything to the model.
         if mode == "hooks":
             raise
+        log(WARNING, "[fedapp] Opacus refused grad_sample_mode=%r (%s); using 'hooks'", mode, exc)
         return wrap("hooks")
 
 
