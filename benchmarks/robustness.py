@@ -57,12 +57,12 @@ ATTACK_COLUMNS = ("none", *NODE_SIDE, *OMNISCIENT)
 # Our rows: run-config overrides of RunConfig. Every robust rule is told the true fraction of
 # Byzantine nodes: ours as byzantine-fraction, Flower's as the count f it takes.
 OURS: dict[str, dict[str, Any]] = {
+    "ours-recommended": {"aggregator": "fedavg", "preaggregation": "none",
+                         "anomaly-detection": "exclude"},
     "ours-nnm-tm": {"aggregator": "trimmed-mean", "preaggregation": "nnm",
                     "anomaly-detection": "exclude"},
-    "ours-nnm-tm-flag": {"aggregator": "trimmed-mean", "preaggregation": "nnm",
-                         "anomaly-detection": "flag"},
-    "ours-nnm-multikrum": {"aggregator": "multikrum", "preaggregation": "nnm",
-                           "anomaly-detection": "exclude"},
+    "ours-spectral": {"aggregator": "spectral", "preaggregation": "none",
+                      "anomaly-detection": "flag"},
 }
 FLOWER = ("flwr-fedavg", "flwr-multikrum", "flwr-fedmedian", "flwr-trimmedavg", "flwr-bulyan")
 LABELS = {"flwr-fedavg": "Flower FedAvg", "flwr-multikrum": "Flower MultiKrum",
@@ -338,7 +338,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path)
     args = parser.parse_args()
     rows = args.rows.split(",") if args.rows else (
-        ["ours-nnm-tm", "flwr-multikrum"] if args.quick else [*OURS, *FLOWER])
+        ["ours-recommended", "flwr-multikrum"] if args.quick else [*OURS, *FLOWER])
     attacks = args.attacks.split(",") if args.attacks else (
         ["none", "alie"] if args.quick else list(ATTACK_COLUMNS))
     fractions = ([float(x) for x in args.fractions.split(",")] if args.fractions

@@ -44,12 +44,12 @@ from fedapp.attack_mod import PARTITION_METRIC
 from fedapp.attacks import ATTACKS
 from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec, load_server_test
-from fedapp.defenses import detect_anomalies
 from fedapp.robust import AggregationReport, AggregationResult
 from fedapp.robust.base import weighted_mean
 from fedapp.robust.coordinate import coordinate_median, trimmed_mean
 from fedapp.robust.krum import krum_scores, multi_krum
 from fedapp.server_app import build_strategy
+from fedapp.strategy import RobustStrategy
 from fedapp.threat_model import ThreatModel
 
 app = ServerApp()
@@ -102,21 +102,21 @@ def flower_row(name: str, n: int, f: int, fraction: float) -> tuple[Strategy,
     raise ValueError(f"unknown Flower row {name!r}; one of {FLOWER_ROWS}")
 
 
-def defended_rule(cfg: RunConfig) -> Callable[..., AggregationResult]:
-    """What our strategy does to the updates (detection + exclusion, then the pipeline), as a
-    stateless pure rule: the adaptive attacker searches its scale against *this*, i.e. it
-    knows the whole defense, not only the final rule."""
+def defended_rule(cfg: RunConfig, robust: RobustStrategy,
+                  row_nodes: Callable[[], list[int]]) -> Callable[..., AggregationResult]:
+    """What our strategy does to the updates (detection with the reputations as they stand,
+    exclusion, then the pipeline), as a rule that changes no state: the adaptive attacker
+    searches its scale against *this*, i.e. it knows the whole defense, not only the final
+    rule. ``row_nodes()`` (the threat model's ``row_nodes``) says whose row is whose: the
+    reputations are per node."""
     def rule(updates: torch.Tensor) -> AggregationResult:
-        x = updates
+        nodes = row_nodes()
+        if len(nodes) != len(updates):
+            raise RuntimeError(f"{len(nodes)} node ids for {len(updates)} rows")
+        ones = torch.ones(len(updates), dtype=torch.float64)
+        x, w, _, _ = robust.screen(list(nodes), updates, ones, record=False)
         pipeline = AggregationPipeline.from_config(cfg)  # fresh: no momentum state
-        if cfg.anomaly_detection == "exclude":  # as RobustStrategy._detect does
-            report = detect_anomalies(x, norm_threshold=cfg.detect_norm_z,
-                                      cosine_threshold=cfg.detect_cosine)
-            drop = set(report.most_severe(pipeline.f_for(len(x)) or None))
-            keep = [i for i in range(len(x)) if i not in drop]
-            if len(keep) >= max(cfg.min_train_nodes, 1):
-                x = x[keep]
-        return pipeline(x, torch.ones(len(x), dtype=torch.float64), num_replies=len(updates))
+        return pipeline(x, w, num_replies=len(updates))
     return rule
 
 
@@ -124,6 +124,8 @@ def scenario_strategy(sc: dict[str, Any], base: RunConfig, n: int) -> tuple[Stra
     """The strategy that plays scenario ``sc``, and our RobustStrategy (or None)."""
     attack, fraction = sc["attack"], float(sc["fraction"])
     f = round(fraction * n)
+    cfg: RunConfig | None = None
+    rule: Callable[..., AggregationResult] = weighted_mean
     if sc["row"] in FLOWER_ROWS:
         strategy, rule = flower_row(sc["row"], n, f, fraction)
         robust = None
@@ -135,20 +137,22 @@ def scenario_strategy(sc: dict[str, Any], base: RunConfig, n: int) -> tuple[Stra
                                   attack="none", fraction_evaluate=0.0, min_train_nodes=2,
                                   min_available_nodes=n)
         robust, strategy = build_strategy(cfg)
-        rule = defended_rule(cfg)
     if attack == "none" and base.attack == "none":
         return strategy, robust
     params: dict[str, Any] = {}
     if ATTACKS.get(attack) == "omniscient":
-        if attack in ADAPTIVE:
-            params["aggregator"] = rule
-        elif attack in ("min-max", "min-sum"):
+        if attack in ("min-max", "min-sum"):
             params["perturbation"] = base.attack_perturbation
         run_attack = attack
     else:  # node-side: the ClientApp attacks, the wrapper checks simulation and strips ids
         run_attack = base.attack
-    return ThreatModel(strategy, run_attack, fraction, base.seed,
-                       partition_metric=PARTITION_METRIC, **params), robust
+    threats: list[ThreatModel] = []  # the wrapper, once built, for the rule below
+    if attack in ADAPTIVE:
+        params["aggregator"] = rule if robust is None else defended_rule(
+            cfg, robust, lambda: threats[0].row_nodes)  # type: ignore[arg-type]
+    threats.append(ThreatModel(strategy, run_attack, fraction, base.seed,
+                               partition_metric=PARTITION_METRIC, **params))
+    return threats[0], robust
 
 
 @app.main()

@@ -28,6 +28,7 @@ MODELS = ("auto", "mlp", "cnn")
 # that parsing the config never imports torch; a test checks the two agree.
 AGGREGATOR_NAMES = (
     "fedavg", "krum", "multikrum", "median", "trimmed-mean", "geomed", "centered-clipping",
+    "spectral",
 )
 WEIGHTINGS = ("capped", "num-examples", "uniform")
 DETECTION_MODES = ("off", "flag", "exclude")
@@ -70,7 +71,7 @@ class RunConfig:
     server_lr: float = field(default=1.0, metadata=_key("server-lr", min=0.0, max=10.0))
     # Defaults of the aggregation block: the recommended robust setting (docs/robustness.md).
     aggregator: str = field(
-        default="trimmed-mean", metadata=_key("aggregator", choices=AGGREGATOR_NAMES)
+        default="fedavg", metadata=_key("aggregator", choices=AGGREGATOR_NAMES)
     )
     # Robust aggregation (fedapp.aggregation): rule parameters, weights, pre-aggregation.
     aggregator_f: int = field(default=0, metadata=_key("aggregator-f", min=0))
@@ -83,7 +84,7 @@ class RunConfig:
     weight_cap: float = field(default=2.0, metadata=_key("weight-cap", min=1.0))
     clip_norm: float = field(default=0.0, metadata=_key("clip-norm", min=0.0))
     preaggregation: str = field(
-        default="nnm", metadata=_key("preaggregation", choices=PREAGGREGATIONS)
+        default="none", metadata=_key("preaggregation", choices=PREAGGREGATIONS)
     )
     bucket_size: int = field(default=2, metadata=_key("bucket-size", min=1))
     clipping_tau: float = field(default=1.0, metadata=_key("clipping-tau", min=1e-9))
@@ -93,8 +94,10 @@ class RunConfig:
     )
     detect_norm_z: float = field(default=3.5, metadata=_key("detect-norm-z", min=0.0))
     detect_cosine: float = field(default=0.0, metadata=_key("detect-cosine", min=-1.0, max=1.0))
+    detect_sign_skew: float = field(default=0.5, metadata=_key("detect-sign-skew", min=0.0,
+                                                                   max=1.0))
     reputation_memory: float = field(
-        default=0.8, metadata=_key("reputation-memory", min=0.0, max=0.999)
+        default=0.9, metadata=_key("reputation-memory", min=0.0, max=0.999)
     )
     # Attack simulation (fedapp.attacks, fedapp.threat_model): simulation only.
     attack: str = field(default="none", metadata=_key("attack", choices=ATTACK_NAMES))

@@ -1,43 +1,53 @@
 """Anomaly detection on the ``(n, d)`` update matrix, and per-node reputation.
 
 Detection does not aggregate and drops nothing by itself: it scores every row and
-says which rows look Byzantine and why. Two scores, both cheap (``O(n d)``):
+says which rows look Byzantine and why. Three scores, all cheap (``O(n d)``), each
+aimed at a family of attacks:
 
-* **Norm z-score.** Scaled updates (boosting, model replacement, Gaussian noise)
-  have large norms. With ``r_i = ||u_i||``, ``med = median_i r_i`` and
-  ``MAD = median_i |r_i - med|``, the robust z-score is
-  ``z_i = (r_i - med) / (1.4826 * MAD)`` (1.4826 makes the MAD a consistent
-  estimate of a Gaussian's standard deviation). Row ``i`` is flagged when
+* **Norm z-score** (scaling, model replacement, Gaussian noise). With
+  ``r_i = ||u_i||``, ``med = median_i r_i`` and ``MAD = median_i |r_i - med|``, the
+  robust z-score is ``z_i = (r_i - med) / (1.4826 * MAD)`` (1.4826 makes the MAD a
+  consistent estimate of a Gaussian's standard deviation). Row ``i`` is flagged when
   ``z_i > norm_threshold`` (default 3.5, Iglewicz & Hoaglin's cut-off for modified
-  z-scores; one-sided: small norms are not flagged). Even honest rows cross it by
-  chance: with Gaussian norms, some honest row of a round is flagged with
-  probability about 8% (n=9), 6% (n=20), 4% (n=50) at 3.5, and 13%, 11%, 14% at
-  3.0, which is why ``Reputation`` smooths flags over rounds.
+  z-scores; one-sided: small norms are not flagged). With Gaussian norms, some honest
+  row of a round crosses 3.5 with probability about 8% (n=9), 6% (n=20), 4% (n=50).
   When ``MAD = 0`` (half or more of the norms are equal) the scale falls back to
   ``1.253314 * MeanAD`` with ``MeanAD = mean_i |r_i - med|`` (Iglewicz & Hoaglin's
   modified z-score); when that is 0 too, every norm is equal and every ``z_i = 0``.
-* **Cosine to a robust reference.** Sign flipping and inner-product manipulation
-  point away from the honest direction. ``cos_i = <u_i, r> / (||u_i|| ||r||)``
-  where ``r`` is a robust reference aggregate (default: the coordinate-wise
-  median of the rows); row ``i`` is flagged when ``cos_i < cosine_threshold``
-  (default 0.0: the update points away from the reference). The cosine of a zero
-  row, or to a zero reference, is undefined: it is reported as 0.0 and never
-  flagged.
+* **Cosine to a robust reference** (sign flipping, inner-product manipulation,
+  min-max / min-sum along the mean). ``cos_i = <u_i, r> / (||u_i|| ||r||)`` where
+  ``r`` is a robust reference aggregate (default: the coordinate-wise median of the
+  rows). Row ``i`` is flagged when ``cos_i < cosine_threshold`` (default 0.0: the
+  update points away from the reference). On non-IID data honest updates are nearly
+  orthogonal to each other, so one round's cosine flags honest rows too: the strategy
+  therefore flags on the node's *cosine reputation* (``Reputation``, its cosines
+  smoothed over rounds; ``DetectionReport.with_reputation``). The cosine of a zero
+  row, or to a zero reference, is undefined: it is reported as 0.0 and never flagged.
+* **Sign skew** (A Little Is Enough, min-max / min-sum along the coordinate-wise std).
+  ``skew_i = (P_i - N_i) / (P_i + N_i)`` where ``P_i`` (``N_i``) counts the coordinates
+  where ``u_i`` lies above (below) the reference. An honest row sits on either side of
+  the coordinate-wise median about equally often (|skew| was at most 0.21 over 15
+  rounds of the robustness benchmark's 20 honest nodes), while a row shifted by
+  ``-z sigma_j`` on every coordinate sits below it almost everywhere (skew -0.75 at
+  ``z = 0.5``). Row ``i`` is flagged when ``|skew_i| > sign_threshold`` (default 0.5:
+  three coordinates to one). Sign statistics as a filter come from SignGuard (Xu,
+  Huang, Song, Lan, ICDCS 2022, https://arxiv.org/abs/2109.05872); here they are taken
+  relative to the median, so a shift that is small in every coordinate still shows.
 
-``Reputation`` turns per-round flags into a per-node score that persists across
-rounds (server side, keyed by Flower node id).
+``Reputation`` keeps, per node and across rounds (server side, keyed by Flower node
+id), an exponential moving average of its cosines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from fedapp.robust import coordinate_median
-from fedapp.robust.distances import distances_to
+from fedapp.robust.distances import distances_to, rows_per_block
 
 #: 1 / Phi^-1(3/4): the MAD of a Gaussian times this is its standard deviation.
 MAD_SCALE = 1.4826
@@ -49,8 +59,10 @@ MEAN_AD_SCALE = 1.253314
 class DetectionReport:
     """Scores of every row and the rows flagged, by row index of the input matrix.
 
-    ``reasons`` maps each flagged row to a readable reason, e.g.
-    ``"norm z=7.3 > 3.5"`` or ``"cosine -0.98 < 0.0"`` (both joined by ``"; "``).
+    ``reasons`` maps each flagged row to a readable reason, e.g. ``"norm z=7.3 > 3.5"``,
+    ``"cosine -0.98 < 0.0"`` or ``"sign skew -0.83 beyond +-0.5"`` (joined by ``"; "``).
+    ``cosine_reputation`` is empty, or one smoothed cosine per row that the cosine check
+    used instead of ``cosine`` (see ``with_reputation``).
     """
 
     flagged: tuple[int, ...]
@@ -59,14 +71,23 @@ class DetectionReport:
     reasons: dict[int, str] = field(default_factory=dict)
     norm_threshold: float = 3.5
     cosine_threshold: float = 0.0
+    sign_skew: tuple[float, ...] = ()
+    sign_threshold: float = 0.5
+    cosine_reputation: tuple[float, ...] = ()
+
+    def _cos(self, i: int) -> float:
+        return self.cosine_reputation[i] if self.cosine_reputation else self.cosine[i]
 
     def severity(self, i: int) -> float:
-        """How far row ``i`` is past the thresholds: ``max(z_i / t_z, (1 - cos_i) /
-        (1 - t_cos))``. Each term exceeds 1 exactly when its check fires, so flagged
-        rows have severity > 1 and the scales of the two checks are comparable."""
+        """How far row ``i`` is past the thresholds: ``max(z_i / t_z, (1 - c_i) / (1 - t_cos),
+        |skew_i| / t_skew)`` with ``c_i`` the cosine the check uses. Each term exceeds 1
+        exactly when its check fires, so flagged rows have severity > 1 and the scales of
+        the checks are comparable."""
         by_norm = self.norm_z[i] / self.norm_threshold if self.norm_threshold > 0 else 0.0
-        by_cos = (1.0 - self.cosine[i]) / max(1.0 - self.cosine_threshold, 1e-12)
-        return max(by_norm, by_cos)
+        by_cos = (1.0 - self._cos(i)) / max(1.0 - self.cosine_threshold, 1e-12)
+        by_sign = (abs(self.sign_skew[i]) / self.sign_threshold
+                   if self.sign_skew and self.sign_threshold > 0 else 0.0)
+        return max(by_norm, by_cos, by_sign)
 
     def most_severe(self, limit: int | None) -> tuple[int, ...]:
         """The flagged rows to exclude when at most ``limit`` may go (None: all of them):
@@ -79,6 +100,40 @@ class DetectionReport:
             return self.flagged
         ranked = sorted(self.flagged, key=lambda i: (-self.severity(i), i))
         return tuple(sorted(ranked[: max(limit, 0)]))
+
+    def with_reputation(self, cosine_reputation: Sequence[float]) -> DetectionReport:
+        """The same scores, flagged again with each row's smoothed cosine (its node's
+        ``Reputation`` score, this round included) in place of this round's cosine."""
+        if len(cosine_reputation) != len(self.cosine):
+            raise ValueError(f"{len(cosine_reputation)} reputation scores for "
+                             f"{len(self.cosine)} rows")
+        return _flag(self.norm_z, self.cosine, self.sign_skew, self.norm_threshold,
+                     self.cosine_threshold, self.sign_threshold,
+                     tuple(float(c) for c in cosine_reputation))
+
+
+def _flag(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[float, ...],
+          norm_threshold: float, cosine_threshold: float, sign_threshold: float,
+          reputation: tuple[float, ...] = ()) -> DetectionReport:
+    """Apply the three checks to the scores (see the module docstring)."""
+    reasons: dict[int, str] = {}
+    for i in range(len(norm_z)):
+        parts = []
+        if norm_z[i] > norm_threshold:
+            parts.append(f"norm z={norm_z[i]:.1f} > {norm_threshold}")
+        if reputation and reputation[i] < cosine_threshold:
+            parts.append(f"cosine reputation {reputation[i]:.2f} < {cosine_threshold} "
+                         f"(this round {cosine[i]:.2f})")
+        elif not reputation and cosine[i] < cosine_threshold:
+            parts.append(f"cosine {cosine[i]:.2f} < {cosine_threshold}")
+        if skew and sign_threshold > 0 and abs(skew[i]) > sign_threshold:
+            parts.append(f"sign skew {skew[i]:+.2f} beyond +-{sign_threshold}")
+        if parts:
+            reasons[i] = "; ".join(parts)
+    return DetectionReport(flagged=tuple(reasons), norm_z=norm_z, cosine=cosine,
+                           reasons=reasons, norm_threshold=norm_threshold,
+                           cosine_threshold=cosine_threshold, sign_skew=skew,
+                           sign_threshold=sign_threshold, cosine_reputation=reputation)
 
 
 def robust_z_scores(values: torch.Tensor) -> torch.Tensor:
@@ -120,15 +175,33 @@ def cosine_to(
     return cos.clamp(-1.0, 1.0), defined
 
 
+def sign_skew(updates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``skew_i = (P_i - N_i) / (P_i + N_i)`` as float64: ``P_i`` (``N_i``) counts the
+    coordinates where row ``i`` is above (below) ``reference``; 0 for a row equal to it.
+    Computed in bounded-memory row blocks."""
+    n, d = updates.shape
+    rows = rows_per_block(d)
+    ref = reference.detach().reshape(-1).to(updates.dtype)
+    out = torch.empty(n, dtype=torch.float64)
+    for i in range(0, n, rows):
+        diff = updates[i : i + rows].detach() - ref
+        pos = (diff > 0).sum(dim=1).to(torch.float64)
+        neg = (diff < 0).sum(dim=1).to(torch.float64)
+        out[i : i + rows] = (pos - neg) / (pos + neg).clamp_min(1.0)
+    return out
+
+
 def detect_anomalies(
     updates: torch.Tensor,
     *,
     norm_threshold: float = 3.5,
     cosine_threshold: float = 0.0,
+    sign_threshold: float = 0.5,
     reference: torch.Tensor | None = None,
 ) -> DetectionReport:
-    """Flag rows with a norm z-score above ``norm_threshold`` or a cosine to ``reference``
-    below ``cosine_threshold`` (formulas in the module docstring).
+    """Flag rows with a norm z-score above ``norm_threshold``, a cosine to ``reference``
+    below ``cosine_threshold``, or a sign skew beyond ``+-sign_threshold`` (formulas in the
+    module docstring; a threshold of 0 turns the sign check off).
 
     ``reference`` defaults to the coordinate-wise median of ``updates``; pass the
     aggregate of a robust rule to compare against it instead. ``updates`` is not
@@ -144,119 +217,134 @@ def detect_anomalies(
                          f"{updates.shape[1]} columns")
     norms = row_norms(updates)
     z = robust_z_scores(norms)
-    cos, defined = cosine_to(updates, reference, norms)
-    by_norm = z > norm_threshold
-    by_cos = defined & (cos < cosine_threshold)
-    reasons: dict[int, str] = {}
-    for i in torch.nonzero(by_norm | by_cos).reshape(-1).tolist():
-        parts = []
-        if by_norm[i]:
-            parts.append(f"norm z={float(z[i]):.1f} > {norm_threshold}")
-        if by_cos[i]:
-            parts.append(f"cosine {float(cos[i]):.2f} < {cosine_threshold}")
-        reasons[i] = "; ".join(parts)
-    return DetectionReport(
-        flagged=tuple(reasons),
-        norm_z=tuple(z.tolist()),
-        cosine=tuple(cos.tolist()),
-        reasons=reasons,
-        norm_threshold=norm_threshold,
-        cosine_threshold=cosine_threshold,
-    )
+    cos, _ = cosine_to(updates, reference, norms)
+    skew = sign_skew(updates, reference)
+    return _flag(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()), norm_threshold,
+                 cosine_threshold, sign_threshold)
+
+
+def clip_to_norm_threshold(updates: torch.Tensor, norm_threshold: float) -> torch.Tensor:
+    """Scale the rows whose norm z-score exceeds ``norm_threshold`` down to the norm where
+    it equals the threshold, ``med + norm_threshold * 1.4826 * MAD`` (the MeanAD fallback
+    when ``MAD = 0``); other rows are returned unchanged. Bounds what an unexcluded
+    large row can do to a mean without dropping it."""
+    norms = row_norms(updates)
+    med = torch.quantile(norms, 0.5)
+    dev = (norms - med).abs()
+    scale = MAD_SCALE * torch.quantile(dev, 0.5)
+    if float(scale) <= 0.0:
+        scale = MEAN_AD_SCALE * dev.mean()
+    bound = med + norm_threshold * scale
+    factor = torch.where(norms > bound, bound / norms.clamp_min(1e-300), torch.ones_like(norms))
+    if bool((factor == 1.0).all()):
+        return updates
+    return updates * factor.to(updates.dtype)[:, None]
 
 
 @dataclass
 class NodeRecord:
-    """One node's reputation: its score and how often it was seen and flagged."""
+    """One node's reputation: the moving average of its cosines and what it was seen doing."""
 
-    score: float
+    ema: float = 0.0
     rounds: int = 0
     flagged: int = 0
 
 
 class Reputation:
-    """Per-node trust score: an exponential moving average of *not* being flagged.
+    """Per-node cosine reputation: a bias-corrected moving average of the node's cosines.
 
-    For every node that took part in a round (``update(node_ids, flagged)``):
-    ``s_i <- memory * s_i + (1 - memory) * (1 - f_i)``, with ``f_i = 1`` if the
-    node was flagged (or left out by a selecting rule such as Krum) and 0
-    otherwise. A new node starts at ``initial`` (default 1.0: trusted until
-    flagged). After ``k`` consecutive flags a node that started at 1 has
-    ``memory**k`` (default ``memory = 0.8``: 0.8, 0.64, 0.51, ...); after that, ``k``
-    clean rounds bring it back to ``1 - (1 - s) * memory**k``, so old evidence
-    decays geometrically. Nodes absent from a round keep their score (no new
-    evidence). A node is *distrusted* while ``s_i < threshold`` (default 0.5).
+    For every node ``i`` in a round, with its cosine ``c_i`` to the round's robust
+    reference: ``e_i <- m e_i + (1 - m) c_i`` (``e_i = 0`` before its first round) and,
+    after its ``k``-th round, ``score_i = e_i / (1 - m^k)``: the weighted mean of its
+    cosines so far, weights ``m^age`` (Adam's bias correction; ``m = memory``, default
+    0.9, so evidence halves in weight every 6.6 rounds). A node is *distrusted* while
+    ``score_i < threshold`` (the cosine threshold, default 0.0). One round's cosine is
+    noise on non-IID data (honest updates are nearly orthogonal); a sign flipper or an
+    inner-product attacker points away from the reference round after round, and its
+    score stays below the threshold while honest outliers drift around it. Nodes absent
+    from a round keep their score.
 
     Pure (no I/O, no Flower); ``to_dict`` / ``from_dict`` round-trip through JSON
     (node ids become string keys), e.g. to keep it in ``context.state``.
     """
 
-    def __init__(self, memory: float = 0.8, initial: float = 1.0, threshold: float = 0.5) -> None:
+    def __init__(self, memory: float = 0.9, threshold: float = 0.0) -> None:
         if not 0.0 <= memory < 1.0:
             raise ValueError(f"memory must be in [0, 1), got {memory}")
-        if not 0.0 <= initial <= 1.0 or not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"initial and threshold must be in [0, 1], got {initial}, "
-                             f"{threshold}")
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [-1, 1], got {threshold}")
         self.memory = memory
-        self.initial = initial
         self.threshold = threshold
         self.rounds = 0
         self._nodes: dict[int, NodeRecord] = {}
 
-    def update(self, node_ids: Iterable[int], flagged: Collection[int]) -> None:
-        """Record one round: ``node_ids`` took part, the ones in ``flagged`` were flagged.
+    def _score(self, ema: float, rounds: int) -> float:
+        return ema / (1.0 - self.memory**rounds) if rounds else 0.0
 
-        Raises ``ValueError`` if a flagged node did not take part.
-        """
-        present = [int(n) for n in node_ids]
-        stray = set(flagged) - set(present)
+    def preview(self, cosines: Mapping[int, float]) -> dict[int, float]:
+        """The scores ``cosines`` (node id -> this round's cosine) would give, unrecorded."""
+        out = {}
+        for node, c in cosines.items():
+            rec = self._nodes.get(int(node), NodeRecord())
+            ema = self.memory * rec.ema + (1.0 - self.memory) * float(c)
+            out[int(node)] = self._score(ema, rec.rounds + 1)
+        return out
+
+    def update(self, cosines: Mapping[int, float],
+               flagged: Collection[int] = ()) -> dict[int, float]:
+        """Record one round: ``cosines`` maps every node that took part to its cosine;
+        ``flagged`` are the nodes flagged this round (counted for the report). Returns the
+        new scores of the round's nodes. Raises ``ValueError`` if a flagged node did not
+        take part."""
+        stray = {int(n) for n in flagged} - {int(n) for n in cosines}
         if stray:
             raise ValueError(f"flagged nodes {sorted(stray)} are not among the round's nodes")
         self.rounds += 1
-        for node in dict.fromkeys(present):
-            rec = self._nodes.setdefault(node, NodeRecord(self.initial))
-            bad = node in flagged
-            rec.score = self.memory * rec.score + (1.0 - self.memory) * (0.0 if bad else 1.0)
+        out = {}
+        for node, c in cosines.items():
+            rec = self._nodes.setdefault(int(node), NodeRecord())
+            rec.ema = self.memory * rec.ema + (1.0 - self.memory) * float(c)
             rec.rounds += 1
-            rec.flagged += int(bad)
+            rec.flagged += int(node in flagged)
+            out[int(node)] = self._score(rec.ema, rec.rounds)
+        return out
 
     def scores(self) -> dict[int, float]:
         """Current score of every node seen so far."""
-        return {node: rec.score for node, rec in self._nodes.items()}
+        return {node: self._score(rec.ema, rec.rounds) for node, rec in self._nodes.items()}
 
     def distrusted(self) -> set[int]:
         """Nodes whose score is below ``threshold``."""
-        return {node for node, rec in self._nodes.items() if rec.score < self.threshold}
+        return {node for node, s in self.scores().items() if s < self.threshold}
 
     def report(self) -> dict[str, float]:
         """Flat summary for logs and metrics trackers."""
-        values = [rec.score for rec in self._nodes.values()]
+        values = list(self.scores().values())
         return {
             "reputation-rounds": float(self.rounds),
             "reputation-nodes": float(len(values)),
-            "reputation-mean": sum(values) / len(values) if values else self.initial,
-            "reputation-min": min(values, default=self.initial),
+            "reputation-mean": sum(values) / len(values) if values else 0.0,
+            "reputation-min": min(values, default=0.0),
             "reputation-distrusted": float(len(self.distrusted())),
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """Whole state as JSON-compatible data."""
+        """Whole state as JSON-compatible data; ``score`` is derived, for readers."""
         return {
             "memory": self.memory,
-            "initial": self.initial,
             "threshold": self.threshold,
             "rounds": self.rounds,
-            "nodes": {str(node): {"score": rec.score, "rounds": rec.rounds,
-                                  "flagged": rec.flagged}
+            "nodes": {str(node): {"ema": rec.ema, "rounds": rec.rounds, "flagged": rec.flagged,
+                                  "score": self._score(rec.ema, rec.rounds)}
                       for node, rec in self._nodes.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Reputation:
         """Inverse of ``to_dict``."""
-        rep = cls(float(data["memory"]), float(data["initial"]), float(data["threshold"]))
+        rep = cls(float(data["memory"]), float(data["threshold"]))
         rep.rounds = int(data["rounds"])
         for node, rec in data["nodes"].items():
-            rep._nodes[int(node)] = NodeRecord(float(rec["score"]), int(rec["rounds"]),
+            rep._nodes[int(node)] = NodeRecord(float(rec["ema"]), int(rec["rounds"]),
                                                int(rec["flagged"]))
         return rep

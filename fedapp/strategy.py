@@ -33,7 +33,12 @@ from flwr.serverapp.strategy import FedAvg
 from fedapp.arrays import flatten, unflatten
 from fedapp.compression.server import decode_update, is_compressed
 from fedapp.compression.wire import serialized_bytes
-from fedapp.defenses import Reputation, detect_anomalies
+from fedapp.defenses import (
+    DetectionReport,
+    Reputation,
+    clip_to_norm_threshold,
+    detect_anomalies,
+)
 from fedapp.privacy import CentralAccountant
 from fedapp.robust import AggregationReport, weighted_mean
 from fedapp.robust.base import Aggregator
@@ -75,7 +80,8 @@ class RobustStrategy(FedAvg):
 
     def __init__(self, *, aggregate_fn: Aggregator = weighted_mean, server_lr: float = 1.0,
                  detection: str = "off", norm_threshold: float = 3.5,
-                 cosine_threshold: float = 0.0, reputation_memory: float = 0.8,
+                 cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
+                 reputation_memory: float = 0.9,
                  dp_accountant: CentralAccountant | None = None,
                  **fedavg_kwargs: object) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
@@ -86,7 +92,8 @@ class RobustStrategy(FedAvg):
         self.detection = detection
         self.norm_threshold = norm_threshold
         self.cosine_threshold = cosine_threshold
-        self.reputation = Reputation(memory=reputation_memory)
+        self.sign_threshold = sign_threshold
+        self.reputation = Reputation(memory=reputation_memory, threshold=cosine_threshold)
         # Central DP: aggregate_fn is a CentralDP; the accountant composes the rounds.
         self.dp_accountant = dp_accountant
         self._dp_sampling = (0, 0)  # (nodes sampled, nodes connected) this round
@@ -181,28 +188,55 @@ class RobustStrategy(FedAvg):
 
     def _detect(self, server_round: int, stats: RoundStats, nodes: list[int],
                 updates: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flag anomalous updates, update reputations, and drop flagged rows in
-        ``exclude`` mode: at most the rule's ``f`` of them (the most severe; all of them
-        when the rule has no ``f``), and none if that would leave fewer than
-        ``min_train_nodes``."""
-        report = detect_anomalies(updates, norm_threshold=self.norm_threshold,
-                                  cosine_threshold=self.cosine_threshold)
+        """Screen the round's updates (``screen``), record and log what was flagged."""
+        updates, weights, report, dropped = self.screen(nodes, updates, weights)
         stats.flagged = {nodes[i]: report.reasons[i] for i in report.flagged}
-        self.reputation.update(nodes, set(stats.flagged))
+        stats.excluded = len(dropped)
+        scores = self.reputation.scores()
         for node, reason in stats.flagged.items():
-            log(WARNING, "round %d: node %d flagged (%s), reputation %.2f", server_round, node,
-                reason, self.reputation.scores()[node])
+            log(WARNING, "round %d: node %d flagged (%s), cosine reputation %.2f%s",
+                server_round, node, reason, scores[node],
+                ", excluded" if nodes.index(node) in dropped else "")
+        return updates, weights
+
+    def screen(self, nodes: list[int], updates: torch.Tensor, weights: torch.Tensor, *,
+               record: bool = True) -> tuple[torch.Tensor, torch.Tensor, DetectionReport,
+                                             tuple[int, ...]]:
+        """Anomaly detection and, in ``exclude`` mode, exclusion; returns the rows that go on
+        to the rule, their weights, the report and the indices of the excluded rows.
+
+        1. ``detect_anomalies`` scores every row (norm z, cosine to the coordinate-wise
+           median, sign skew);
+        2. each node's cosine joins its ``Reputation`` and the cosine check is made on the
+           reputation (``DetectionReport.with_reputation``);
+        3. ``exclude`` mode drops at most the rule's ``f`` flagged rows, the most severe (all
+           of them when the rule has no ``f``), none if that would leave fewer than
+           ``min_train_nodes``; the rows kept are scaled down to the norm threshold
+           (``clip_to_norm_threshold``), so a large row that was not dropped cannot dominate.
+
+        ``record=False`` changes no state (the adaptive attacker of the robustness benchmark
+        uses it to try candidate rows against the defense as it stands)."""
+        raw = detect_anomalies(updates, norm_threshold=self.norm_threshold,
+                               cosine_threshold=self.cosine_threshold,
+                               sign_threshold=self.sign_threshold)
+        cosines = dict(zip(nodes, raw.cosine, strict=True))
+        preview = self.reputation.preview(cosines)
+        report = raw.with_reputation([preview[n] for n in nodes])
+        if record:
+            self.reputation.update(cosines, flagged={nodes[i] for i in report.flagged})
+        if self.detection != "exclude":
+            return updates, weights, report, ()
         f_for = getattr(self.aggregate_fn, "f_for", None)
         limit = f_for(len(nodes)) if f_for is not None else 0
-        drop = set(report.most_severe(limit if limit > 0 else None))
-        keep = [i for i in range(len(nodes)) if i not in drop]
-        if self.detection == "exclude" and drop:
-            if len(keep) >= max(self.min_train_nodes, 1):
-                stats.excluded = len(nodes) - len(keep)
-                return updates[keep], weights[keep]
-            log(WARNING, "round %d: excluding %d flagged updates would leave %d < "
-                "min-train-nodes; aggregating all", server_round, len(drop), len(keep))
-        return updates, weights
+        drop = report.most_severe(limit if limit > 0 else None)
+        keep = [i for i in range(len(nodes)) if i not in set(drop)]
+        if drop and len(keep) < max(self.min_train_nodes, 1):
+            log(WARNING, "excluding %d flagged updates would leave %d < min-train-nodes; "
+                "aggregating all", len(drop), len(keep))
+            keep, drop = list(range(len(nodes))), ()
+        if drop:
+            updates, weights = updates[keep], weights[keep]
+        return clip_to_norm_threshold(updates, self.norm_threshold), weights, report, drop
 
     def _round_metrics(self, stats: RoundStats) -> MetricRecord:
         record = MetricRecord({k: v for k, v in stats.train_metrics.items() if k != WEIGHT_KEY})

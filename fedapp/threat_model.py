@@ -210,6 +210,7 @@ class ThreatModel(Strategy):
         else:
             self._craft = None
         self.designated: set[int] | None = None  # node ids, or partition ids
+        self.row_nodes: list[int] = []  # see aggregate_train
         self.history: dict[int, AttackRound] = {}
         self._global: ArrayRecord | None = None
 
@@ -253,7 +254,7 @@ class ThreatModel(Strategy):
         record = self.history[server_round] = AttackRound(server_round)
         specs = array_specs(self._global)
         global_flat = flatten(self._global)
-        rows = []
+        rows, honest_nodes = [], []
         for i, msg in enumerate(replies):
             if i in malicious or msg.has_error():
                 continue
@@ -261,6 +262,10 @@ class ThreatModel(Strategy):
                 rows.append(honest_update(msg.content, specs, global_flat))
             except ReplyRejected:
                 continue  # the inner strategy deals with it; attackers ignore it
+            honest_nodes.append(msg.metadata.src_node_id)
+        # The node of every row an adaptive attacker's aggregator sees: honest rows first,
+        # then the crafted ones (a defense with per-node state needs to know whose row is whose).
+        self.row_nodes = honest_nodes + [replies[i].metadata.src_node_id for i in malicious]
         record.honest = len(rows)
         if not malicious or not rows:
             record.note = "no malicious reply" if not malicious else "no honest update to use"

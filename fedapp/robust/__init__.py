@@ -11,6 +11,7 @@ from fedapp.robust.coordinate import coordinate_median, trimmed_mean
 from fedapp.robust.geomed import geometric_median
 from fedapp.robust.krum import krum, multi_krum
 from fedapp.robust.preaggregation import bucketing, clip_norm, nearest_neighbor_mixing
+from fedapp.robust.spectral import spectral_filter
 from fedapp.robust.weights import capped_weights, node_weights, uniform_weights
 
 AGGREGATORS.update(
@@ -21,6 +22,7 @@ AGGREGATORS.update(
         "trimmed-mean": trimmed_mean,
         "geomed": geometric_median,
         "centered-clipping": centered_clipping,
+        "spectral": spectral_filter,
     }
 )
 
@@ -38,6 +40,7 @@ __all__ = [
     "multi_krum",
     "nearest_neighbor_mixing",
     "node_weights",
+    "spectral_filter",
     "trimmed_mean",
     "uniform_weights",
     "weighted_mean",

@@ -9,7 +9,8 @@ from fedapp.robust import AGGREGATORS, AggregationResult
 
 # Per-rule parameters beyond (updates, weights, f).
 EXTRA = {"centered-clipping": {"tau": 1.0}}
-ROBUST = ["krum", "multikrum", "median", "trimmed-mean", "geomed", "centered-clipping"]
+ROBUST = ["krum", "multikrum", "median", "trimmed-mean", "geomed", "centered-clipping",
+          "spectral"]
 
 
 def test_all_rules_are_registered() -> None:

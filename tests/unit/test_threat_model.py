@@ -106,6 +106,10 @@ def test_ipm_replaces_exactly_the_malicious_replies_and_fedavg_follows() -> None
     assert metrics is not None and model.history[1].replaced == tuple(
         r.metadata.src_node_id for r in replies if r.metadata.src_node_id in bad)
     assert model.history[1].honest == 3
+    # The rows an adaptive attacker's aggregator would see: honest nodes first, then crafted.
+    order = [r.metadata.src_node_id for r in replies]
+    assert model.row_nodes == ([n for n in order if n not in bad] +
+                               [n for n in order if n in bad])
 
 
 def test_designation_is_stable_across_rounds() -> None:
