@@ -96,6 +96,8 @@ class RunConfig:
     detect_cosine: float = field(default=0.0, metadata=_key("detect-cosine", min=-1.0, max=1.0))
     detect_sign_skew: float = field(default=0.5, metadata=_key("detect-sign-skew", min=0.0,
                                                                    max=1.0))
+    detect_duplicate: float = field(default=0.1, metadata=_key("detect-duplicate", min=0.0,
+                                                                  max=1.0))
     reputation_memory: float = field(
         default=0.9, metadata=_key("reputation-memory", min=0.0, max=0.999)
     )

@@ -1,8 +1,8 @@
 """Anomaly detection on the ``(n, d)`` update matrix, and per-node reputation.
 
 Detection does not aggregate and drops nothing by itself: it scores every row and
-says which rows look Byzantine and why. Three scores, all cheap (``O(n d)``), each
-aimed at a family of attacks:
+says which rows look Byzantine and why. Four scores, each aimed at a family of attacks
+(``O(n d)``, plus one ``n x n`` Gram matrix for the copies):
 
 * **Norm z-score** (scaling, model replacement, Gaussian noise). With
   ``r_i = ||u_i||``, ``med = median_i r_i`` and ``MAD = median_i |r_i - med|``, the
@@ -34,6 +34,18 @@ aimed at a family of attacks:
   Huang, Song, Lan, ICDCS 2022, https://arxiv.org/abs/2109.05872); here they are taken
   relative to the median, so a shift that is small in every coordinate still shows.
 
+* **Copies** (colluders that send one crafted update, as ALIE, IPM, min-max and min-sum do
+  in their papers). ``q_i = nn_i / median_j nn_j`` with ``nn_i`` the distance from row ``i``
+  to its nearest other row; flagged when ``q_i < duplicate_threshold`` (default 0.1: ten
+  times closer to another update than updates typically are). Independent training on
+  different data never gives two hospitals the same update, and the rule is scale-free:
+  an IID federation, where all updates are close, has a larger typical distance too.
+  Colluders who add independent noise to their copies escape it (the norm check then sees
+  the noise); it is one signal among four. FoolsGold (Fung, Yoon, Beschastnikh, RAID
+  2020, https://arxiv.org/abs/1808.04866) down-weights sybils by update similarity in the
+  same spirit. The other checks use, as reference, the coordinate-wise median of the rows
+  no check suspects (see ``detect_anomalies``).
+
 ``Reputation`` keeps, per node and across rounds (server side, keyed by Flower node
 id), an exponential moving average of its cosines.
 """
@@ -47,7 +59,7 @@ from typing import Any
 import torch
 
 from fedapp.robust import coordinate_median
-from fedapp.robust.distances import distances_to, rows_per_block
+from fedapp.robust.distances import distances_to, pairwise_sq_distances, rows_per_block
 
 #: 1 / Phi^-1(3/4): the MAD of a Gaussian times this is its standard deviation.
 MAD_SCALE = 1.4826
@@ -74,20 +86,24 @@ class DetectionReport:
     sign_skew: tuple[float, ...] = ()
     sign_threshold: float = 0.5
     cosine_reputation: tuple[float, ...] = ()
+    nearest_ratio: tuple[float, ...] = ()
+    duplicate_threshold: float = 0.1
 
     def _cos(self, i: int) -> float:
         return self.cosine_reputation[i] if self.cosine_reputation else self.cosine[i]
 
     def severity(self, i: int) -> float:
         """How far row ``i`` is past the thresholds: ``max(z_i / t_z, (1 - c_i) / (1 - t_cos),
-        |skew_i| / t_skew)`` with ``c_i`` the cosine the check uses. Each term exceeds 1
-        exactly when its check fires, so flagged rows have severity > 1 and the scales of
-        the checks are comparable."""
+        |skew_i| / t_skew, t_dup / q_i)`` with ``c_i`` the cosine the check uses and ``q_i``
+        the row's nearest-neighbour ratio. Each term exceeds 1 exactly when its check fires,
+        so flagged rows have severity > 1 and the scales of the checks are comparable."""
         by_norm = self.norm_z[i] / self.norm_threshold if self.norm_threshold > 0 else 0.0
         by_cos = (1.0 - self._cos(i)) / max(1.0 - self.cosine_threshold, 1e-12)
         by_sign = (abs(self.sign_skew[i]) / self.sign_threshold
                    if self.sign_skew and self.sign_threshold > 0 else 0.0)
-        return max(by_norm, by_cos, by_sign)
+        by_copy = (self.duplicate_threshold / max(self.nearest_ratio[i], 1e-12)
+                   if self.nearest_ratio else 0.0)
+        return max(by_norm, by_cos, by_sign, by_copy)
 
     def most_severe(self, limit: int | None) -> tuple[int, ...]:
         """The flagged rows to exclude when at most ``limit`` may go (None: all of them):
@@ -107,13 +123,14 @@ class DetectionReport:
         if len(cosine_reputation) != len(self.cosine):
             raise ValueError(f"{len(cosine_reputation)} reputation scores for "
                              f"{len(self.cosine)} rows")
-        return _flag(self.norm_z, self.cosine, self.sign_skew, self.norm_threshold,
-                     self.cosine_threshold, self.sign_threshold,
-                     tuple(float(c) for c in cosine_reputation))
+        return _flag(self.norm_z, self.cosine, self.sign_skew, self.nearest_ratio,
+                     self.norm_threshold, self.cosine_threshold, self.sign_threshold,
+                     self.duplicate_threshold, tuple(float(c) for c in cosine_reputation))
 
 
 def _flag(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[float, ...],
-          norm_threshold: float, cosine_threshold: float, sign_threshold: float,
+          ratio: tuple[float, ...], norm_threshold: float, cosine_threshold: float,
+          sign_threshold: float, duplicate_threshold: float,
           reputation: tuple[float, ...] = ()) -> DetectionReport:
     """Apply the three checks to the scores (see the module docstring)."""
     reasons: dict[int, str] = {}
@@ -128,12 +145,16 @@ def _flag(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[floa
             parts.append(f"cosine {cosine[i]:.2f} < {cosine_threshold}")
         if skew and sign_threshold > 0 and abs(skew[i]) > sign_threshold:
             parts.append(f"sign skew {skew[i]:+.2f} beyond +-{sign_threshold}")
+        if ratio and ratio[i] < duplicate_threshold:
+            parts.append(f"nearest update at {ratio[i]:.3f} x the typical distance "
+                         f"< {duplicate_threshold}")
         if parts:
             reasons[i] = "; ".join(parts)
     return DetectionReport(flagged=tuple(reasons), norm_z=norm_z, cosine=cosine,
                            reasons=reasons, norm_threshold=norm_threshold,
                            cosine_threshold=cosine_threshold, sign_skew=skew,
-                           sign_threshold=sign_threshold, cosine_reputation=reputation)
+                           sign_threshold=sign_threshold, cosine_reputation=reputation,
+                           nearest_ratio=ratio, duplicate_threshold=duplicate_threshold)
 
 
 def robust_z_scores(values: torch.Tensor) -> torch.Tensor:
@@ -191,36 +212,67 @@ def sign_skew(updates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def nearest_ratio(updates: torch.Tensor) -> torch.Tensor:
+    """``q_i = nn_i / median_j nn_j`` as float64, where ``nn_i = min_{j != i} ||u_i - u_j||``
+    (one Gram matrix, ``pairwise_sq_distances``). Copies have ``q = 0``. When half or more
+    of the rows have a copy (median 0), rows with a copy get 0 and the others infinity; a
+    single row gets 1."""
+    n = updates.shape[0]
+    if n < 2:
+        return torch.ones(n, dtype=torch.float64)
+    dist = pairwise_sq_distances(updates)
+    dist.fill_diagonal_(float("inf"))
+    nearest = dist.min(dim=1).values.sqrt()
+    typical = torch.quantile(nearest, 0.5)
+    if float(typical) > 0:
+        return nearest / typical
+    return torch.where(nearest > 0, torch.full_like(nearest, float("inf")),
+                       torch.zeros_like(nearest))
+
+
 def detect_anomalies(
     updates: torch.Tensor,
     *,
     norm_threshold: float = 3.5,
     cosine_threshold: float = 0.0,
     sign_threshold: float = 0.5,
+    duplicate_threshold: float = 0.1,
     reference: torch.Tensor | None = None,
 ) -> DetectionReport:
-    """Flag rows with a norm z-score above ``norm_threshold``, a cosine to ``reference``
-    below ``cosine_threshold``, or a sign skew beyond ``+-sign_threshold`` (formulas in the
-    module docstring; a threshold of 0 turns the sign check off).
+    """Score and flag every row (module docstring): norm z-score above ``norm_threshold``,
+    sign skew beyond ``+-sign_threshold`` (0 turns it off), nearest-neighbour ratio below
+    ``duplicate_threshold`` (0 turns it off), cosine to the reference below
+    ``cosine_threshold``.
 
-    ``reference`` defaults to the coordinate-wise median of ``updates``; pass the
-    aggregate of a robust rule to compare against it instead. ``updates`` is not
-    modified. Raises ``ValueError`` on a matrix that is not 2-D or empty, or a
-    reference of the wrong length.
+    Without ``reference`` the sign skew is taken to the coordinate-wise median of all rows
+    and the cosine to the coordinate-wise median of the rows the other three checks leave
+    (all rows if they leave fewer than half): a cluster of crafted rows pulls the median of
+    all rows towards itself, enough at 30% to make the crafted rows look the most aligned.
+    With ``reference`` both use it. ``updates`` is not modified. Raises ``ValueError`` on a
+    matrix that is not 2-D or empty, or a reference of the wrong length.
     """
     if updates.ndim != 2 or updates.shape[0] == 0:
         raise ValueError(f"updates must be a non-empty (n, d) tensor, got {tuple(updates.shape)}")
-    if reference is None:
-        reference = coordinate_median(updates).aggregate
-    if reference.numel() != updates.shape[1]:
+    if reference is not None and reference.numel() != updates.shape[1]:
         raise ValueError(f"reference has {reference.numel()} values, updates have "
                          f"{updates.shape[1]} columns")
+    n = updates.shape[0]
     norms = row_norms(updates)
     z = robust_z_scores(norms)
+    similarity = nearest_ratio(updates)
+    median_all = coordinate_median(updates).aggregate if reference is None else reference
+    skew = sign_skew(updates, median_all)
+    if reference is None:
+        suspect = (z > norm_threshold) | (similarity < duplicate_threshold)
+        if sign_threshold > 0:
+            suspect |= skew.abs() > sign_threshold
+        clean = torch.nonzero(~suspect).reshape(-1)
+        reference = (coordinate_median(updates[clean]).aggregate
+                     if 0 < len(clean) < n and 2 * len(clean) >= n else median_all)
     cos, _ = cosine_to(updates, reference, norms)
-    skew = sign_skew(updates, reference)
-    return _flag(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()), norm_threshold,
-                 cosine_threshold, sign_threshold)
+    return _flag(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()),
+                 tuple(similarity.tolist()), norm_threshold, cosine_threshold, sign_threshold,
+                 duplicate_threshold)
 
 
 def clip_to_norm_threshold(updates: torch.Tensor, norm_threshold: float) -> torch.Tensor:

@@ -102,6 +102,7 @@ def build_strategy(cfg: RunConfig) -> tuple[RobustStrategy, Strategy]:
         norm_threshold=cfg.detect_norm_z,
         cosine_threshold=cfg.detect_cosine,
         sign_threshold=cfg.detect_sign_skew,
+        duplicate_threshold=cfg.detect_duplicate,
         reputation_memory=cfg.reputation_memory,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,

@@ -81,7 +81,7 @@ class RobustStrategy(FedAvg):
     def __init__(self, *, aggregate_fn: Aggregator = weighted_mean, server_lr: float = 1.0,
                  detection: str = "off", norm_threshold: float = 3.5,
                  cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
-                 reputation_memory: float = 0.9,
+                 duplicate_threshold: float = 0.1, reputation_memory: float = 0.9,
                  dp_accountant: CentralAccountant | None = None,
                  **fedavg_kwargs: object) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
@@ -93,6 +93,7 @@ class RobustStrategy(FedAvg):
         self.norm_threshold = norm_threshold
         self.cosine_threshold = cosine_threshold
         self.sign_threshold = sign_threshold
+        self.duplicate_threshold = duplicate_threshold
         self.reputation = Reputation(memory=reputation_memory, threshold=cosine_threshold)
         # Central DP: aggregate_fn is a CentralDP; the accountant composes the rounds.
         self.dp_accountant = dp_accountant
@@ -218,7 +219,8 @@ class RobustStrategy(FedAvg):
         uses it to try candidate rows against the defense as it stands)."""
         raw = detect_anomalies(updates, norm_threshold=self.norm_threshold,
                                cosine_threshold=self.cosine_threshold,
-                               sign_threshold=self.sign_threshold)
+                               sign_threshold=self.sign_threshold,
+                               duplicate_threshold=self.duplicate_threshold)
         cosines = dict(zip(nodes, raw.cosine, strict=True))
         preview = self.reputation.preview(cosines)
         report = raw.with_reputation([preview[n] for n in nodes])

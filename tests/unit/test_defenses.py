@@ -14,10 +14,12 @@ from fedapp.defenses import (
     Reputation,
     clip_to_norm_threshold,
     detect_anomalies,
+    nearest_ratio,
     robust_z_scores,
     sign_skew,
 )
-from fedapp.omniscient import alie
+from fedapp.omniscient import alie, min_max
+from fedapp.robust import coordinate_median
 
 
 def honest(n: int = 9, d: int = 20, seed: int = 0) -> torch.Tensor:
@@ -95,6 +97,39 @@ def test_sign_skew_flags_alie_and_not_honest_rows() -> None:
     assert report.flagged == (16, 17, 18, 19)
     assert all(report.sign_skew[i] < -0.5 for i in range(16, 20))
     assert re.search(r"sign skew -[01]\.\d\d beyond \+-0\.5", report.reasons[16])
+
+
+def test_nearest_ratio_by_hand() -> None:
+    x = torch.tensor([[0.0], [1.0], [3.0], [3.0], [7.0]])
+    # nearest distances 1, 1, 0, 0, 4: median 1
+    assert nearest_ratio(x).tolist() == [1.0, 1.0, 0.0, 0.0, 4.0]
+    assert nearest_ratio(x[:1]).tolist() == [1.0]
+    copies = torch.tensor([[1.0], [1.0], [1.0], [5.0]])  # median nearest distance 0
+    assert nearest_ratio(copies).tolist() == [0.0, 0.0, 0.0, float("inf")]
+
+
+def test_copies_are_flagged_and_the_cosine_reference_leaves_suspects_out() -> None:
+    # 14 honest rows, nearly orthogonal to each other as on non-IID data, and 6 colluders
+    # sending one min-max row: they pull the median of all rows towards themselves.
+    gen = torch.Generator().manual_seed(7)
+    honest_rows = torch.randn(14, 400, generator=gen) + 0.3
+    crafted = min_max(honest_rows, 6)
+    x = torch.cat([honest_rows, crafted])
+    report = detect_anomalies(x)
+    assert set(range(14, 20)) <= set(report.flagged)
+    assert re.search(r"nearest update at 0\.000 x the typical distance < 0\.1",
+                     report.reasons[14])
+    assert min(report.nearest_ratio[:14]) > 0.5
+    reference = coordinate_median(honest_rows).aggregate  # the rows no check suspects
+    expected = torch.nn.functional.cosine_similarity(crafted[0], reference, dim=0)
+    assert report.cosine[14] == pytest.approx(float(expected), abs=1e-5)
+    # With the copy check off nothing is suspected, the reference is the median of all rows,
+    # and the crafted rows look better aligned with it than with the honest median.
+    off = detect_anomalies(x, duplicate_threshold=0.0, sign_threshold=0.0)
+    pulled = coordinate_median(x).aggregate
+    assert off.cosine[14] == pytest.approx(float(torch.nn.functional.cosine_similarity(
+        crafted[0], pulled, dim=0)), abs=1e-5)
+    assert off.cosine[14] > report.cosine[14]
 
 
 def test_reputation_replaces_the_rounds_cosine_in_the_cosine_check() -> None:
