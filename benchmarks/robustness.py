@@ -65,7 +65,9 @@ OURS: dict[str, dict[str, Any]] = {
                       "anomaly-detection": "flag"},
 }
 FLOWER = ("flwr-fedavg", "flwr-multikrum", "flwr-fedmedian", "flwr-trimmedavg", "flwr-bulyan")
-LABELS = {"flwr-fedavg": "Flower FedAvg", "flwr-multikrum": "Flower MultiKrum",
+ORACLE = "oracle"  # FedAvg over the honest nodes only: the bound no defense can beat
+LABELS = {"oracle": "oracle (honest nodes only)", "flwr-fedavg": "Flower FedAvg",
+          "flwr-multikrum": "Flower MultiKrum",
           "flwr-fedmedian": "Flower FedMedian", "flwr-trimmedavg": "Flower FedTrimmedAvg",
           "flwr-bulyan": "Flower Bulyan"}
 BASELINE = ("flwr-fedavg", "none")
@@ -229,6 +231,24 @@ def write_doc(results: dict[str, Any], path: Path, png: Path, json_path: Path) -
         "Our rows: " + "; ".join(f"`{r}` = {', '.join(f'{k}={v}' for k, v in OURS[r].items())}"
                                  for r in rows if r in OURS) + ".",
         "",
+        "How `anomaly-detection=exclude` defends (`fedapp/defenses.py`, `RobustStrategy.screen`): "
+        "every update is scored four ways, and at most f flagged updates, the most severe, "
+        "are left out; the rest are scaled down to the norm threshold.",
+        "",
+        "- norm: robust z-score of the update's norm above 3.5 (scaling, Gaussian noise);",
+        "- copies: nearest other update ten times closer than updates typically are "
+        "(colluders sending one crafted update: ALIE, IPM, min-max, min-sum);",
+        "- sign skew: above the coordinate-wise median on 3 coordinates for every 1 below, "
+        "or the reverse (shifts by a multiple of the coordinate-wise std: ALIE);",
+        "- cosine reputation: the node's cosines to the median of the unsuspected updates, "
+        "averaged over rounds (memory 0.9), below 0 (sign flipping, IPM, min-max / min-sum "
+        "along the mean). One round's cosine is noise on this non-IID data: honest updates "
+        "are nearly orthogonal to each other.",
+        "",
+        "An oracle that knows the Byzantine nodes and averages the others (the best any "
+        "defense can do here: the attackers' own data is lost) reaches 91.7% at 20% and 89.2% "
+        "at 30% (in-process replica of these runs, same seeds and training).",
+        "",
     ]
     for f, table in s["tables"].items():
         nodes = results["settings"]["nodes"]
@@ -275,10 +295,16 @@ def findings(results: dict[str, Any]) -> list[str]:
             out.append(f"{round(100 * float(f))}% setting, no attack: `{rec}` is {d:+.1f} pt "
                        f"from clean FedAvg (target: within 1 pt): "
                        f"{'met' if abs(d) <= 1.0 or d > 0 else 'missed'}.")
+        if rec is not None and ORACLE in rows and table[ORACLE]["worst"]:
+            o, t = table[ORACLE], table[rec]
+            out.append(f"{round(100 * float(f))}% Byzantine: the oracle (FedAvg over the honest "
+                       f"nodes only) has {_pct(o['worst'])}% in its worst case; `{rec}` "
+                       f"reaches {_pct(t['worst'] / o['worst'])}% of that.")
+        real = [r for r in rows if r != ORACLE]
         broken = [a for a in results["attacks"] if a != "none" and all(
-            table[r]["accuracy"][a] is not None and table[r]["accuracy"][a] < 0.5 for r in rows)]
+            table[r]["accuracy"][a] is not None and table[r]["accuracy"][a] < 0.5 for r in real)]
         if broken:
-            best = {a: max(rows, key=lambda r, a=a: table[r]["accuracy"][a]) for a in broken}
+            best = {a: max(real, key=lambda r, a=a: table[r]["accuracy"][a]) for a in broken}
             out.append(f"{round(100 * float(f))}% Byzantine: no aggregator in the table keeps 50% "
                        "accuracy under " + ", ".join(
                            f"{a} (best {LABELS.get(best[a], best[a])}, "
@@ -323,7 +349,7 @@ def versions() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run in /tmp")
-    parser.add_argument("--rows", help=f"comma list of {', '.join([*OURS, *FLOWER])}")
+    parser.add_argument("--rows", help=f"comma list of {', '.join([*OURS, *FLOWER, ORACLE])}")
     parser.add_argument("--attacks", help=f"comma list of {', '.join(ATTACK_COLUMNS)}")
     parser.add_argument("--fractions", help="comma list, default 0.2,0.3")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
@@ -338,22 +364,22 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path)
     args = parser.parse_args()
     rows = args.rows.split(",") if args.rows else (
-        ["ours-recommended", "flwr-multikrum"] if args.quick else [*OURS, *FLOWER])
+        ["ours-recommended", "flwr-multikrum"] if args.quick else [*OURS, *FLOWER, ORACLE])
     attacks = args.attacks.split(",") if args.attacks else (
         ["none", "alie"] if args.quick else list(ATTACK_COLUMNS))
     fractions = ([float(x) for x in args.fractions.split(",")] if args.fractions
                  else [0.2] if args.quick else list(FRACTIONS))
     rounds = 3 if args.quick and args.rounds == ROUNDS else args.rounds
-    bad = [r for r in rows if r not in OURS and r not in FLOWER]
+    bad = [r for r in rows if r not in OURS and r not in FLOWER and r != ORACLE]
     bad += [a for a in attacks if a not in ATTACK_COLUMNS]
     if bad:
-        parser.error(f"unknown rows / attacks: {bad}; rows: {[*OURS, *FLOWER]}, "
+        parser.error(f"unknown rows / attacks: {bad}; rows: {[*OURS, *FLOWER, ORACLE]}, "
                      f"attacks: {list(ATTACK_COLUMNS)}")
     if "flwr-fedavg" not in rows:
         rows.append("flwr-fedavg")  # the reference
     if "none" not in attacks:
         attacks.insert(0, "none")
-    full = (not args.quick and set(rows) == {*OURS, *FLOWER} and set(attacks) ==
+    full = (not args.quick and set(rows) == {*OURS, *FLOWER, ORACLE} and set(attacks) ==
             set(ATTACK_COLUMNS) and set(fractions) == set(FRACTIONS))
     if args.out_dir is not None:
         out_dir = args.out_dir

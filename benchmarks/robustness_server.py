@@ -56,6 +56,7 @@ app = ServerApp()
 
 FLOWER_ROWS = ("flwr-fedavg", "flwr-multikrum", "flwr-fedmedian", "flwr-trimmedavg",
                "flwr-bulyan")
+ORACLE = "oracle"
 ADAPTIVE = ("alie-adaptive", "ipm-adaptive")
 
 
@@ -102,6 +103,21 @@ def flower_row(name: str, n: int, f: int, fraction: float) -> tuple[Strategy,
     raise ValueError(f"unknown Flower row {name!r}; one of {FLOWER_ROWS}")
 
 
+class HonestOnlyFedAvg(FedAvg):
+    """The oracle bound: Flower's FedAvg over the replies of the nodes that are *not*
+    Byzantine, told by the threat model (``malicious_nodes``). No defense can do better in
+    expectation: it would have to know the attackers, and their data is lost all the same."""
+
+    def __init__(self, malicious: Callable[[], set[int]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._malicious = malicious
+
+    def aggregate_train(self, server_round: int, replies: Any) -> Any:
+        bad = self._malicious()
+        return super().aggregate_train(
+            server_round, [m for m in replies if m.metadata.src_node_id not in bad])
+
+
 def defended_rule(cfg: RunConfig, robust: RobustStrategy,
                   row_nodes: Callable[[], list[int]]) -> Callable[..., AggregationResult]:
     """What our strategy does to the updates (detection with the reputations as they stand,
@@ -126,7 +142,13 @@ def scenario_strategy(sc: dict[str, Any], base: RunConfig, n: int) -> tuple[Stra
     f = round(fraction * n)
     cfg: RunConfig | None = None
     rule: Callable[..., AggregationResult] = weighted_mean
-    if sc["row"] in FLOWER_ROWS:
+    threats: list[ThreatModel] = []  # the wrapper, once built, for the rules below
+    if sc["row"] == ORACLE:
+        strategy = HonestOnlyFedAvg(lambda: threats[0].malicious_nodes if threats else set(),
+                                    fraction_train=1.0, fraction_evaluate=0.0,
+                                    min_train_nodes=n, min_available_nodes=n)
+        robust = None
+    elif sc["row"] in FLOWER_ROWS:
         strategy, rule = flower_row(sc["row"], n, f, fraction)
         robust = None
     else:
@@ -146,7 +168,6 @@ def scenario_strategy(sc: dict[str, Any], base: RunConfig, n: int) -> tuple[Stra
         run_attack = attack
     else:  # node-side: the ClientApp attacks, the wrapper checks simulation and strips ids
         run_attack = base.attack
-    threats: list[ThreatModel] = []  # the wrapper, once built, for the rule below
     if attack in ADAPTIVE:
         params["aggregator"] = rule if robust is None else defended_rule(
             cfg, robust, lambda: threats[0].row_nodes)  # type: ignore[arg-type]

@@ -211,6 +211,7 @@ class ThreatModel(Strategy):
             self._craft = None
         self.designated: set[int] | None = None  # node ids, or partition ids
         self.row_nodes: list[int] = []  # see aggregate_train
+        self.malicious_nodes: set[int] = set()  # the designated nodes among the last replies
         self.history: dict[int, AttackRound] = {}
         self._global: ArrayRecord | None = None
 
@@ -245,7 +246,9 @@ class ThreatModel(Strategy):
         replies = list(replies)
         if self._global is None or self.designated is None:
             raise RuntimeError("aggregate_train called before configure_train")
-        malicious = self._malicious(server_round, replies) if self._craft else []
+        malicious = self._malicious(server_round, replies)
+        # Who the attackers are this round, for evaluation only (e.g. an oracle baseline).
+        self.malicious_nodes = {replies[i].metadata.src_node_id for i in malicious}
         if self.partition_metric is not None:
             replies = [m if m.has_error() else _rebuild(m, drop_metric=self.partition_metric)
                        for m in replies]

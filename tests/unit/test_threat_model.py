@@ -110,6 +110,7 @@ def test_ipm_replaces_exactly_the_malicious_replies_and_fedavg_follows() -> None
     order = [r.metadata.src_node_id for r in replies]
     assert model.row_nodes == ([n for n in order if n not in bad] +
                                [n for n in order if n in bad])
+    assert model.malicious_nodes == set(bad)
 
 
 def test_designation_is_stable_across_rounds() -> None:
@@ -201,6 +202,8 @@ def test_node_side_attacks_pass_replies_through() -> None:
         assert dict(after.content["metrics"]) == {"num-examples": 10, "train-loss": 1.0}
         assert flatten(after.content["arrays"]).tolist() == flatten(
             before.content["arrays"]).tolist()
+    # The designated partitions' nodes are known to the wrapper (for evaluation only).
+    assert model.malicious_nodes == {NODES[p] for p in malicious_ids(range(5), 0.4, 3)}
 
 
 def test_no_honest_update_leaves_replies_unchanged() -> None:
