@@ -8,7 +8,8 @@ Rows are aggregators: our ``RobustStrategy`` configurations (``OURS``) and Flowe
 built-in FedAvg, MultiKrum, FedMedian, FedTrimmedAvg and Bulyan. Columns are the attacks of
 ``fedapp.attacks`` (node-side: label flip, sign flip, Gaussian, scaling; omniscient and
 colluding: ALIE, IPM, min-max, min-sum and the adaptive ALIE / IPM, which pick their scale each
-round to do the most damage to the defense in use, the whole defense for our rows) plus the
+round to do the most damage to the defense in use, the whole defense for our rows, and
+min-max-noisy, min-max whose copies are made distinct to escape a copy check) plus the
 worst case, at 20% and 30% Byzantine nodes. Digits, Dirichlet alpha = 0.5, 20 simulated nodes,
 fixed rounds and seed: every cell is a complete federated training on Flower's simulation
 engine with fedapp's unchanged ClientApp. The attackers are the same for every row: the
@@ -52,7 +53,8 @@ LEARNING_RATE = 0.05
 BATCH_SIZE = 16
 FRACTIONS = (0.2, 0.3)
 NODE_SIDE = ("label-flip", "sign-flip", "gaussian", "scaling")
-OMNISCIENT = ("alie", "ipm", "min-max", "min-sum", "alie-adaptive", "ipm-adaptive")
+OMNISCIENT = ("alie", "ipm", "min-max", "min-sum", "alie-adaptive", "ipm-adaptive",
+              "min-max-noisy")
 ATTACK_COLUMNS = ("none", *NODE_SIDE, *OMNISCIENT)
 # Our rows: run-config overrides of RunConfig. Every robust rule is told the true fraction of
 # Byzantine nodes: ours as byzantine-fraction, Flower's as the count f it takes.

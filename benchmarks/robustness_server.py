@@ -163,7 +163,7 @@ def scenario_strategy(sc: dict[str, Any], base: RunConfig, n: int) -> tuple[Stra
         return strategy, robust
     params: dict[str, Any] = {}
     if ATTACKS.get(attack) == "omniscient":
-        if attack in ("min-max", "min-sum"):
+        if attack in ("min-max", "min-sum", "min-max-noisy"):
             params["perturbation"] = base.attack_perturbation
         run_attack = attack
     else:  # node-side: the ClientApp attacks, the wrapper checks simulation and strips ids

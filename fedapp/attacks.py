@@ -29,6 +29,7 @@ from fedapp.omniscient import (
     ipm,
     ipm_adaptive,
     min_max,
+    min_max_noisy,
     min_sum,
 )
 
@@ -43,6 +44,7 @@ ATTACKS: dict[str, str] = {
     "ipm": "omniscient",
     "min-max": "omniscient",
     "min-sum": "omniscient",
+    "min-max-noisy": "omniscient",
     "alie-adaptive": "omniscient",
     "ipm-adaptive": "omniscient",
 }
@@ -118,6 +120,7 @@ OMNISCIENT_ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
     "ipm": ipm,
     "min-max": min_max,
     "min-sum": min_sum,
+    "min-max-noisy": min_max_noisy,
     "alie-adaptive": alie_adaptive,
     "ipm-adaptive": ipm_adaptive,
 }
@@ -151,6 +154,7 @@ __all__ = [
     "label_flip",
     "malicious_ids",
     "min_max",
+    "min_max_noisy",
     "min_sum",
     "scale",
     "sign_flip",

@@ -188,6 +188,31 @@ def min_sum(honest: torch.Tensor, num_byzantine: int, *, perturbation: str = "un
     return _min_max_or_sum(honest, num_byzantine, "sum", perturbation, tol)
 
 
+def min_max_noisy(honest: torch.Tensor, num_byzantine: int, *, perturbation: str = "unit",
+                  noise: float = 0.5, tol: float = 1e-6) -> torch.Tensor:
+    """Min-Max whose copies are made distinct: ``m + e_k`` for colluder ``k``, with ``e_k`` an
+    independent Gaussian direction of norm ``noise * median_i nn_i`` (``nn_i`` the distance
+    from honest row ``i`` to its nearest other honest row).
+
+    Not from the papers, which send one row: this is the attacker who knows that a defense
+    flags copies (``fedapp.defenses``, the copy check flags rows ten times closer to another
+    than updates typically are) and spends some of its distance budget on looking
+    independent. The noise is seeded by the honest rows, so a run is reproducible.
+    """
+    rows = min_max(honest, num_byzantine, perturbation=perturbation, tol=tol)
+    if noise < 0 or not math.isfinite(noise):
+        raise ValueError(f"noise must be finite and >= 0, got {noise}")
+    if honest.shape[0] < 2 or noise == 0:
+        return rows
+    dist = pairwise_sq_distances(honest)
+    dist.fill_diagonal_(float("inf"))
+    typical = float(torch.quantile(dist.min(dim=1).values.sqrt(), 0.5))
+    seed = int(torch.sum(honest.to(torch.float64) * 1e6).item()) % 2**31
+    e = torch.randn(rows.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    e = e / torch.linalg.vector_norm(e, dim=1, keepdim=True).clamp_min(1e-300)
+    return (rows.to(torch.float64) + noise * typical * e).to(torch.float32)
+
+
 def adaptive_search(
     craft: Callable[[float], torch.Tensor],
     honest: torch.Tensor,

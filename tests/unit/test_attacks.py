@@ -24,7 +24,14 @@ from fedapp.attacks import (
     scale,
     sign_flip,
 )
-from fedapp.omniscient import ALIE_Z_GRID, IPM_EPS_GRID, adaptive_search, perturbation
+from fedapp.defenses import nearest_ratio
+from fedapp.omniscient import (
+    ALIE_Z_GRID,
+    IPM_EPS_GRID,
+    adaptive_search,
+    min_max_noisy,
+    perturbation,
+)
 from fedapp.robust import coordinate_median, trimmed_mean, weighted_mean
 
 H = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]])  # mu = (3, 4), sigma^2 = (8/3, 8)
@@ -37,7 +44,8 @@ def honest_matrix(n: int = 6, d: int = 5, seed: int = 0) -> torch.Tensor:
 
 def test_registry_names_and_kinds() -> None:
     assert list(ATTACKS) == ["none", "label-flip", "sign-flip", "gaussian", "scaling", "alie",
-                             "ipm", "min-max", "min-sum", "alie-adaptive", "ipm-adaptive"]
+                             "ipm", "min-max", "min-sum", "min-max-noisy", "alie-adaptive",
+                             "ipm-adaptive"]
     assert set(OMNISCIENT_ATTACKS) == {k for k, v in ATTACKS.items() if v == "omniscient"}
     assert set(MODEL_ATTACKS) == {k for k, v in ATTACKS.items() if v == "model"}
     assert {k for k, v in ATTACKS.items() if v == "data"} == {"label-flip"}
@@ -124,6 +132,24 @@ def test_min_max_keeps_distance_bound_with_maximal_gamma(kind: str) -> None:
     assert _gamma(rows, honest, p) == pytest.approx(gamma_star, rel=1e-5)
     over = honest.mean(0).double() + gamma_star * 1.01 * p.double()
     assert torch.cdist(over[None], honest.double()).max() > bound
+
+
+def test_min_max_noisy_spreads_the_copies_by_the_set_share_of_the_typical_distance() -> None:
+    honest = honest_matrix(n=8, d=50, seed=2)
+    base = min_max(honest, 3)
+    rows = min_max_noisy(honest, 3, noise=0.5)
+    h = honest.double()
+    dist = torch.cdist(h, h).fill_diagonal_(float("inf"))
+    typical = float(torch.quantile(dist.min(dim=1).values, 0.5))
+    offsets = torch.linalg.vector_norm(rows.double() - base.double(), dim=1)
+    assert offsets.tolist() == pytest.approx([0.5 * typical] * 3, rel=1e-5)
+    assert torch.equal(rows, min_max_noisy(honest, 3, noise=0.5))  # reproducible
+    assert torch.equal(min_max_noisy(honest, 3, noise=0.0), base)
+    # The copies are no longer copies: the nearest-neighbour check no longer sees them.
+    assert float(nearest_ratio(torch.cat([honest, base]))[-1]) == 0.0
+    assert float(nearest_ratio(torch.cat([honest, rows]))[-1]) > 0.1
+    with pytest.raises(ValueError, match="noise"):
+        min_max_noisy(honest, 3, noise=-1.0)
 
 
 @pytest.mark.parametrize("kind", ["unit", "sign", "std"])

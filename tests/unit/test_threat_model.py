@@ -128,7 +128,7 @@ def test_designation_is_stable_across_rounds() -> None:
 
 @pytest.mark.parametrize("attack,params", [
     ("alie", {}), ("ipm", {"epsilon": 0.5}), ("min-max", {"perturbation": "std"}),
-    ("min-sum", {}), ("alie-adaptive", {"aggregator": "median"}),
+    ("min-sum", {}), ("min-max-noisy", {"noise": 1.0}), ("alie-adaptive", {"aggregator": "median"}),
     ("ipm-adaptive", {"aggregator": "trimmed-mean", "aggregator_params": {"f": 1}}),
 ])
 @pytest.mark.parametrize("flower", [
