@@ -39,7 +39,6 @@ from flwr.serverapp.strategy import (
 )
 
 from fedapp import task
-from fedapp.aggregation import AggregationPipeline
 from fedapp.attack_mod import PARTITION_METRIC
 from fedapp.attacks import ATTACKS
 from fedapp.config import RunConfig
@@ -48,8 +47,7 @@ from fedapp.robust import AggregationReport, AggregationResult
 from fedapp.robust.base import weighted_mean
 from fedapp.robust.coordinate import coordinate_median, trimmed_mean
 from fedapp.robust.krum import krum_scores, multi_krum
-from fedapp.server_app import build_strategy
-from fedapp.strategy import RobustStrategy
+from fedapp.server_app import adaptive_target, build_strategy
 from fedapp.threat_model import ThreatModel
 
 app = ServerApp()
@@ -118,24 +116,6 @@ class HonestOnlyFedAvg(FedAvg):
             server_round, [m for m in replies if m.metadata.src_node_id not in bad])
 
 
-def defended_rule(cfg: RunConfig, robust: RobustStrategy,
-                  row_nodes: Callable[[], list[int]]) -> Callable[..., AggregationResult]:
-    """What our strategy does to the updates (detection with the reputations as they stand,
-    exclusion, then the pipeline), as a rule that changes no state: the adaptive attacker
-    searches its scale against *this*, i.e. it knows the whole defense, not only the final
-    rule. ``row_nodes()`` (the threat model's ``row_nodes``) says whose row is whose: the
-    reputations are per node."""
-    def rule(updates: torch.Tensor) -> AggregationResult:
-        nodes = row_nodes()
-        if len(nodes) != len(updates):
-            raise RuntimeError(f"{len(nodes)} node ids for {len(updates)} rows")
-        ones = torch.ones(len(updates), dtype=torch.float64)
-        x, w, _, _ = robust.screen(list(nodes), updates, ones, record=False)
-        pipeline = AggregationPipeline.from_config(cfg)  # fresh: no momentum state
-        return pipeline(x, w, num_replies=len(updates))
-    return rule
-
-
 def scenario_strategy(sc: dict[str, Any], base: RunConfig, n: int) -> tuple[Strategy, Any]:
     """The strategy that plays scenario ``sc``, and our RobustStrategy (or None)."""
     attack, fraction = sc["attack"], float(sc["fraction"])
@@ -169,7 +149,7 @@ def scenario_strategy(sc: dict[str, Any], base: RunConfig, n: int) -> tuple[Stra
     else:  # node-side: the ClientApp attacks, the wrapper checks simulation and strips ids
         run_attack = base.attack
     if attack in ADAPTIVE:
-        params["aggregator"] = rule if robust is None else defended_rule(
+        params["aggregator"] = rule if robust is None else adaptive_target(
             cfg, robust, lambda: threats[0].row_nodes)  # type: ignore[arg-type]
     threats.append(ThreatModel(strategy, run_attack, fraction, base.seed,
                                partition_metric=PARTITION_METRIC, **params))

@@ -159,30 +159,38 @@ def threat_model(robust: RobustStrategy, cfg: RunConfig) -> Strategy:
         params["z"] = scale
     elif cfg.attack == "ipm" and scale > 0:
         params["epsilon"] = scale
-    elif cfg.attack in ("min-max", "min-sum"):
+    elif cfg.attack in ("min-max", "min-sum", "min-max-noisy"):
         params["perturbation"] = cfg.attack_perturbation
-    elif cfg.attack in ("alie-adaptive", "ipm-adaptive"):
-        params["aggregator"] = adaptive_target(cfg)
-    return ThreatModel(robust, cfg.attack, cfg.attack_fraction, cfg.seed,
-                       partition_metric=PARTITION_METRIC, **params)
+        if cfg.attack == "min-max-noisy" and scale > 0:
+            params["noise"] = scale
+    threats: list[ThreatModel] = []  # the wrapper, once built, says whose row is whose
+    if cfg.attack in ("alie-adaptive", "ipm-adaptive"):
+        params["aggregator"] = adaptive_target(cfg, robust, lambda: threats[0].row_nodes)
+    threats.append(ThreatModel(robust, cfg.attack, cfg.attack_fraction, cfg.seed,
+                               partition_metric=PARTITION_METRIC, **params))
+    return threats[0]
 
 
-def adaptive_target(cfg: RunConfig) -> Callable[..., Any]:
-    """The pure rule an adaptive attacker searches against: the configured rule with the
-    ``f`` the pipeline would use for that many updates (and ``tau`` for centered clipping)."""
-    from fedapp.robust import AGGREGATORS
-
-    pipeline = AggregationPipeline.from_config(cfg)
+def adaptive_target(cfg: RunConfig, robust: RobustStrategy,
+                    row_nodes: Callable[[], list[int]]) -> Callable[..., Any]:
+    """The rule an adaptive attacker searches against: the whole defense as it stands, i.e.
+    ``robust.screen`` (detection with the current reputations, exclusion; no state changes)
+    and then the configured pipeline. ``row_nodes()`` gives the node of every row it is
+    handed (``ThreatModel.row_nodes``): the reputations are per node."""
 
     def rule(updates: torch.Tensor) -> Any:
-        kwargs: dict[str, object] = {}
-        if cfg.aggregator != "fedavg":
-            kwargs["f"] = pipeline.f_for(len(updates))
-        if cfg.aggregator == "centered-clipping":
-            kwargs["tau"] = cfg.clipping_tau
-        return AGGREGATORS[cfg.aggregator](updates, **kwargs)
+        nodes = row_nodes()
+        if len(nodes) != len(updates):
+            raise RuntimeError(f"{len(nodes)} node ids for {len(updates)} rows")
+        ones = torch.ones(len(updates), dtype=torch.float64)
+        if robust.detection == "off":
+            x, w = updates, ones
+        else:
+            x, w, _, _ = robust.screen(list(nodes), updates, ones, record=False)
+        pipeline = AggregationPipeline.from_config(cfg)  # fresh: no momentum state
+        return pipeline(x, w, num_replies=len(updates))
 
-    rule.__name__ = cfg.aggregator
+    rule.__name__ = f"defense ({cfg.anomaly_detection} + {cfg.aggregator})"
     return rule
 
 

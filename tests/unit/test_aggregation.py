@@ -100,12 +100,31 @@ def test_byzantine_fraction_sets_f_from_the_number_of_updates() -> None:
 
 
 def test_adaptive_attack_target_uses_the_pipelines_f() -> None:
-    from fedapp.server_app import adaptive_target
+    from fedapp.server_app import adaptive_target, build_strategy
 
-    rule = adaptive_target(RunConfig(aggregator="trimmed-mean", byzantine_fraction=0.2))
+    cfg = RunConfig(aggregator="trimmed-mean", byzantine_fraction=0.2, anomaly_detection="off")
+    robust, _ = build_strategy(cfg)
+    nodes = list(range(10))
+    rule = adaptive_target(cfg, robust, lambda: nodes)
     x = torch.tensor([0.0] * 8 + [50.0, 100.0]).reshape(10, 1)
     assert rule(x).aggregate.item() == 0.0  # f = 2 of 10
+    nodes = nodes[5:]
     assert rule(x[5:]).aggregate.item() == pytest.approx(50 / 3)  # f = 1 of 5
+    with pytest.raises(RuntimeError, match="5 node ids for 10 rows"):
+        rule(x)
+
+
+def test_adaptive_attack_target_is_the_whole_defense_and_changes_no_state() -> None:
+    from fedapp.server_app import adaptive_target, build_strategy
+
+    cfg = RunConfig(byzantine_fraction=0.2)  # the default: detection, exclusion, mean
+    robust, _ = build_strategy(cfg)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 200, generator=gen) + 1.0
+    x[9] = 1000.0 * x[0]  # norm z far above 3.5: excluded, not averaged in
+    rule = adaptive_target(cfg, robust, lambda: list(range(10)))
+    assert torch.allclose(rule(x).aggregate, x[:9].mean(dim=0), atol=1e-5)
+    assert robust.reputation.scores() == {} and robust.reputation.rounds == 0
 
 
 def test_f_counts_excluded_rows_and_is_capped_to_what_the_rule_takes() -> None:
