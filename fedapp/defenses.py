@@ -164,14 +164,21 @@ def robust_z_scores(values: torch.Tensor) -> torch.Tensor:
     ``1.253314 * MeanAD`` when ``MAD = 0``, and returns zeros when that is 0 too.
     """
     v = values.detach().to(torch.float64).reshape(-1)
+    med, scale = robust_location_scale(v)
+    if float(scale) <= 0.0:
+        return torch.zeros_like(v)
+    return (v - med) / scale
+
+
+def robust_location_scale(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(median, 1.4826 * MAD)`` of a float64 vector, with ``1.253314 * MeanAD`` as the
+    scale when ``MAD = 0`` (the denominators of ``robust_z_scores``)."""
     med = torch.quantile(v, 0.5)
     dev = (v - med).abs()
     scale = MAD_SCALE * torch.quantile(dev, 0.5)
     if float(scale) <= 0.0:
         scale = MEAN_AD_SCALE * dev.mean()
-    if float(scale) <= 0.0:
-        return torch.zeros_like(v)
-    return (v - med) / scale
+    return med, scale
 
 
 def row_norms(updates: torch.Tensor) -> torch.Tensor:
@@ -281,11 +288,7 @@ def clip_to_norm_threshold(updates: torch.Tensor, norm_threshold: float) -> torc
     when ``MAD = 0``); other rows are returned unchanged. Bounds what an unexcluded
     large row can do to a mean without dropping it."""
     norms = row_norms(updates)
-    med = torch.quantile(norms, 0.5)
-    dev = (norms - med).abs()
-    scale = MAD_SCALE * torch.quantile(dev, 0.5)
-    if float(scale) <= 0.0:
-        scale = MEAN_AD_SCALE * dev.mean()
+    med, scale = robust_location_scale(norms)
     bound = med + norm_threshold * scale
     factor = torch.where(norms > bound, bound / norms.clamp_min(1e-300), torch.ones_like(norms))
     if bool((factor == 1.0).all()):

@@ -194,10 +194,10 @@ class RobustStrategy(FedAvg):
         stats.flagged = {nodes[i]: report.reasons[i] for i in report.flagged}
         stats.excluded = len(dropped)
         scores = self.reputation.scores()
+        excluded = {nodes[i] for i in dropped}
         for node, reason in stats.flagged.items():
             log(WARNING, "round %d: node %d flagged (%s), cosine reputation %.2f%s",
-                server_round, node, reason, scores[node],
-                ", excluded" if nodes.index(node) in dropped else "")
+                server_round, node, reason, scores[node], ", excluded" if node in excluded else "")
         return updates, weights
 
     def screen(self, nodes: list[int], updates: torch.Tensor, weights: torch.Tensor, *,
