@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedapp import registry
 from fedapp.data import DATASET_SPECS
 from fedapp.task import build_model
-from fedapp.tracking import RegistrationResult, Tracker, connect
+from fedapp.tracking import RegistrationResult, Tracker, connect, registry
 from tests.unit.test_tracking import fresh_store
 
 NAME = "fedapp-test"

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedapp import report
-from fedapp.tracking import Tracker
+from fedapp.tracking import Tracker, report
 from tests.unit.test_tracking import PNG_MAGIC, fresh_store
 
 CURVES = {  # aggregator -> server accuracy per round 0..3

@@ -4,7 +4,7 @@ Writes ``report.md`` (one table row per run: key settings, final server
 accuracy, best round, uplink bytes, privacy epsilon) and ``accuracy.png`` (every
 run's server-accuracy curve on one plot)::
 
-    python -m fedapp.report [--tracking-uri URI] [--experiment NAME] [--out DIR]
+    python -m fedapp.tracking.report [--tracking-uri URI] [--experiment NAME] [--out DIR]
 
 Sweep parent runs (runs that other runs name as ``mlflow.parentRunId`` and that
 log no server accuracy themselves) are containers and get no row.
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedapp.tracking import TrackingError, connect, resolve_tracking_uri
+from fedapp.tracking.store import TrackingError, connect, resolve_tracking_uri
 
 SETTING_KEYS = ("aggregator", "attack", "dp", "dp-epsilon", "compression", "dataset",
                 "num-server-rounds")
@@ -193,7 +193,7 @@ def write_report(runs: list[RunSummary], out_dir: Path, experiment: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedapp.report",
+    parser = argparse.ArgumentParser(prog="python -m fedapp.tracking.report",
                                      description="report.md and accuracy.png of an experiment")
     parser.add_argument("--tracking-uri", default="",
                         help="default: $MLFLOW_TRACKING_URI, else sqlite in ~/.fedapp/runs")

@@ -9,10 +9,10 @@ model tag ``champion-history`` (comma-separated, oldest first), which
 
 Command line::
 
-    python -m fedapp.registry [--tracking-uri URI] [--name NAME] list
-    python -m fedapp.registry promote VERSION
-    python -m fedapp.registry rollback
-    python -m fedapp.registry export VERSION PATH   # PATH/ or PATH.pt (+ PATH.json)
+    python -m fedapp.tracking.registry [--tracking-uri URI] [--name NAME] list
+    python -m fedapp.tracking.registry promote VERSION
+    python -m fedapp.tracking.registry rollback
+    python -m fedapp.tracking.registry export VERSION PATH   # PATH/ or PATH.pt (+ PATH.json)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedapp.tracking import TrackingError, connect, resolve_tracking_uri
+from fedapp.tracking.store import TrackingError, connect, resolve_tracking_uri
 
 LOG = logging.getLogger("flwr.fedapp.registry")
 CHAMPION = "champion"
@@ -282,7 +282,7 @@ def _version_arg(value: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fedapp.registry", description=__doc__
+    parser = argparse.ArgumentParser(prog="python -m fedapp.tracking.registry", description=__doc__
                                      .split("\n\n")[0])
     parser.add_argument("--tracking-uri", default="",
                         help="default: $MLFLOW_TRACKING_URI, else sqlite in ~/.fedapp/runs")

@@ -4,7 +4,7 @@
 ``Strategy`` the way Flower's DP wrappers do (``DifferentialPrivacy*FixedClipping``
 hold the inner strategy and delegate). It delegates everything; in
 ``aggregate_train`` it replaces the train replies of the designated malicious
-nodes with omniscient Byzantine replies (``fedapp.omniscient``) before the inner
+nodes with omniscient Byzantine replies (``fedapp.attacks.omniscient``) before the inner
 strategy's ``aggregate_train`` sees them. The crafted reply keeps the node's
 record names and metrics (so ``num-examples`` and every metric key stay) and
 carries ``global + b`` with the global model's array keys, shapes and dtypes, so
@@ -13,12 +13,8 @@ Honest replies compressed by ``fedapp.compression`` are decoded to their update
 first; the crafted reply is always a plain dense reply (no compression header).
 
 **Simulation only.** The first ``configure_train`` refuses (``SimulationOnlyError``,
-before any node is sampled) unless the Grid is the simulation engine's: in flwr
-1.41 the simulation runtime hands the ServerApp an ``InMemoryGrid`` (both
-``flwr run`` with a simulation federation and the legacy ``run_simulation``),
-while a deployed ServerApp (``flwr-serverapp``) gets an ``HttpGrid``; as a second
-signal, a run started on a simulation federation has
-``grid.run.primary_task_type == "flwr-simulation"``.
+before any node is sampled) unless the Grid is the simulation engine's
+(``fedapp.attacks.simulation.is_simulation``).
 
 **Who is malicious.** Node ids are random int64 in simulation, and the ServerApp
 cannot see the node-id -> partition-id map (it lives inside the simulation
@@ -32,14 +28,14 @@ call a node-side attack mod makes, so node-side and omniscient attacks hit the
 same hospitals) and removes that metric from every reply before aggregation.
 
 Node-side attacks (``"data"``/``"model"`` kinds) run in the ClientApp; for them the
-wrapper only enforces simulation and passes replies through unchanged.
+wrapper only enforces simulation and passes replies through unchanged. The round's train
+metrics gain ``byzantine-replaced``, the number of replies replaced.
 """
 
 from __future__ import annotations
 
 import inspect
-import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from copy import copy
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -52,35 +48,17 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedapp.arrays import flatten, unflatten
-from fedapp.attacks import ATTACKS, OMNISCIENT_ATTACKS, malicious_ids
+from fedapp.attacks import ATTACKS, attack_params, malicious_ids
+from fedapp.attacks.omniscient import OMNISCIENT_ATTACKS
+from fedapp.attacks.simulation import SimulationOnlyError, is_simulation
+from fedapp.config import RunConfig
 from fedapp.robust import AGGREGATORS
-from fedapp.validation import ArraySpec, ReplyRejected, array_specs, check_train_reply
+from fedapp.server.wrappers import StrategyWrapper
+from fedapp.updates import flatten, reply_update, unflatten
+from fedapp.validation import ReplyRejected, array_specs
 
-IN_MEMORY_GRID_MODULE = "flwr.superlink.grid.inmemory_grid"
-SIMULATION_TASK_TYPE = "flwr-simulation"  # flwr.supercore.constant.TaskType.SIMULATION
 ADAPTIVE = ("alie-adaptive", "ipm-adaptive")
-COMPRESSION_RECORD = "compression"  # fedapp.compression.wire.RECORD_KEY
-
-
-class SimulationOnlyError(RuntimeError):
-    """An attack was configured outside Flower's simulation engine."""
-
-
-def is_simulation(grid: Grid) -> bool:
-    """True when ``grid`` is the simulation engine's (see the module docstring).
-
-    ``InMemoryGrid`` is looked up in ``sys.modules`` rather than imported (its
-    import pulls the whole link state, ~3 s): an instance implies a loaded module.
-    """
-    module = sys.modules.get(IN_MEMORY_GRID_MODULE)
-    if module is not None and isinstance(grid, module.InMemoryGrid):
-        return True
-    try:
-        task_type = grid.run.primary_task_type
-    except Exception:  # a Grid without run info (a stub, an unset run) is not a simulation
-        return False
-    return str(task_type) == SIMULATION_TASK_TYPE
+REPLACED_METRIC = "byzantine-replaced"  # added to the round's train metrics
 
 
 @dataclass
@@ -151,19 +129,6 @@ def _rebuild(msg: Message, arrays: ArrayRecord | None = None,
     return Message(metadata=copy(msg.metadata), content=RecordDict(records))
 
 
-def honest_update(content: RecordDict, specs: Mapping[str, ArraySpec],
-                  global_flat: np.ndarray) -> np.ndarray:
-    """A reply's flat float32 update: decoded if compressed, else ``local - global``.
-
-    Raises ``ReplyRejected`` for a reply the strategy would reject too.
-    """
-    if COMPRESSION_RECORD in content.config_records:
-        from fedapp.compression.server import decode_update  # only when compression is on
-
-        return decode_update(content, specs)[0]
-    return check_train_reply(content, specs)[0] - global_flat
-
-
 def _metric(msg: Message, key: str) -> int | None:
     """The integer metric ``key`` of a reply, or None if absent or not an integer."""
     for record in msg.content.metric_records.values():
@@ -173,7 +138,7 @@ def _metric(msg: Message, key: str) -> int | None:
     return None
 
 
-class ThreatModel(Strategy):
+class ThreatModel(StrategyWrapper):
     """Wrap ``strategy``; in simulation, replace the malicious nodes' train replies.
 
     ``attack`` is a name of ``fedapp.attacks.ATTACKS`` other than ``"none"`` (for
@@ -189,14 +154,13 @@ class ThreatModel(Strategy):
 
     def __init__(self, strategy: Strategy, attack: str, fraction: float, seed: int, *,
                  partition_metric: str | None = None, **params: Any) -> None:
-        super().__init__()
+        super().__init__(strategy)
         if attack not in ATTACKS:
             raise ValueError(f"attack={attack!r} is not one of: {', '.join(ATTACKS)}")
         if ATTACKS[attack] == "none":
             raise ValueError("attack='none' means no threat model: do not wrap the strategy")
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction={fraction} must be in [0, 1]")
-        self.strategy = strategy
         self.attack = attack
         self.kind = ATTACKS[attack]
         self.fraction = fraction
@@ -214,6 +178,19 @@ class ThreatModel(Strategy):
         self.malicious_nodes: set[int] = set()  # the designated nodes among the last replies
         self.history: dict[int, AttackRound] = {}
         self._global: ArrayRecord | None = None
+
+    @classmethod
+    def from_config(cls, strategy: Strategy, cfg: RunConfig, *,
+                    target: Callable[..., Any] | None = None,
+                    partition_metric: str | None = None) -> ThreatModel:
+        """The threat model of ``cfg`` (``attack``, ``attack-fraction``, ``seed`` and the
+        attack's own parameters, ``fedapp.attacks.attack_params``) around ``strategy``.
+        The adaptive attacks search their scale against ``target``, the defense in use."""
+        params = attack_params(cfg) if ATTACKS[cfg.attack] == "omniscient" else {}
+        if cfg.attack in ADAPTIVE:
+            params["aggregator"] = target
+        return cls(strategy, cfg.attack, cfg.attack_fraction, cfg.seed,
+                   partition_metric=partition_metric, **params)
 
     def summary(self) -> None:
         self.strategy.summary()
@@ -262,7 +239,7 @@ class ThreatModel(Strategy):
             if i in malicious or msg.has_error():
                 continue
             try:
-                rows.append(honest_update(msg.content, specs, global_flat))
+                rows.append(reply_update(msg.content, specs, global_flat)[0])
             except ReplyRejected:
                 continue  # the inner strategy deals with it; attackers ignore it
             honest_nodes.append(msg.metadata.src_node_id)
@@ -284,7 +261,10 @@ class ThreatModel(Strategy):
         log(INFO, "[threat-model] round %d: %s replaced %d replies (nodes %s) using %d honest "
             "updates", server_round, self.attack, len(malicious), list(record.replaced),
             len(rows))
-        return self.strategy.aggregate_train(server_round, replies)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if metrics is not None:
+            metrics[REPLACED_METRIC] = len(record.replaced)
+        return arrays, metrics
 
     def _malicious(self, server_round: int, replies: list[Message]) -> list[int]:
         """Indices of the replies (without error) that come from designated nodes."""
@@ -305,11 +285,3 @@ class ThreatModel(Strategy):
             if ident is not None and ident in self.designated:
                 out.append(i)
         return out
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int,
-                           replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)

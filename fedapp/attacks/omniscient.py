@@ -7,8 +7,8 @@ way the aggregation rules see them). It returns the ``(n_b, d)`` rows the
 the papers. Notation: ``mu = mean_i h_i`` and ``sigma = std_i h_i`` coordinate-wise
 (population std, ``correction=0``, so one honest row gives ``sigma = 0``).
 
-Use them through ``fedapp.threat_model.ThreatModel``; the registry of names is
-``fedapp.attacks.OMNISCIENT_ATTACKS``.
+Use them through ``fedapp.attacks.threat_model.ThreatModel``; the registry of names is
+``OMNISCIENT_ATTACKS`` below.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def min_max_noisy(honest: torch.Tensor, num_byzantine: int, *, perturbation: str
     from honest row ``i`` to its nearest other honest row).
 
     Not from the papers, which send one row: this is the attacker who knows that a defense
-    flags copies (``fedapp.defenses``, the copy check flags rows ten times closer to another
+    flags copies (``fedapp.robust.detection``, the copy check flags rows ten times closer to another
     than updates typically are) and spends some of its distance budget on looking
     independent. The noise is seeded by the honest rows, so a run is reproducible.
     """
@@ -264,3 +264,15 @@ def ipm_adaptive(honest: torch.Tensor, num_byzantine: int, aggregator: Aggregato
     _check(honest, num_byzantine)
     return adaptive_search(lambda e: ipm(honest, num_byzantine, epsilon=e), honest, scales,
                            aggregator, **aggregator_params)[1]
+
+
+#: Omniscient attacks by name, as ``f(honest, num_byzantine, **params)``.
+OMNISCIENT_ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
+    "alie": alie,
+    "ipm": ipm,
+    "min-max": min_max,
+    "min-sum": min_sum,
+    "min-max-noisy": min_max_noisy,
+    "alie-adaptive": alie_adaptive,
+    "ipm-adaptive": ipm_adaptive,
+}

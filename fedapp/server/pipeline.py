@@ -1,13 +1,19 @@
-"""From the run config to one aggregation callable: weights -> pre-aggregation -> rule.
+"""The aggregation protocol, and the robust pipeline: weights -> pre-aggregation -> rule.
 
-The rules in ``fedapp.robust`` are pure; this module binds their parameters from
-``RunConfig`` and keeps the one piece of state a rule needs between rounds (the
-centered-clipping center, i.e. the server momentum of Karimireddy et al. 2021).
+``Aggregation`` is what ``RobustStrategy`` calls on the round's screened ``(n, d)`` update
+matrix. Two implementations: ``AggregationPipeline`` (the robust rules of
+``fedapp.robust``, parameters bound from ``RunConfig``) and
+``fedapp.privacy.central.CentralDP`` (clipped mean plus Gaussian noise).
+
+The pipeline's one piece of state between rounds (the centered-clipping center, i.e. the
+server momentum of Karimireddy et al. 2021, and the call count that seeds bucketing) lives
+in a ``PipelineState`` that is part of ``fedapp.server.state.ServerState``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -15,6 +21,36 @@ from fedapp.config import RunConfig
 from fedapp.robust import AGGREGATORS, AggregationResult
 from fedapp.robust.preaggregation import bucketing, clip_norm, nearest_neighbor_mixing
 from fedapp.robust.weights import node_weights
+
+
+class Aggregation(Protocol):
+    """One round's aggregation of the screened updates into one ``d``-vector."""
+
+    @property
+    def name(self) -> str:
+        """A readable description, for the strategy summary."""
+        ...
+
+    def f_for(self, n: int) -> int:
+        """How many Byzantine rows the rule tolerates among ``n`` replies (0: it assumes
+        none); screening excludes at most that many."""
+        ...
+
+    def __call__(self, updates: torch.Tensor, weights: torch.Tensor, *,
+                 num_replies: int | None = None,
+                 num_sampled: int | None = None) -> AggregationResult:
+        """Aggregate the ``(n, d)`` ``updates`` with self-reported ``weights``.
+        ``num_replies``: the valid replies before exclusion (default ``n``);
+        ``num_sampled``: the nodes sampled this round, a public number (default ``n``)."""
+        ...
+
+
+@dataclass
+class PipelineState:
+    """What the pipeline carries from one round to the next."""
+
+    center: torch.Tensor | None = None  # centered clipping's last aggregate (momentum)
+    calls: int = 0  # rounds aggregated; seeds bucketing's shuffle
 
 
 def max_f(rule: str, n: int) -> int:
@@ -26,7 +62,7 @@ def max_f(rule: str, n: int) -> int:
 
 @dataclass
 class AggregationPipeline:
-    """``__call__(updates, num_examples)``, the strategy's ``aggregate_fn``.
+    """The robust ``Aggregation``:
 
     1. weights from self-reported ``num-examples``: as reported, capped at
        ``weight_cap`` x the median (default), or uniform;
@@ -48,19 +84,19 @@ class AggregationPipeline:
     bucket_size: int = 2
     tau: float = 1.0
     seed: int = 0
-    _center: torch.Tensor | None = field(default=None, repr=False)
-    _calls: int = field(default=0, repr=False)
+    state: PipelineState = field(default_factory=PipelineState, repr=False)
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> AggregationPipeline:
+    def from_config(cls, cfg: RunConfig, state: PipelineState | None = None
+                    ) -> AggregationPipeline:
         return cls(rule=cfg.aggregator, f=cfg.aggregator_f,
                    byzantine_fraction=cfg.byzantine_fraction, weighting=cfg.weighting,
                    weight_cap=cfg.weight_cap, clip_norm=cfg.clip_norm,
                    preaggregation=cfg.preaggregation, bucket_size=cfg.bucket_size,
-                   tau=cfg.clipping_tau, seed=cfg.seed)
+                   tau=cfg.clipping_tau, seed=cfg.seed, state=state or PipelineState())
 
     @property
-    def __name__(self) -> str:  # shown in the strategy summary
+    def name(self) -> str:
         pre = f" after {self.preaggregation}" if self.preaggregation != "none" else ""
         f = self.f if self.f > 0 or self.byzantine_fraction <= 0 else (
             f"floor({self.byzantine_fraction} n)")
@@ -73,22 +109,24 @@ class AggregationPipeline:
             return self.f
         return int(self.byzantine_fraction * n + 1e-9)
 
-    def __call__(self, updates: torch.Tensor, num_examples: torch.Tensor,
-                 num_replies: int | None = None) -> AggregationResult:
+    def __call__(self, updates: torch.Tensor, num_examples: torch.Tensor, *,
+                 num_replies: int | None = None,
+                 num_sampled: int | None = None) -> AggregationResult:
         """Aggregate ``updates``. ``num_replies`` is the number of updates before anomaly
         exclusion (default: ``len(updates)``): ``f`` is computed from it, because the
         excluded rows may all have been honest, so as many Byzantine rows may remain. An
         ``f`` from ``byzantine_fraction`` is then lowered, if needed, to the most the rule
         can take for the rows it gets (``n > 2f``, Krum ``n > 2f + 2``); a fixed ``f`` that
-        the rule cannot take raises ``ValueError`` (the strategy keeps its model)."""
-        self._calls += 1
+        the rule cannot take raises ``ValueError`` (the strategy keeps its model).
+        ``num_sampled`` is not used by these rules."""
+        self.state.calls += 1
         weights: torch.Tensor | None = node_weights(num_examples, self.weighting,  # type: ignore[arg-type]
                                                     self.weight_cap)
         x = updates
         if self.clip_norm > 0:
             x = clip_norm(x, self.clip_norm)
         if self.preaggregation == "bucketing":
-            x, weights = bucketing(x, self.bucket_size, self.seed + self._calls), None
+            x, weights = bucketing(x, self.bucket_size, self.seed + self.state.calls), None
         f = self.f_for(num_replies or len(updates))
         if self.f == 0:  # from byzantine-fraction: never more than the rule can take
             f = min(f, max_f(self.rule, len(x)))
@@ -98,8 +136,8 @@ class AggregationPipeline:
         if self.rule != "fedavg":
             kwargs["f"] = f
         if self.rule == "centered-clipping":
-            kwargs |= {"tau": self.tau, "center": self._center}
+            kwargs |= {"tau": self.tau, "center": self.state.center}
         result = AGGREGATORS[self.rule](x, weights, **kwargs)
         if self.rule == "centered-clipping":
-            self._center = result.aggregate.detach().clone()
+            self.state.center = result.aggregate.detach().clone()
         return result

@@ -2,14 +2,12 @@
 
 A ``Tracker`` logs the flat run config as params, per-round metrics, the output
 files, a PNG of the learning curves, and registers the final model as a new
-version of a registered model behind a promotion gate (``fedapp.registry``).
+version of a registered model behind a promotion gate (``fedapp.tracking.registry``).
 
 Tracking must never stop training. Every MLflow failure (server down, bad URI,
 registry error) is caught, logged once as a WARNING with its reason, and turns
-the tracker into a no-op for the rest of the run. A dead server costs little:
-an HTTP(S) server is probed with a short TCP connect first, and MLflow's HTTP
-retries are switched off for the process unless the environment already sets
-them (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``).
+the tracker into a no-op for the rest of the run (see ``fedapp.tracking.store``
+for how a dead server is detected quickly).
 
 MLflow and matplotlib are imported inside the functions: importing this module
 is cheap.
@@ -20,120 +18,30 @@ from __future__ import annotations
 import json
 import logging
 import numbers
-import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlparse
+
+from fedapp.tracking.registry import create_version, gate
+from fedapp.tracking.report import save_curves
+from fedapp.tracking.store import (
+    ARTIFACT_DIR,
+    RegistrationResult,
+    TrackingError,
+    connect,
+    resolve_tracking_uri,
+    sqlite_path,
+)
 
 LOG = logging.getLogger("flwr.fedapp.tracking")  # a child of Flower's logger: same console
-DEFAULT_STORE_DIR = "~/.fedapp/runs"  # RunConfig's default output-dir
-STORE_FILE = "mlflow.db"
-ARTIFACT_DIR = "mlartifacts"  # next to an SQLite store, never in the working directory
 MODEL_ARTIFACT_PATH = "model"  # run artifacts: model/model.pt, model/config.json
-PROBE_TIMEOUT_S = 3.0
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 SUMMARY_KEYS = ("dataset", "model", "aggregator", "aggregator-f", "attack", "dp",
                 "dp-epsilon", "compression", "num-server-rounds", "seed")
-_BOUNDED_HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used (bad URI, unreachable server)."""
-
-
-@dataclass(frozen=True)
-class RegistrationResult:
-    """Outcome of ``Tracker.register_model``.
-
-    ``version`` is the new model version (None when nothing was registered),
-    ``champion`` the version holding the ``champion`` alias afterwards and
-    ``previous`` the champion it replaced (None when not promoted).
-    """
-
-    name: str
-    version: str | None
-    promoted: bool
-    champion: str | None
-    previous: str | None
-    reason: str
-
-
-def resolve_tracking_uri(uri: str = "", store_dir: str | Path | None = None) -> str:
-    """``uri`` if set, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<store_dir>/mlflow.db``.
-
-    ``store_dir`` defaults to ``~/.fedapp/runs`` (RunConfig's default output-dir).
-    """
-    if uri.strip():
-        return uri.strip()
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if env:
-        return env
-    directory = Path(store_dir if store_dir is not None else DEFAULT_STORE_DIR).expanduser()
-    return f"sqlite:///{directory.resolve() / STORE_FILE}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of an ``sqlite:///`` URI (None for any other URI)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
-def connect(uri: str) -> Any:
-    """An ``MlflowClient`` for tracking and registry at ``uri``, with bounded HTTP time.
-
-    Raises TrackingError naming the URI when the scheme is unusable or an HTTP(S)
-    server does not accept a TCP connection within ``PROBE_TIMEOUT_S`` seconds.
-    """
-    for key, value in _BOUNDED_HTTP_ENV.items():
-        os.environ.setdefault(key, value)
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        _probe(uri, *_probe_target(parsed.scheme, parsed.hostname, parsed.port))
-    db = sqlite_path(uri)
-    if db is not None:
-        db.expanduser().parent.mkdir(parents=True, exist_ok=True)
-    from mlflow import MlflowClient
-
-    try:
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
-    except Exception as exc:
-        raise TrackingError(f"tracking URI {uri!r} is not usable: {exc}") from exc
-
-
-def _probe_target(scheme: str, host: str | None, port: int | None) -> tuple[str | None, int]:
-    """Where the HTTP client will connect: the server, or the proxy that serves it."""
-    import urllib.request
-
-    proxy = urllib.request.getproxies().get(scheme)
-    if host and proxy and not urllib.request.proxy_bypass(host):
-        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        return parsed.hostname, parsed.port or 80
-    return host, port or (443 if scheme == "https" else 80)
-
-
-def _probe(uri: str, host: str | None, port: int) -> None:
-    if not host:
-        raise TrackingError(f"tracking URI {uri!r} has no host")
-    try:
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise TrackingError(
-            f"tracking server {uri!r} is unreachable ({host}:{port}: {exc})"
-        ) from exc
 
 
 def config_summary(params: Mapping[str, Any]) -> str:
@@ -245,8 +153,6 @@ class Tracker:
         when drawing failed (logged as a warning).
         """
         try:
-            from fedapp.report import save_curves
-
             save_curves(rows, path)
         except Exception as exc:
             LOG.warning("[fedapp] cannot draw learning curves to %s: %s", path, exc)
@@ -260,24 +166,22 @@ class Tracker:
 
         The ``champion`` alias moves to the new version only if ``accuracy`` beats
         the champion's ``accuracy`` tag by more than ``margin``; the replaced
-        champion is recorded (see ``fedapp.registry``) so that rollback works.
+        champion is recorded (see ``fedapp.tracking.registry``) so that rollback works.
         """
         if not margin >= 0.0:
             raise ValueError(f"margin={margin!r} must be a number >= 0")
         if self._client is None:
             return RegistrationResult(registered_name, None, False, None, None,
                                       f"not registered: tracking disabled ({self.reason})")
-        from fedapp import registry
-
         try:
             self._log_model(Path(model_path))
             version_tags = {"run-id": str(self.run_id), "accuracy": repr(float(accuracy)),
                             "config": config_summary(self._params)}
             version_tags |= {k: str(v) for k, v in tags.items()}
-            version = registry.create_version(
+            version = create_version(
                 self._client, registered_name, f"runs:/{self.run_id}/{MODEL_ARTIFACT_PATH}",
                 self.run_id, version_tags)
-            promoted, champion, previous, reason = registry.gate(
+            promoted, champion, previous, reason = gate(
                 self._client, registered_name, version, float(accuracy), margin)
         except Exception as exc:
             self._disable(f"cannot register model {registered_name!r}", exc)
@@ -337,4 +241,3 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         return client.get_experiment_by_name(name).experiment_id
-

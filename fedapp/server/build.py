@@ -1,0 +1,123 @@
+"""From the run config to the server: its state, the strategy stack, the initial model.
+
+``build_strategy(cfg, state)`` creates (or continues from) one ``ServerState`` and builds
+around it, outermost first:
+
+``RoundRecorder`` -> [``ThreatModel``: ``attack != 'none'``, simulation only] ->
+[``CentralDPAccounting``: ``dp = 'central'``] -> ``RobustStrategy``
+
+with the ``Aggregation`` (``AggregationPipeline``, or ``CentralDP`` for central DP) and the
+``Screen`` bound from the config. ``adaptive_target`` is what an adaptive attacker searches
+against: the whole defense as it stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from logging import INFO, WARNING
+
+import torch
+from flwr.common.logger import log
+from flwr.serverapp.strategy import Strategy
+
+from fedapp.config import RunConfig
+from fedapp.privacy import CentralAccountant, CentralDP, calibrate_noise
+from fedapp.robust import AggregationResult
+from fedapp.server.pipeline import Aggregation, AggregationPipeline
+from fedapp.server.screen import Reputation
+from fedapp.server.state import ServerState
+from fedapp.server.strategy import RobustStrategy
+from fedapp.server.wrappers import CentralDPAccounting, RoundRecorder
+from fedapp.tracking import registry
+
+
+def fresh_state(cfg: RunConfig) -> ServerState:
+    """The state of a server that has run no round yet."""
+    return ServerState(reputation=Reputation(memory=cfg.reputation_memory,
+                                             threshold=cfg.detect_cosine))
+
+
+def central_dp(cfg: RunConfig, state: ServerState) -> CentralDP:
+    """Central DP's mechanism, with its noise calibrated to the run's budget; its generator
+    and its accountant live in ``state``."""
+    z = cfg.dp_noise or calibrate_noise(cfg.dp_epsilon, cfg.dp_delta, cfg.fraction_train,
+                                        cfg.num_server_rounds)
+    mechanism = CentralDP(cfg.dp_clip, z, generator=state.noise)
+    state.noise = mechanism.generator
+    if state.dp_accountant is None:
+        state.dp_accountant = CentralAccountant(z, cfg.dp_delta)
+    return mechanism
+
+
+def build_strategy(cfg: RunConfig, state: ServerState | None = None
+                   ) -> tuple[RobustStrategy, Strategy]:
+    """The robust strategy, and the stack that runs the rounds (module docstring), around
+    ``state`` (default: ``fresh_state(cfg)``)."""
+    state = state or fresh_state(cfg)
+    aggregation: Aggregation = (central_dp(cfg, state) if cfg.dp == "central"
+                                else AggregationPipeline.from_config(cfg, state.pipeline))
+    robust = RobustStrategy(
+        aggregation=aggregation,
+        state=state,
+        server_lr=cfg.server_lr,
+        detection=cfg.anomaly_detection,
+        norm_threshold=cfg.detect_norm_z,
+        cosine_threshold=cfg.detect_cosine,
+        sign_threshold=cfg.detect_sign_skew,
+        duplicate_threshold=cfg.detect_duplicate,
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_train_nodes=cfg.min_train_nodes,
+        min_evaluate_nodes=1,
+        min_available_nodes=cfg.min_available_nodes,
+    )
+    stack: Strategy = robust
+    if state.dp_accountant is not None and cfg.dp == "central":
+        stack = CentralDPAccounting(stack, state.dp_accountant)
+    if cfg.attack != "none":
+        from fedapp.attacks.mod import PARTITION_METRIC
+        from fedapp.attacks.threat_model import ThreatModel
+
+        threats: list[ThreatModel] = []  # the wrapper, once built, says whose row is whose
+        target = adaptive_target(cfg, robust, lambda: threats[0].row_nodes)
+        threats.append(ThreatModel.from_config(stack, cfg, target=target,
+                                               partition_metric=PARTITION_METRIC))
+        stack = threats[0]
+    return robust, RoundRecorder(stack, state)
+
+
+def adaptive_target(cfg: RunConfig, robust: RobustStrategy,
+                    row_nodes: Callable[[], list[int]]) -> Callable[..., AggregationResult]:
+    """The rule an adaptive attacker searches against: the whole defense as it stands, i.e.
+    ``robust.screen`` (detection with the current reputations, exclusion; no state changes)
+    and then the configured pipeline. ``row_nodes()`` gives the node of every row it is
+    handed (``ThreatModel.row_nodes``): the reputations are per node."""
+
+    def rule(updates: torch.Tensor) -> AggregationResult:
+        nodes = row_nodes()
+        if len(nodes) != len(updates):
+            raise RuntimeError(f"{len(nodes)} node ids for {len(updates)} rows")
+        ones = torch.ones(len(updates), dtype=torch.float64)
+        if robust.detection == "off":
+            x, w = updates, ones
+        else:
+            x, w, _, _ = robust.screen(list(nodes), updates, ones, record=False)
+        pipeline = AggregationPipeline.from_config(cfg)  # fresh: no momentum state
+        return pipeline(x, w, num_replies=len(updates))
+
+    rule.__name__ = f"defense ({cfg.anomaly_detection} + {cfg.aggregator})"
+    return rule
+
+
+def load_champion(model: torch.nn.Module, tracking_uri: str, name: str) -> None:
+    """``initial-model=champion``: start from the registry's champion, if there is one."""
+    path = registry.champion_state_dict_path(tracking_uri, name)
+    if path is None:
+        log(WARNING, "[fedapp] no champion of %s: starting from a fresh model", name)
+        return
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True))
+    except RuntimeError as exc:
+        raise RuntimeError(f"the champion of {name!r} does not fit the configured "
+                           f"{type(model).__name__}: {exc}") from exc
+    log(INFO, "[fedapp] starting from the champion of %s", name)

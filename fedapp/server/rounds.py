@@ -1,0 +1,78 @@
+"""One round's record: what happened to its replies, its metrics schema and its log line.
+
+The schema is the ``MetricRecord`` that ``RobustStrategy.aggregate_train`` returns
+(``RoundStats.metrics``); wrappers add their own keys to it (``byzantine-replaced`` from the
+threat model, ``dp-epsilon`` from central DP). ``fedapp.server.wrappers.RoundRecorder``, the
+outermost strategy layer, stores that final record as the round's row in ``ServerState.rounds``; the
+ServerApp's evaluation adds ``server-loss`` and ``server-accuracy``. The log line,
+``rounds.json`` and MLflow all read that one row.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from flwr.app import MetricRecord
+
+from fedapp.robust import AggregationReport
+from fedapp.validation import WEIGHT_KEY
+
+LOCAL_DP_METRIC = "dp-epsilon"  # reported by each node that trains with DP-SGD
+
+
+@dataclass
+class RoundStats:
+    """What happened to one training round's replies (node ids and reasons: diagnostics of
+    this process, not persisted; the persisted row is ``metrics()``)."""
+
+    server_round: int
+    replies: int = 0
+    accepted: int = 0
+    rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
+    flagged: dict[int, str] = field(default_factory=dict)  # node id -> anomaly reason
+    excluded: int = 0  # flagged updates left out of the aggregation
+    failed: dict[int, str] = field(default_factory=dict)  # node id -> error reason
+    kept_previous: bool = False
+    report: AggregationReport | None = None
+    started: float = field(default_factory=time.perf_counter)
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    bytes_down: int = 0  # arrays sent to nodes, as serialized by Flower
+    bytes_up: int = 0  # arrays received in train replies (compressed or dense)
+    decode_seconds: float = 0.0
+
+    def metrics(self) -> MetricRecord:
+        """The round's metrics: the nodes' weighted train metrics and the counts."""
+        record = MetricRecord({k: v for k, v in self.train_metrics.items() if k != WEIGHT_KEY})
+        record["replies"] = self.replies
+        record["accepted"] = self.accepted
+        record["rejected"] = len(self.rejected)
+        record["failures"] = len(self.failed)
+        record["flagged"] = len(self.flagged)
+        record["excluded"] = self.excluded
+        record["kept-previous"] = int(self.kept_previous)
+        record["bytes-up"] = self.bytes_up
+        record["bytes-down"] = self.bytes_down
+        record["decode-seconds"] = self.decode_seconds
+        record["seconds"] = time.perf_counter() - self.started
+        return record
+
+
+def round_line(row: dict[str, float], num_rounds: int) -> str:
+    """One concise log line per round."""
+    head = (f"[fedapp] round {int(row['round'])}/{num_rounds}: "
+            f"acc {row['server-accuracy']:.4f} loss {row['server-loss']:.4f}")
+    if "replies" not in row:
+        return head + " (initial model)"
+    kept = " | kept previous model" if row["kept-previous"] else ""
+    if row.get("flagged"):
+        kept += f" | flagged {int(row['flagged'])} excluded {int(row['excluded'])}"
+    if "byzantine-replaced" in row:
+        kept += f" | byzantine {int(row['byzantine-replaced'])}"
+    epsilon = row.get("dp-epsilon-max", row.get("dp-epsilon"))  # local: worst node
+    if epsilon is not None:
+        kept += f" | epsilon {epsilon:.2f}"
+    return (f"{head} | replies {int(row['replies'])} accepted {int(row['accepted'])} "
+            f"rejected {int(row['rejected'])} failed {int(row['failures'])}{kept} | "
+            f"up {row['bytes-up'] / 1e3:.1f} kB down {row['bytes-down'] / 1e3:.1f} kB | "
+            f"{row['seconds']:.1f}s")

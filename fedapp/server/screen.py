@@ -1,0 +1,175 @@
+"""Screening of a round's updates: detection, per-node reputation, exclusion.
+
+``Screen`` is the server's defense in front of the aggregation rule:
+
+1. ``fedapp.robust.detection.detect_anomalies`` scores every row (norm z, cosine to a
+   robust reference, sign skew, copies);
+2. each node's cosine joins its ``Reputation`` (a moving average across rounds, part of the
+   server state) and the cosine check is made on the reputation
+   (``DetectionReport.with_reputation``): one round's cosine is noise on non-IID data;
+3. in ``exclude`` mode at most ``limit`` flagged rows are dropped (the rule's ``f``), the
+   most severe first (all flagged rows when ``limit`` is 0), none if fewer than
+   ``min_keep`` would remain; the rows kept are scaled down to the norm threshold
+   (``clip_to_norm_threshold``), so a large row that was not dropped cannot dominate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from logging import WARNING
+from typing import Any, NamedTuple
+
+import torch
+from flwr.common.logger import log
+
+from fedapp.robust.detection import DetectionReport, clip_to_norm_threshold, detect_anomalies
+
+MODES = ("off", "flag", "exclude")
+
+
+@dataclass
+class NodeRecord:
+    """One node's reputation: the moving average of its cosines and what it was seen doing."""
+
+    ema: float = 0.0
+    rounds: int = 0
+    flagged: int = 0
+
+
+class Reputation:
+    """Per-node cosine reputation: a bias-corrected moving average of the node's cosines.
+
+    For every node ``i`` in a round, with its cosine ``c_i`` to the round's robust
+    reference: ``e_i <- m e_i + (1 - m) c_i`` (``e_i = 0`` before its first round) and,
+    after its ``k``-th round, ``score_i = e_i / (1 - m^k)``: the weighted mean of its
+    cosines so far, weights ``m^age`` (Adam's bias correction; ``m = memory``, default
+    0.9, so evidence halves in weight every 6.6 rounds). A node is *distrusted* while
+    ``score_i < threshold`` (the cosine threshold, default 0.0). One round's cosine is
+    noise on non-IID data (honest updates are nearly orthogonal); a sign flipper or an
+    inner-product attacker points away from the reference round after round, and its
+    score stays below the threshold while honest outliers drift around it. Nodes absent
+    from a round keep their score.
+
+    Pure (no I/O, no Flower); ``to_dict`` / ``from_dict`` round-trip through JSON
+    (node ids become string keys): it is part of ``fedapp.server.state.ServerState``.
+    """
+
+    def __init__(self, memory: float = 0.9, threshold: float = 0.0) -> None:
+        if not 0.0 <= memory < 1.0:
+            raise ValueError(f"memory must be in [0, 1), got {memory}")
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [-1, 1], got {threshold}")
+        self.memory = memory
+        self.threshold = threshold
+        self.rounds = 0
+        self._nodes: dict[int, NodeRecord] = {}
+
+    def _score(self, ema: float, rounds: int) -> float:
+        return ema / (1.0 - self.memory**rounds) if rounds else 0.0
+
+    def preview(self, cosines: Mapping[int, float]) -> dict[int, float]:
+        """The scores ``cosines`` (node id -> this round's cosine) would give, unrecorded."""
+        out = {}
+        for node, c in cosines.items():
+            rec = self._nodes.get(int(node), NodeRecord())
+            ema = self.memory * rec.ema + (1.0 - self.memory) * float(c)
+            out[int(node)] = self._score(ema, rec.rounds + 1)
+        return out
+
+    def update(self, cosines: Mapping[int, float],
+               flagged: Collection[int] = ()) -> dict[int, float]:
+        """Record one round: ``cosines`` maps every node that took part to its cosine;
+        ``flagged`` are the nodes flagged this round (counted for the report). Returns the
+        new scores of the round's nodes. Raises ``ValueError`` if a flagged node did not
+        take part."""
+        stray = {int(n) for n in flagged} - {int(n) for n in cosines}
+        if stray:
+            raise ValueError(f"flagged nodes {sorted(stray)} are not among the round's nodes")
+        self.rounds += 1
+        out = {}
+        for node, c in cosines.items():
+            rec = self._nodes.setdefault(int(node), NodeRecord())
+            rec.ema = self.memory * rec.ema + (1.0 - self.memory) * float(c)
+            rec.rounds += 1
+            rec.flagged += int(node in flagged)
+            out[int(node)] = self._score(rec.ema, rec.rounds)
+        return out
+
+    def scores(self) -> dict[int, float]:
+        """Current score of every node seen so far."""
+        return {node: self._score(rec.ema, rec.rounds) for node, rec in self._nodes.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Whole state as JSON-compatible data; ``score`` is derived, for readers."""
+        return {
+            "memory": self.memory,
+            "threshold": self.threshold,
+            "rounds": self.rounds,
+            "nodes": {str(node): {"ema": rec.ema, "rounds": rec.rounds, "flagged": rec.flagged,
+                                  "score": self._score(rec.ema, rec.rounds)}
+                      for node, rec in self._nodes.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reputation:
+        """Inverse of ``to_dict``."""
+        rep = cls(float(data["memory"]), float(data["threshold"]))
+        rep.rounds = int(data["rounds"])
+        for node, rec in data["nodes"].items():
+            rep._nodes[int(node)] = NodeRecord(float(rec["ema"]), int(rec["rounds"]),
+                                               int(rec["flagged"]))
+        return rep
+
+
+class Screened(NamedTuple):
+    """What goes on to the rule, and what screening saw."""
+
+    updates: torch.Tensor
+    weights: torch.Tensor
+    report: DetectionReport
+    dropped: tuple[int, ...]  # row indices excluded
+
+
+@dataclass
+class Screen:
+    """Detection + reputation + exclusion (module docstring), with its thresholds bound."""
+
+    mode: str = "off"
+    norm_threshold: float = 3.5
+    cosine_threshold: float = 0.0
+    sign_threshold: float = 0.5
+    duplicate_threshold: float = 0.1
+    min_keep: int = 1
+    reputation: Reputation = field(default_factory=Reputation)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"detection={self.mode!r} is not one of: {', '.join(MODES)}")
+
+    def __call__(self, nodes: Sequence[int], updates: torch.Tensor, weights: torch.Tensor, *,
+                 limit: int, record: bool = True) -> Screened:
+        """Screen the rows of ``nodes`` (one node id per row). ``limit`` is the most rows
+        exclusion may drop (0: every flagged row). ``record=False`` changes no state (an
+        adaptive attacker tries candidate rows against the defense as it stands)."""
+        raw = detect_anomalies(updates, norm_threshold=self.norm_threshold,
+                               cosine_threshold=self.cosine_threshold,
+                               sign_threshold=self.sign_threshold,
+                               duplicate_threshold=self.duplicate_threshold)
+        cosines = dict(zip(nodes, raw.cosine, strict=True))
+        preview = self.reputation.preview(cosines)
+        report = raw.with_reputation([preview[n] for n in nodes])
+        if record:
+            self.reputation.update(cosines, flagged={nodes[i] for i in report.flagged})
+        if self.mode != "exclude":
+            return Screened(updates, weights, report, ())
+        drop = report.most_severe(limit if limit > 0 else None)
+        keep = [i for i in range(len(nodes)) if i not in set(drop)]
+        if drop and len(keep) < max(self.min_keep, 1):
+            log(WARNING, "excluding %d flagged updates would leave %d < min-train-nodes; "
+                "aggregating all", len(drop), len(keep))
+            keep, drop = list(range(len(nodes))), ()
+        if drop:
+            updates, weights = updates[keep], weights[keep]
+        return Screened(clip_to_norm_threshold(updates, self.norm_threshold), weights, report,
+                        drop)

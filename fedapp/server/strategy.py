@@ -1,0 +1,207 @@
+"""The fedapp Strategy: validate replies, screen and aggregate *updates* with a pluggable rule.
+
+A subclass of Flower's FedAvg: sampling, messaging and the round loop
+(``Strategy.start``) are Flower's. What changes is ``aggregate_train``:
+
+1. failed nodes (``msg.has_error()``) are counted and logged;
+2. every other reply is validated and turned into its update ``u_i = w_i - w_global``
+   (``fedapp.updates.reply_update``: dense or compressed); a bad one is rejected with a
+   reason, counted and logged, never raised. Accepted updates are written straight into
+   one ``(n, d)`` float32 matrix, weighted by ``num-examples``;
+3. ``Screen`` (detection, reputation, exclusion; ``fedapp.server.screen``) runs on it;
+4. the ``Aggregation`` (``fedapp.server.pipeline``) maps the rows to one ``d``-vector ``a``;
+5. the new global model is ``w_global + server_lr * a``.
+
+A round with fewer accepted replies than ``min_train_nodes``, or one the rule cannot
+aggregate, keeps the previous global model and says so. Everything that persists across
+rounds is in ``self.state`` (``fedapp.server.state.ServerState``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedapp.compression.wire import serialized_bytes
+from fedapp.server.pipeline import Aggregation, AggregationPipeline
+from fedapp.server.rounds import LOCAL_DP_METRIC, RoundStats
+from fedapp.server.screen import Reputation, Screen, Screened
+from fedapp.server.state import ServerState
+from fedapp.updates import flatten, is_compressed, reply_update, unflatten
+from fedapp.validation import (
+    WEIGHT_KEY,
+    ReplyRejected,
+    array_specs,
+    check_metrics,
+    weighted_metrics,
+)
+
+
+class RobustStrategy(FedAvg):
+    """FedAvg's sampling and round loop; validated, screened, update-based aggregation.
+
+    ``aggregation`` defaults to the weighted mean by ``num-examples`` (Flower's FedAvg).
+    ``state`` is the server state to continue from (default: a fresh one, whose
+    reputation uses ``reputation_memory`` and ``cosine_threshold``).
+    """
+
+    def __init__(self, *, aggregation: Aggregation | None = None, server_lr: float = 1.0,
+                 detection: str = "off", norm_threshold: float = 3.5,
+                 cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
+                 duplicate_threshold: float = 0.1, reputation_memory: float = 0.9,
+                 state: ServerState | None = None, **fedavg_kwargs: object) -> None:
+        super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
+        self.state = state or ServerState(
+            reputation=Reputation(memory=reputation_memory, threshold=cosine_threshold))
+        self.aggregation = aggregation or AggregationPipeline(weighting="num-examples",
+                                                              state=self.state.pipeline)
+        self.server_lr = server_lr
+        self.screen_updates = Screen(detection, norm_threshold, cosine_threshold,
+                                     sign_threshold, duplicate_threshold,
+                                     min_keep=self.min_train_nodes,
+                                     reputation=self.state.reputation)
+        self.history: dict[int, RoundStats] = {}  # this process's rounds, for diagnostics
+        self._sampled = 0
+
+    @property
+    def detection(self) -> str:
+        return self.screen_updates.mode
+
+    @property
+    def reputation(self) -> Reputation:
+        return self.state.reputation
+
+    def summary(self) -> None:
+        super().summary()
+        log(INFO, "\t└──> Aggregation: %s on updates, server lr %s, screening %s",
+            self.aggregation.name, self.server_lr, self.detection)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.state.arrays = arrays
+        stats = self.history[server_round] = RoundStats(server_round)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        stats.bytes_down = sum(serialized_bytes(m.content) for m in messages)
+        self._sampled = len(messages)  # public: the sensitivity of central DP uses it
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        current = self.state.arrays
+        if current is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        stats = self.history.setdefault(server_round, RoundStats(server_round))
+        global_flat = flatten(current)
+        matrix, nodes, metrics = self._collect(server_round, stats, list(replies), current,
+                                               global_flat)
+        new = current
+        if len(nodes) < max(self.min_train_nodes, 1):
+            stats.kept_previous = True
+            log(WARNING, "round %d: %d valid replies < min-train-nodes=%d; keeping the previous "
+                "global model", server_round, len(nodes), self.min_train_nodes)
+        else:
+            updates = torch.from_numpy(matrix[: len(nodes)])  # a view: no copy
+            weights = torch.tensor([m[WEIGHT_KEY] for m in metrics], dtype=torch.float64)
+            aggregate = self._aggregate(server_round, stats, nodes, updates, weights)
+            if aggregate is not None:
+                new = unflatten(global_flat + self.server_lr * aggregate, current)
+        self.state.arrays, self.state.server_round = new, server_round
+        return new, stats.metrics()
+
+    def _collect(self, server_round: int, stats: RoundStats, replies: list[Message],
+                 current: ArrayRecord, global_flat: np.ndarray
+                 ) -> tuple[np.ndarray, list[int], list[dict[str, float]]]:
+        """Validate every reply into one row of a ``(replies, d)`` float32 matrix (a rejected
+        reply's row is overwritten by the next one); count and log what fails."""
+        specs = array_specs(current)
+        matrix = np.empty((len(replies), global_flat.size), dtype=np.float32)
+        metrics: list[dict[str, float]] = []
+        nodes: list[int] = []
+        for msg in replies:
+            stats.replies += 1
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                stats.failed[node] = msg.error.reason
+                log(WARNING, "round %d: node %d failed: %s", server_round, node, msg.error.reason)
+                continue
+            stats.bytes_up += serialized_bytes(msg.content)
+            compressed, t0 = is_compressed(msg.content), time.perf_counter()
+            try:
+                _, node_metrics = reply_update(msg.content, specs, global_flat,
+                                               out=matrix[len(nodes)])
+            except ReplyRejected as exc:
+                stats.rejected[node] = str(exc)
+                log(WARNING, "round %d: rejected reply of node %d: %s", server_round, node, exc)
+                continue
+            if compressed:
+                stats.decode_seconds += time.perf_counter() - t0
+            metrics.append(node_metrics)
+            nodes.append(node)
+        stats.accepted = len(nodes)
+        stats.train_metrics = weighted_metrics(metrics)
+        spent = [m[LOCAL_DP_METRIC] for m in metrics if LOCAL_DP_METRIC in m]
+        if spent:  # local DP: the worst-off node's budget is what matters
+            stats.train_metrics[LOCAL_DP_METRIC + "-max"] = max(spent)
+        return matrix, nodes, metrics
+
+    def _aggregate(self, server_round: int, stats: RoundStats, nodes: list[int],
+                   updates: torch.Tensor, weights: torch.Tensor) -> np.ndarray | None:
+        """Screen, then aggregate; the float32 aggregate, or None if the rule cannot run."""
+        if self.detection != "off":
+            updates, weights = self._screen_round(server_round, stats, nodes, updates, weights)
+        try:  # f counts the excluded rows too: num_replies is the count before exclusion
+            result = self.aggregation(updates, weights, num_replies=len(nodes),
+                                      num_sampled=self._sampled or len(nodes))
+        except ValueError as exc:  # e.g. too few replies for the rule's f after dropouts
+            stats.kept_previous = True
+            log(WARNING, "round %d: aggregation of %d updates failed (%s); keeping the "
+                "previous global model", server_round, len(nodes), exc)
+            return None
+        stats.report = result.report
+        return result.aggregate.numpy().astype(np.float32)
+
+    def _screen_round(self, server_round: int, stats: RoundStats, nodes: list[int],
+                      updates: torch.Tensor, weights: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Screen the round's updates, record and log what was flagged."""
+        updates, weights, report, dropped = self.screen(nodes, updates, weights)
+        stats.flagged = {nodes[i]: report.reasons[i] for i in report.flagged}
+        stats.excluded = len(dropped)
+        scores = self.reputation.scores()
+        excluded = {nodes[i] for i in dropped}
+        for node, reason in stats.flagged.items():
+            log(WARNING, "round %d: node %d flagged (%s), cosine reputation %.2f%s",
+                server_round, node, reason, scores[node], ", excluded" if node in excluded else "")
+        return updates, weights
+
+    def screen(self, nodes: list[int], updates: torch.Tensor, weights: torch.Tensor, *,
+               record: bool = True) -> Screened:
+        """``Screen`` with exclusion limited to the aggregation's ``f`` for these rows;
+        ``record=False`` changes no state (see ``fedapp.server.screen``)."""
+        return self.screen_updates(nodes, updates, weights,
+                                   limit=self.aggregation.f_for(len(nodes)), record=record)
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        """Weighted mean of client-side evaluation metrics; bad replies are skipped."""
+        rows = []
+        for msg in replies:
+            if msg.has_error():
+                log(WARNING, "round %d: evaluation failed on node %d: %s", server_round,
+                    msg.metadata.src_node_id, msg.error.reason)
+                continue
+            try:
+                rows.append(check_metrics(msg.content))
+            except ReplyRejected as exc:
+                log(WARNING, "round %d: rejected evaluation reply of node %d: %s",
+                    server_round, msg.metadata.src_node_id, exc)
+        return MetricRecord(weighted_metrics(rows)) if rows else None  # type: ignore[arg-type]
