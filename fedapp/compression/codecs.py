@@ -10,15 +10,8 @@ Codecs (``CodecSpec.name``):
   scale per block, deterministic or unbiased stochastic rounding, codes bit-packed densely.
 * ``topk-qsgd``: top-k, then ``qsgd`` on the ``k`` kept values.
 
-Quantisation, per block ``B`` of the vector being quantised (the whole vector when
-``block_size == 0``): scale ``m_B = max_{i in B} |x_i|`` (sent as float32), ``L = 2**b - 1``,
-step ``delta_B = 2 m_B / L``, grid ``{-m_B + q delta_B : q = 0..L}``. Encoding computes
-``u_i = (x_i + m_B) / delta_B in [0, L]`` and the code ``q_i = round(u_i)`` (nearest, ties to
-even) or, stochastically, ``q_i = floor(u_i + r_i)`` with ``r_i ~ U[0, 1)``, so that
-``P(q_i = floor(u_i) + 1) = frac(u_i)`` and ``E[q_i] = u_i``. Decoding is
-``x_hat_i = q_i delta_B - m_B``. Hence deterministic rounding has ``|x_i - x_hat_i| <=
-delta_B / 2 = m_B / L`` (plus float32 rounding of the result, ``<= 2**-24 m_B``), stochastic
-rounding ``|x_i - x_hat_i| < delta_B`` and ``E[x_hat_i] = x_i``.
+Quantisation (grid, rounding, error bounds) and bit packing:
+:mod:`fedapp.compression.quantize`; top-k selection: :mod:`fedapp.compression.topk`.
 
 Wire form (:class:`EncodedUpdate`): one uint8 ``payload`` and a header of scalars
 ``{codec, version, d, k, bits, block}``. Payload layouts (little-endian):
@@ -44,6 +37,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fedapp.compression.indices import MAX_D, PayloadError, decode_indices, encode_indices
+from fedapp.compression.quantize import dequantize, pack_bits, quantize, unpack_bits
+from fedapp.compression.topk import k_for, topk_indices
 
 __all__ = [
     "CODEC_NAMES",
@@ -125,75 +120,6 @@ class _Header(NamedTuple):
     block: int
 
 
-def k_for(d: int, fraction: float) -> int:
-    """Number of kept entries: ``k = clip(round(fraction * d), 1, d)`` (round half to even)."""
-    return max(1, min(d, round(fraction * d)))
-
-
-def topk_indices(x: np.ndarray, k: int) -> np.ndarray:
-    """Sorted indices of the ``k`` entries of largest ``|x_i|``; exactly ``k`` of them.
-
-    With ``t`` the k-th largest magnitude, keep every ``i`` with ``|x_i| > t`` and then the
-    lowest indices with ``|x_i| == t`` until ``k`` are kept (deterministic tie-break). O(d).
-    """
-    d = x.size
-    if k >= d:
-        return np.arange(d, dtype=np.int64)
-    a = np.abs(x)
-    t = np.partition(a, d - k)[d - k]
-    mask = a > t
-    ties = np.flatnonzero(a == t)[: k - int(mask.sum())]
-    mask[ties] = True
-    return np.flatnonzero(mask).astype(np.int64)
-
-
-def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack uint8 codes ``< 2**bits`` densely, ``bits`` per code, most significant bit first;
-    ``ceil(n bits / 8)`` bytes, the last byte zero-padded."""
-    codes = np.asarray(codes, dtype=np.uint8)
-    if bits == 8:
-        return codes.copy()
-    left = codes << np.uint8(8 - bits)  # code's bits at the top of the byte
-    return np.packbits(np.unpackbits(left[:, None], axis=1, count=bits))
-
-
-def unpack_bits(buf: np.ndarray, bits: int, n: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits` for ``n`` codes; ``buf`` must hold ``ceil(n bits / 8)``."""
-    if bits == 8:
-        return buf[:n].copy()
-    rows = np.unpackbits(buf, count=n * bits).reshape(n, bits)
-    return np.packbits(rows, axis=1).ravel() >> np.uint8(8 - bits)
-
-
-def _quantize(
-    v: np.ndarray, bits: int, block: int, rng: np.random.Generator | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Blockwise b-bit quantisation (module docstring); returns (f32 scales, packed codes)."""
-    n = v.size
-    nb = -(-n // block)
-    vp = np.zeros(nb * block, dtype=np.float64)
-    vp[:n] = v
-    vp = vp.reshape(nb, block)
-    m = np.abs(vp).max(axis=1)  # exact float32 values held in float64
-    levels = (1 << bits) - 1
-    step = m * (2.0 / levels)
-    u = (vp + m[:, None]) / np.where(step > 0.0, step, 1.0)[:, None]
-    q = np.rint(u) if rng is None else np.floor(u + rng.random(u.shape))
-    codes = np.clip(q, 0, levels).astype(np.uint8).ravel()[:n]
-    return m.astype("<f4"), pack_bits(codes, bits)
-
-
-def _dequantize(scales: np.ndarray, codes: np.ndarray, bits: int, block: int) -> np.ndarray:
-    """``x_hat = q delta_B - m_B``, clipped to ``[-m_B, m_B]`` against float64 rounding."""
-    n, nb = codes.size, scales.size
-    m = scales.astype(np.float64)[:, None]
-    step = m * (2.0 / ((1 << bits) - 1))
-    cp = np.zeros(nb * block, dtype=np.float64)
-    cp[:n] = codes
-    x = np.clip(cp.reshape(nb, block) * step - m, -m, m)
-    return x.ravel()[:n].astype(np.float32)
-
-
 def _as_update(x: np.ndarray) -> np.ndarray:
     v = np.asarray(x)
     if v.ndim != 1 or not 1 <= v.size <= MAX_D:
@@ -229,14 +155,14 @@ def encode(x: np.ndarray, spec: CodecSpec, *, seed: int | None = None) -> Encode
     rng = np.random.default_rng(spec.seed if seed is None else seed) if spec.stochastic else None
     if name == "qsgd":
         block = min(spec.block_size or d, d)
-        return _make(name, d, d, spec.bits, block, *_quantize(v, spec.bits, block, rng))
+        return _make(name, d, d, spec.bits, block, *quantize(v, spec.bits, block, rng))
     k = k_for(d, spec.topk)
     idx = topk_indices(v, k)
     ix = encode_indices(idx, d)
     if name == "topk":
         return _make(name, d, k, 32, 0, ix, v[idx].astype("<f4"))
     block = min(spec.block_size or k, k)
-    return _make(name, d, k, spec.bits, block, ix, *_quantize(v[idx], spec.bits, block, rng))
+    return _make(name, d, k, spec.bits, block, ix, *quantize(v[idx], spec.bits, block, rng))
 
 
 def nbytes(enc: EncodedUpdate) -> int:
@@ -311,7 +237,7 @@ def _dequant_section(payload: np.ndarray, start: int, h: _Header) -> np.ndarray:
     if (scales < 0).any():
         raise PayloadError("negative quantisation scale")
     codes = unpack_bits(payload[start + 4 * nb :], h.bits, h.k)
-    return _dequantize(scales, codes, h.bits, h.block)
+    return dequantize(scales, codes, h.bits, h.block)
 
 
 def decode(enc: EncodedUpdate) -> np.ndarray:

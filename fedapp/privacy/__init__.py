@@ -1,42 +1,62 @@
-"""Differential privacy for fedapp: DP-SGD on nodes (Opacus), central DP, accounting.
+"""Differential privacy for fedapp: DP-SGD on nodes (Opacus), central DP, accounting, audit.
 
-- :mod:`fedapp.privacy.local`: sample-level DP-SGD with Opacus's PrivacyEngine (in the
-  fastest per-sample-gradient mode the model allows: ghost clipping, ExpandedWeights
-  or hooks, :func:`choose_grad_sample_mode`),
-  the node's accountant state (:class:`DPState`) kept in ``context.state``, and
-  budget enforcement (:func:`would_exceed`);
-- :mod:`fedapp.privacy.central`: client-level DP on the server (clipped mean plus
-  Gaussian noise) and its per-round accountant;
-- :mod:`fedapp.privacy.accounting`: noise calibration and epsilon (Opacus RDP).
+``dp='local'`` (sample-level DP, on every node):
+
+- :mod:`fedapp.privacy.local`: :func:`private_round`, the ClientApp's entry point: one
+  DP-SGD round with the node's budget enforced (:class:`BudgetExhausted` when a round
+  would exceed it);
+- :mod:`fedapp.privacy.dp_sgd`: DP-SGD training with Opacus's PrivacyEngine
+  (:func:`dp_train`), in the fastest per-sample-gradient mode the model allows (ghost
+  clipping, ExpandedWeights or hooks, :func:`choose_grad_sample_mode`), and the model
+  checks (:func:`check_model`, :func:`make_compatible`);
+- :mod:`fedapp.privacy.budget`: the node's plan and accountant state (:class:`DPState`),
+  kept in ``context.state`` (:func:`load_state`, :func:`store_state`), and the refusal test
+  (:func:`would_exceed`).
+
+``dp='central'`` (client-level DP, on the server):
+
+- :mod:`fedapp.privacy.central`: clipped mean plus Gaussian noise and its per-round
+  accountant.
+
+Shared and offline:
+
+- :mod:`fedapp.privacy.accounting`: noise calibration and epsilon (Opacus RDP);
+- :mod:`fedapp.privacy.mia` and :mod:`fedapp.privacy.audit`: membership-inference
+  attacks (loss threshold, LiRA) and the audit CLI, ``python -m fedapp.privacy.audit``
+  (not imported here).
 
 Importing this package does not import Opacus: each function imports it when
 called, so a ClientApp with DP off never loads it.
 """
 
 from fedapp.privacy.accounting import calibrate_noise, epsilon_of
+from fedapp.privacy.budget import (
+    STATE_KEY,
+    DPState,
+    load_state,
+    plan_steps,
+    store_state,
+    would_exceed,
+)
 from fedapp.privacy.central import (
     CentralAccountant,
     CentralDP,
     central_dp_mean,
     clip_updates,
 )
-from fedapp.privacy.local import (
+from fedapp.privacy.dp_sgd import (
     GRAD_SAMPLE_MODES,
-    STATE_KEY,
-    DPState,
     check_model,
     choose_grad_sample_mode,
     dp_train,
-    load_state,
     make_compatible,
-    plan_steps,
-    store_state,
-    would_exceed,
 )
+from fedapp.privacy.local import BudgetExhausted, private_round
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
     "STATE_KEY",
+    "BudgetExhausted",
     "CentralAccountant",
     "CentralDP",
     "DPState",
@@ -50,6 +70,7 @@ __all__ = [
     "load_state",
     "make_compatible",
     "plan_steps",
+    "private_round",
     "store_state",
     "would_exceed",
 ]

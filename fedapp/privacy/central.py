@@ -111,31 +111,38 @@ def central_dp_mean(updates: torch.Tensor, weights: torch.Tensor | None = None, 
 
 @dataclass
 class CentralDP:
-    """``aggregate_fn`` for the strategy: :func:`central_dp_mean` with bound parameters.
+    """:func:`central_dp_mean` as a server ``Aggregation`` (``fedapp.server.pipeline``), with
+    bound parameters. It tolerates no Byzantine rows (``f_for`` is 0): central DP replaces
+    the robust rule, and exclusion would void the sensitivity bound (module docstring).
 
-    ``num_sampled`` is the public per-round sample size (None: the rows received).
-    The generator is OS-seeded unless ``seed`` is given (tests only).
+    The strategy passes the public per-round sample size as ``num_sampled`` (None: the rows
+    received). The noise ``generator`` is OS-seeded unless ``seed`` is given (tests only)
+    or a generator is passed (a restored server state's).
     """
 
     clip: float
     noise_multiplier: float
-    num_sampled: int | None = None
     seed: int | None = None
-    _gen: torch.Generator = field(init=False, repr=False)
+    generator: torch.Generator | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        seed = secrets.randbits(63) if self.seed is None else self.seed
-        self._gen = torch.Generator().manual_seed(seed)
+        if self.generator is None:
+            seed = secrets.randbits(63) if self.seed is None else self.seed
+            self.generator = torch.Generator().manual_seed(seed)
 
     @property
-    def __name__(self) -> str:  # shown in the strategy summary
+    def name(self) -> str:
         return f"central-dp (clipped mean, C={self.clip}, z={self.noise_multiplier})"
 
-    def __call__(self, updates: torch.Tensor,
-                 weights: torch.Tensor | None = None) -> AggregationResult:
+    def f_for(self, n: int) -> int:
+        return 0
+
+    def __call__(self, updates: torch.Tensor, weights: torch.Tensor | None = None, *,
+                 num_replies: int | None = None,
+                 num_sampled: int | None = None) -> AggregationResult:
         return central_dp_mean(updates, weights, clip=self.clip,
                                noise_multiplier=self.noise_multiplier,
-                               num_sampled=self.num_sampled, generator=self._gen)
+                               num_sampled=num_sampled, generator=self.generator)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""fedapp.audit: membership inference is at chance on unseen data and finds an overfit model."""
+"""fedapp.privacy.audit: membership inference is at chance on unseen data, finds overfitting."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from fedapp import task
-from fedapp.audit import (
+from fedapp.data.builtin import load_raw
+from fedapp.data.specs import DATASET_SPECS, Split, preprocess
+from fedapp.privacy.audit import main
+from fedapp.privacy.membership_inference import (
     AttackResult,
     Recipe,
     balanced_masks,
     logit_confidence,
-    main,
     run_audit,
 )
-from fedapp.data.builtin import load_raw
-from fedapp.data.specs import DATASET_SPECS, Split, preprocess
 
 SPEC = DATASET_SPECS["digits"]
 
@@ -114,8 +114,8 @@ def test_cli_writes_json_and_roc_png(tmp_path: Path) -> None:
 def test_saved_federated_target_audit_matches_its_run(tmp_path: Path) -> None:
     """``--model`` of a DP run: members = the nodes' training rows, non-members = the
     server's test rows plus the nodes' validation rows (disjoint), shadows use DP-SGD."""
-    from fedapp.audit import _saved_target, parse_args
     from fedapp.config import RunConfig
+    from fedapp.privacy.audit import _saved_target, parse_args
 
     cfg = RunConfig(model="mlp", hidden_units=16, dp="local", dp_epsilon=2.5,
                     dp_max_grad_norm=0.7, partitioner="iid", batch_size=64, learning_rate=0.1)

@@ -192,7 +192,7 @@ def test_batchnorm_model_is_refused_and_fixable() -> None:
 
 
 def test_client_app_does_not_import_opacus() -> None:
-    code = ("import sys, fedapp.privacy, fedapp.audit, fedapp.client_app; "
+    code = ("import sys, fedapp.privacy, fedapp.privacy.audit, fedapp.client_app; "
             "assert 'opacus' not in sys.modules, 'opacus imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

@@ -9,7 +9,7 @@ from flwr.app import RecordDict
 
 from fedapp.config import RunConfig
 from fedapp.data import DATASET_SPECS, Split
-from fedapp.privacy.node import BudgetExhausted, private_round
+from fedapp.privacy import BudgetExhausted, private_round
 from fedapp.task import build_model
 
 
