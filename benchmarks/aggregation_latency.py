@@ -75,8 +75,6 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedapp.aggregation import AggregationPipeline
-from fedapp.arrays import flatten
 from fedapp.robust import (
     centered_clipping,
     coordinate_median,
@@ -87,7 +85,9 @@ from fedapp.robust import (
     weighted_mean,
 )
 from fedapp.robust.distances import pairwise_sq_distances
-from fedapp.strategy import RobustStrategy
+from fedapp.server.pipeline import AggregationPipeline
+from fedapp.server.strategy import RobustStrategy
+from fedapp.updates import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,7 +199,7 @@ def strategies(n: int, f: int) -> dict[str, Any]:
         out["flower/Bulyan"] = Bulyan(num_malicious_nodes=f, **common)
     for rule in ("multikrum", "krum", "median", "trimmed-mean", "fedavg"):
         pipeline = AggregationPipeline(rule=rule, f=0 if rule == "fedavg" else f)
-        out[f"e2e/{rule}"] = RobustStrategy(aggregate_fn=pipeline, **common)
+        out[f"e2e/{rule}"] = RobustStrategy(aggregation=pipeline, **common)
     return out
 
 

@@ -39,16 +39,16 @@ from flwr.serverapp.strategy import (
 )
 
 from fedapp import task
-from fedapp.attack_mod import PARTITION_METRIC
 from fedapp.attacks import ATTACKS
+from fedapp.attacks.mod import PARTITION_METRIC
+from fedapp.attacks.threat_model import ThreatModel
 from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec, load_server_test
 from fedapp.robust import AggregationReport, AggregationResult
 from fedapp.robust.base import weighted_mean
 from fedapp.robust.coordinate import coordinate_median, trimmed_mean
 from fedapp.robust.krum import krum_scores, multi_krum
-from fedapp.server_app import adaptive_target, build_strategy
-from fedapp.threat_model import ThreatModel
+from fedapp.server.build import adaptive_target, build_strategy
 
 app = ServerApp()
 
@@ -141,18 +141,15 @@ def scenario_strategy(sc: dict[str, Any], base: RunConfig, n: int) -> tuple[Stra
         robust, strategy = build_strategy(cfg)
     if attack == "none" and base.attack == "none":
         return strategy, robust
-    params: dict[str, Any] = {}
-    if ATTACKS.get(attack) == "omniscient":
-        if attack in ("min-max", "min-sum", "min-max-noisy"):
-            params["perturbation"] = base.attack_perturbation
-        run_attack = attack
-    else:  # node-side: the ClientApp attacks, the wrapper checks simulation and strips ids
-        run_attack = base.attack
+    # Node-side attacks: the ClientApp attacks, the wrapper checks simulation and strips ids.
+    run_attack = attack if ATTACKS.get(attack) == "omniscient" else base.attack
+    target = None
     if attack in ADAPTIVE:
-        params["aggregator"] = rule if robust is None else adaptive_target(
+        target = rule if robust is None else adaptive_target(
             cfg, robust, lambda: threats[0].row_nodes)  # type: ignore[arg-type]
-    threats.append(ThreatModel(strategy, run_attack, fraction, base.seed,
-                               partition_metric=PARTITION_METRIC, **params))
+    attack_cfg = dataclasses.replace(base, attack=run_attack, attack_fraction=fraction)
+    threats.append(ThreatModel.from_config(strategy, attack_cfg, target=target,
+                                           partition_metric=PARTITION_METRIC))
     return threats[0], robust
 
 

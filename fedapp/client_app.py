@@ -28,9 +28,9 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
 from fedapp import task
-from fedapp.attack_mod import PARTITION_METRIC, attack_mod, is_malicious
+from fedapp.attacks.mod import PARTITION_METRIC, attack_mod, training_data
 from fedapp.compression.mod import compression_mod
-from fedapp.config import NodeConfig, RunConfig
+from fedapp.config import RunConfig, node_config_of, run_config_of
 from fedapp.data import Split
 from fedapp.data.loading import dataset_spec, load_node_data
 
@@ -91,12 +91,14 @@ def _cold_start_logged(handler: Handler) -> Handler:
     return logged
 
 
-def _setup(msg: Message, context: Context):  # type: ignore[no-untyped-def]
+def _setup(msg: Message, context: Context
+           ) -> tuple[RunConfig, torch.nn.Module, Split, Split, int]:
+    """The run config, the received global model, the local (train, validation) splits and
+    this (node, round)'s seed. The config is parsed once per message (``run_config_of``)."""
     entered = _process_age() if os.environ.get(COLD_START_LOG_ENV) == "1" else None
     entered_epoch = time.time()
     _limit_torch_threads()
-    cfg = RunConfig.from_flower(context.run_config)
-    node = NodeConfig.from_flower(context.node_config)
+    cfg, node = run_config_of(context), node_config_of(context)
     t0 = time.perf_counter()
     train_data, val_data = load_node_data(cfg, node)
     if entered is not None:
@@ -105,8 +107,7 @@ def _setup(msg: Message, context: Context):  # type: ignore[no-untyped-def]
             msg.metadata.message_type, entered, time.perf_counter() - t0,
             entered_epoch - entered, entered_epoch)
     spec = dataset_spec(cfg)
-    if is_malicious(cfg, node) and cfg.attack == "label-flip":  # refused in deployment
-        train_data = Split(train_data.x, (spec.num_classes - 1) - train_data.y)
+    train_data = training_data(cfg, node, train_data, spec.num_classes)  # attack: sim only
     model = task.build_model(cfg.model, spec, cfg.hidden_units)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
@@ -125,7 +126,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, model, train_data, _, seed = _setup(msg, context)
     metrics = MetricRecord({"num-examples": len(train_data)})
     if cfg.dp == "local":  # DP-SGD (Opacus, imported only here); raises past the budget
-        from fedapp.privacy.node import private_round
+        from fedapp.privacy import private_round
 
         loss, acc, metrics["dp-epsilon"] = private_round(cfg, model, train_data, seed,
                                                           context.state)
@@ -134,7 +135,7 @@ def train(msg: Message, context: Context) -> Message:
                                cfg.learning_rate, seed)
     metrics["train-loss"], metrics["train-accuracy"] = loss, acc
     if cfg.attack != "none":  # simulation only: lets the threat model find its nodes
-        metrics[PARTITION_METRIC] = NodeConfig.from_flower(context.node_config).partition_id
+        metrics[PARTITION_METRIC] = node_config_of(context).partition_id
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 

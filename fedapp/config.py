@@ -73,7 +73,7 @@ class RunConfig:
     aggregator: str = field(
         default="fedavg", metadata=_key("aggregator", choices=AGGREGATOR_NAMES)
     )
-    # Robust aggregation (fedapp.aggregation): rule parameters, weights, pre-aggregation.
+    # Robust aggregation (fedapp.server.pipeline): rule parameters, weights, pre-aggregation.
     aggregator_f: int = field(default=0, metadata=_key("aggregator-f", min=0))
     # f as a fraction of the updates that reach the rule each round (floor(b * n)): follows
     # the federation's size and dropouts. A positive aggregator-f takes precedence.
@@ -88,7 +88,7 @@ class RunConfig:
     )
     bucket_size: int = field(default=2, metadata=_key("bucket-size", min=1))
     clipping_tau: float = field(default=1.0, metadata=_key("clipping-tau", min=1e-9))
-    # Anomaly detection on updates (fedapp.defenses): off, flag (report), exclude.
+    # Anomaly detection (fedapp.server.screen): off, flag (report), exclude.
     anomaly_detection: str = field(
         default="exclude", metadata=_key("anomaly-detection", choices=DETECTION_MODES)
     )
@@ -101,7 +101,7 @@ class RunConfig:
     reputation_memory: float = field(
         default=0.9, metadata=_key("reputation-memory", min=0.0, max=0.999)
     )
-    # Attack simulation (fedapp.attacks, fedapp.threat_model): simulation only.
+    # Attack simulation (fedapp.attacks): simulation only.
     attack: str = field(default="none", metadata=_key("attack", choices=ATTACK_NAMES))
     attack_fraction: float = field(
         default=0.2, metadata=_key("attack-fraction", min=0.0, max=0.5)
@@ -130,7 +130,7 @@ class RunConfig:
     hidden_units: int = field(default=64, metadata=_key("hidden-units", min=1, max=65536))
     seed: int = field(default=42, metadata=_key("seed", min=0))
     output_dir: str = field(default="~/.fedapp/runs", metadata=_key("output-dir"))
-    # MLflow tracking and registry (fedapp.tracking, fedapp.registry).
+    # MLflow tracking and registry (fedapp.tracking, fedapp.tracking.registry).
     tracking: bool = field(default=True, metadata=_key("tracking"))
     tracking_uri: str = field(default="", metadata=_key("tracking-uri"))
     experiment: str = field(default="fedapp", metadata=_key("experiment"))
@@ -287,3 +287,29 @@ class NodeConfig:
             data_path=os.path.expanduser(path) if path else None,
             label_column=str(label) if label else None,
         )
+
+
+
+
+# The last parsed config per attribute: (context, mapping, parsed); see ``run_config_of``.
+_PARSED: dict[str, tuple[object, object, Any]] = {}
+
+
+def _parsed(context: Any, attr: str, parse: Any) -> Any:
+    mapping, last = getattr(context, attr), _PARSED.get(attr)
+    if last is None or last[0] is not context or last[1] is not mapping:
+        last = _PARSED[attr] = (context, mapping, parse(mapping))
+    return last[2]
+
+
+def run_config_of(context: Any) -> RunConfig:
+    """The ``RunConfig`` of the message a ClientApp handles, parsed once per message: Flower
+    hands the same ``Context`` to every mod and the handler, so the first caller parses and
+    the others reuse it (keyed on the identity of the context and of its mapping; only the
+    last is kept, as a deployed ClientApp handles one message per process)."""
+    return _parsed(context, "run_config", RunConfig.from_flower)  # type: ignore[no-any-return]
+
+
+def node_config_of(context: Any) -> NodeConfig:
+    """The ``NodeConfig`` of the message a ClientApp handles, parsed once (``run_config_of``)."""
+    return _parsed(context, "node_config", NodeConfig.from_flower)  # type: ignore[no-any-return]

@@ -50,13 +50,13 @@ from fedapp.compression.wire import (
     PAYLOAD_KEY,
     RECORD_KEY,
 )
-from fedapp.config import RunConfig
+from fedapp.config import RunConfig, run_config_of
+from fedapp.updates import update_of
 
 __all__ = [
     "RESIDUAL_KEY",
     "compress_content",
     "compression_mod",
-    "flat_update",
     "load_residual",
     "round_seed",
     "spec_from_config",
@@ -92,26 +92,6 @@ def _server_round(msg: Message) -> int:
     config = msg.content.config_records.get("config")
     value = config.get("server-round") if config is not None else None
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def flat_update(global_arrays: ArrayRecord, local_arrays: ArrayRecord) -> np.ndarray | str:
-    """``w_local - w_global`` as one float32 vector in ``global_arrays``' key order, or the
-    reason why the local arrays are no update of the global ones (other keys, shapes,
-    non-finite values)."""
-    if set(local_arrays) != set(global_arrays):
-        return f"array keys {sorted(local_arrays)} differ from the global {sorted(global_arrays)}"
-    parts = []
-    for key, garr in global_arrays.items():
-        if tuple(local_arrays[key].shape) != tuple(garr.shape):
-            return f"array {key!r} has shape {local_arrays[key].shape}, global {garr.shape}"
-        local = local_arrays[key].numpy().astype(np.float32).ravel()
-        parts.append(local - garr.numpy().astype(np.float32).ravel())
-    update = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    if update.size == 0:
-        return "the model has no parameters"
-    if not np.isfinite(update).all():
-        return "local weights (or the update) have non-finite values"
-    return update
 
 
 def load_residual(state: RecordDict, d: int) -> np.ndarray | None:
@@ -165,13 +145,13 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     docstring). Non-TRAIN messages, error replies and ``compression = "off"`` pass through."""
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
-    cfg = RunConfig.from_flower(context.run_config)
+    cfg = run_config_of(context)
     spec = spec_from_config(cfg)
     reply = call_next(msg, context)
     if spec is None or reply.has_error():
         return reply
     reason = _not_compressible(msg, reply)
-    update: np.ndarray | str = reason or flat_update(
+    update: np.ndarray | str = reason or update_of(
         next(iter(msg.content.array_records.values())),
         next(iter(reply.content.array_records.values())),
     )

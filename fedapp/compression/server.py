@@ -18,16 +18,7 @@ from fedapp.compression.indices import PayloadError
 from fedapp.compression.wire import FORMAT_KEY, FORMAT_TAG, PAYLOAD_KEY, RECORD_KEY
 from fedapp.validation import ArraySpec, ReplyRejected, check_metrics
 
-__all__ = ["decode_update", "is_compressed", "model_size"]
-
-
-def is_compressed(content: RecordDict) -> bool:
-    """True iff the reply claims the compressed format (has the ``compression`` ConfigRecord).
-
-    A reply that claims it is then held to it by :func:`decode_update`; one that does not is
-    a dense reply for ``fedapp.validation.check_train_reply``.
-    """
-    return RECORD_KEY in content.config_records
+__all__ = ["decode_update", "model_size"]
 
 
 def model_size(reference: Mapping[str, ArraySpec]) -> int:

@@ -1,4 +1,4 @@
-"""Anomaly detection on the ``(n, d)`` update matrix, and per-node reputation.
+"""Anomaly detection on the ``(n, d)`` update matrix: scores and flags, pure.
 
 Detection does not aggregate and drops nothing by itself: it scores every row and
 says which rows look Byzantine and why. Four scores, each aimed at a family of attacks
@@ -46,19 +46,18 @@ says which rows look Byzantine and why. Four scores, each aimed at a family of a
   same spirit. The other checks use, as reference, the coordinate-wise median of the rows
   no check suspects (see ``detect_anomalies``).
 
-``Reputation`` keeps, per node and across rounds (server side, keyed by Flower node
-id), an exponential moving average of its cosines.
+Per-node cosine reputations across rounds, and exclusion, are the server's
+(``fedapp.server.screen``); this module is pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from fedapp.robust import coordinate_median
+from fedapp.robust.coordinate import coordinate_median
 from fedapp.robust.distances import distances_to, pairwise_sq_distances, rows_per_block
 
 #: 1 / Phi^-1(3/4): the MAD of a Gaussian times this is its standard deviation.
@@ -294,112 +293,3 @@ def clip_to_norm_threshold(updates: torch.Tensor, norm_threshold: float) -> torc
     if bool((factor == 1.0).all()):
         return updates
     return updates * factor.to(updates.dtype)[:, None]
-
-
-@dataclass
-class NodeRecord:
-    """One node's reputation: the moving average of its cosines and what it was seen doing."""
-
-    ema: float = 0.0
-    rounds: int = 0
-    flagged: int = 0
-
-
-class Reputation:
-    """Per-node cosine reputation: a bias-corrected moving average of the node's cosines.
-
-    For every node ``i`` in a round, with its cosine ``c_i`` to the round's robust
-    reference: ``e_i <- m e_i + (1 - m) c_i`` (``e_i = 0`` before its first round) and,
-    after its ``k``-th round, ``score_i = e_i / (1 - m^k)``: the weighted mean of its
-    cosines so far, weights ``m^age`` (Adam's bias correction; ``m = memory``, default
-    0.9, so evidence halves in weight every 6.6 rounds). A node is *distrusted* while
-    ``score_i < threshold`` (the cosine threshold, default 0.0). One round's cosine is
-    noise on non-IID data (honest updates are nearly orthogonal); a sign flipper or an
-    inner-product attacker points away from the reference round after round, and its
-    score stays below the threshold while honest outliers drift around it. Nodes absent
-    from a round keep their score.
-
-    Pure (no I/O, no Flower); ``to_dict`` / ``from_dict`` round-trip through JSON
-    (node ids become string keys), e.g. to keep it in ``context.state``.
-    """
-
-    def __init__(self, memory: float = 0.9, threshold: float = 0.0) -> None:
-        if not 0.0 <= memory < 1.0:
-            raise ValueError(f"memory must be in [0, 1), got {memory}")
-        if not -1.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [-1, 1], got {threshold}")
-        self.memory = memory
-        self.threshold = threshold
-        self.rounds = 0
-        self._nodes: dict[int, NodeRecord] = {}
-
-    def _score(self, ema: float, rounds: int) -> float:
-        return ema / (1.0 - self.memory**rounds) if rounds else 0.0
-
-    def preview(self, cosines: Mapping[int, float]) -> dict[int, float]:
-        """The scores ``cosines`` (node id -> this round's cosine) would give, unrecorded."""
-        out = {}
-        for node, c in cosines.items():
-            rec = self._nodes.get(int(node), NodeRecord())
-            ema = self.memory * rec.ema + (1.0 - self.memory) * float(c)
-            out[int(node)] = self._score(ema, rec.rounds + 1)
-        return out
-
-    def update(self, cosines: Mapping[int, float],
-               flagged: Collection[int] = ()) -> dict[int, float]:
-        """Record one round: ``cosines`` maps every node that took part to its cosine;
-        ``flagged`` are the nodes flagged this round (counted for the report). Returns the
-        new scores of the round's nodes. Raises ``ValueError`` if a flagged node did not
-        take part."""
-        stray = {int(n) for n in flagged} - {int(n) for n in cosines}
-        if stray:
-            raise ValueError(f"flagged nodes {sorted(stray)} are not among the round's nodes")
-        self.rounds += 1
-        out = {}
-        for node, c in cosines.items():
-            rec = self._nodes.setdefault(int(node), NodeRecord())
-            rec.ema = self.memory * rec.ema + (1.0 - self.memory) * float(c)
-            rec.rounds += 1
-            rec.flagged += int(node in flagged)
-            out[int(node)] = self._score(rec.ema, rec.rounds)
-        return out
-
-    def scores(self) -> dict[int, float]:
-        """Current score of every node seen so far."""
-        return {node: self._score(rec.ema, rec.rounds) for node, rec in self._nodes.items()}
-
-    def distrusted(self) -> set[int]:
-        """Nodes whose score is below ``threshold``."""
-        return {node for node, s in self.scores().items() if s < self.threshold}
-
-    def report(self) -> dict[str, float]:
-        """Flat summary for logs and metrics trackers."""
-        values = list(self.scores().values())
-        return {
-            "reputation-rounds": float(self.rounds),
-            "reputation-nodes": float(len(values)),
-            "reputation-mean": sum(values) / len(values) if values else 0.0,
-            "reputation-min": min(values, default=0.0),
-            "reputation-distrusted": float(len(self.distrusted())),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """Whole state as JSON-compatible data; ``score`` is derived, for readers."""
-        return {
-            "memory": self.memory,
-            "threshold": self.threshold,
-            "rounds": self.rounds,
-            "nodes": {str(node): {"ema": rec.ema, "rounds": rec.rounds, "flagged": rec.flagged,
-                                  "score": self._score(rec.ema, rec.rounds)}
-                      for node, rec in self._nodes.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Reputation:
-        """Inverse of ``to_dict``."""
-        rep = cls(float(data["memory"]), float(data["threshold"]))
-        rep.rounds = int(data["rounds"])
-        for node, rec in data["nodes"].items():
-            rep._nodes[int(node)] = NodeRecord(float(rec["ema"]), int(rec["rounds"]),
-                                               int(rec["flagged"]))
-        return rep

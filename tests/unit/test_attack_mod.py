@@ -16,7 +16,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedapp.attack_mod import AttackRefused, attack_mod, is_malicious
+from fedapp.attacks.mod import AttackRefused, attack_mod, is_malicious
 from fedapp.attacks import malicious_ids
 from fedapp.config import NodeConfig, RunConfig
 

@@ -7,32 +7,25 @@ import math
 import pytest
 import torch
 
-from fedapp.attacks import (
-    ATTACKS,
-    MODEL_ATTACKS,
+from fedapp.attacks import ATTACKS, malicious_ids
+from fedapp.attacks.node import MODEL_ATTACKS, gaussian_noise, label_flip, scale, sign_flip
+from fedapp.attacks.omniscient import (
+    ALIE_Z_GRID,
+    IPM_EPS_GRID,
     OMNISCIENT_ATTACKS,
+    adaptive_search,
     alie,
     alie_adaptive,
     alie_z,
-    gaussian_noise,
     ipm,
     ipm_adaptive,
-    label_flip,
-    malicious_ids,
     min_max,
-    min_sum,
-    scale,
-    sign_flip,
-)
-from fedapp.defenses import nearest_ratio
-from fedapp.omniscient import (
-    ALIE_Z_GRID,
-    IPM_EPS_GRID,
-    adaptive_search,
     min_max_noisy,
+    min_sum,
     perturbation,
 )
 from fedapp.robust import coordinate_median, trimmed_mean, weighted_mean
+from fedapp.robust.detection import nearest_ratio
 
 H = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]])  # mu = (3, 4), sigma^2 = (8/3, 8)
 

@@ -23,7 +23,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedapp.compression import CodecSpec, decode, encode
 from fedapp.compression.mod import RESIDUAL_KEY, compression_mod, round_seed, spec_from_config
-from fedapp.compression.server import decode_update, is_compressed
+from fedapp.compression.server import decode_update
+from fedapp.updates import is_compressed
 from fedapp.compression.wire import (
     METRIC_RATIO,
     METRIC_SECONDS,

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedapp.compression import CODEC_NAMES, CodecSpec, EncodedUpdate, decode, encode
-from fedapp.compression.server import decode_update, is_compressed, model_size
+from fedapp.compression.server import decode_update, model_size
+from fedapp.updates import is_compressed
 from fedapp.compression.wire import (
     FORMAT_KEY,
     FORMAT_TAG,

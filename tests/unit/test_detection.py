@@ -9,17 +9,17 @@ import re
 import pytest
 import torch
 
-from fedapp.defenses import (
+from fedapp.attacks.omniscient import alie, min_max
+from fedapp.robust import coordinate_median
+from fedapp.robust.detection import (
     DetectionReport,
-    Reputation,
     clip_to_norm_threshold,
     detect_anomalies,
     nearest_ratio,
     robust_z_scores,
     sign_skew,
 )
-from fedapp.omniscient import alie, min_max
-from fedapp.robust import coordinate_median
+from fedapp.server.screen import Reputation
 
 
 def honest(n: int = 9, d: int = 20, seed: int = 0) -> torch.Tensor:
@@ -162,6 +162,10 @@ def test_clip_to_norm_threshold_scales_only_rows_past_it() -> None:
     assert torch.equal(clip_to_norm_threshold(x[:4], 3.5), x[:4])
 
 
+def below_threshold(rep: Reputation) -> set[int]:
+    return {node for node, score in rep.scores().items() if score < rep.threshold}
+
+
 def test_reputation_is_a_bias_corrected_moving_average_of_cosines() -> None:
     rep = Reputation(memory=0.5)
     assert rep.update({1: 0.4, 2: -0.6}) == pytest.approx({1: 0.4, 2: -0.6})  # k=1: itself
@@ -170,15 +174,13 @@ def test_reputation_is_a_bias_corrected_moving_average_of_cosines() -> None:
     assert rep.scores()[1] == pytest.approx(0.4)  # preview records nothing
     rep.update({1: 0.1, 2: -0.2}, flagged={2})
     assert rep.scores() == pytest.approx({1: (0.1 + 0.05) / 0.75, 2: (-0.15 - 0.1) / 0.75})
-    assert rep.distrusted() == {2}
+    assert below_threshold(rep) == {2}
     rep.update({1: 0.3})  # node 2 absent: keeps its score
     assert rep.scores()[2] == pytest.approx(-0.25 / 0.75)
     for _ in range(10):
         rep.update({1: 0.3, 2: 0.3})  # old evidence decays
-    assert rep.scores()[2] == pytest.approx(0.3, abs=1e-2) and rep.distrusted() == set()
-    summary = rep.report()
-    assert summary["reputation-rounds"] == 13 and summary["reputation-nodes"] == 2
-    assert summary["reputation-min"] == pytest.approx(min(rep.scores().values()))
+    assert rep.scores()[2] == pytest.approx(0.3, abs=1e-2) and below_threshold(rep) == set()
+    assert rep.rounds == 13 and len(rep.scores()) == 2
     assert rep.to_dict()["nodes"]["2"]["flagged"] == 1
 
 
@@ -187,7 +189,7 @@ def test_reputation_round_trips_through_json() -> None:
     rep.update({2**62: -0.5, 5: 0.2}, flagged={2**62})
     copy = Reputation.from_dict(json.loads(json.dumps(rep.to_dict())))
     assert copy.scores() == rep.scores() and copy.to_dict() == rep.to_dict()
-    assert copy.scores()[2**62] == pytest.approx(-0.5) and copy.distrusted() == {2**62}
+    assert copy.scores()[2**62] == pytest.approx(-0.5) and below_threshold(copy) == {2**62}
 
 
 def test_reputation_rejects_bad_input() -> None:

@@ -7,9 +7,9 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedapp.aggregation import AggregationPipeline
 from fedapp.config import RunConfig
-from fedapp.strategy import RobustStrategy
+from fedapp.server.pipeline import AggregationPipeline
+from fedapp.server.strategy import RobustStrategy
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
@@ -72,7 +72,7 @@ class StubGrid:
 
 
 def test_strategy_keeps_previous_model_when_the_rule_cannot_run() -> None:
-    strategy = RobustStrategy(aggregate_fn=AggregationPipeline(rule="krum", f=2),
+    strategy = RobustStrategy(aggregation=AggregationPipeline(rule="krum", f=2),
                               min_train_nodes=2, min_available_nodes=3, fraction_evaluate=0.0)
     arrays = ArrayRecord({"w": Array(torch.zeros(2).numpy())})
     msgs = list(strategy.configure_train(1, arrays, ConfigRecord(), StubGrid()))
@@ -100,7 +100,7 @@ def test_byzantine_fraction_sets_f_from_the_number_of_updates() -> None:
 
 
 def test_adaptive_attack_target_uses_the_pipelines_f() -> None:
-    from fedapp.server_app import adaptive_target, build_strategy
+    from fedapp.server.build import adaptive_target, build_strategy
 
     cfg = RunConfig(aggregator="trimmed-mean", byzantine_fraction=0.2, anomaly_detection="off")
     robust, _ = build_strategy(cfg)
@@ -115,7 +115,7 @@ def test_adaptive_attack_target_uses_the_pipelines_f() -> None:
 
 
 def test_adaptive_attack_target_is_the_whole_defense_and_changes_no_state() -> None:
-    from fedapp.server_app import adaptive_target, build_strategy
+    from fedapp.server.build import adaptive_target, build_strategy
 
     cfg = RunConfig(byzantine_fraction=0.2)  # the default: detection, exclusion, mean
     robust, _ = build_strategy(cfg)
@@ -128,7 +128,7 @@ def test_adaptive_attack_target_is_the_whole_defense_and_changes_no_state() -> N
 
 
 def test_f_counts_excluded_rows_and_is_capped_to_what_the_rule_takes() -> None:
-    from fedapp.aggregation import max_f
+    from fedapp.server.pipeline import max_f
 
     assert [max_f("trimmed-mean", n) for n in (1, 2, 5, 14)] == [0, 0, 2, 6]
     assert [max_f("multikrum", n) for n in (3, 4, 5, 14)] == [0, 0, 1, 5]

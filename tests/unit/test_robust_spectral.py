@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedapp.omniscient import ipm, min_max
+from fedapp.attacks.omniscient import ipm, min_max
 from fedapp.robust.distances import pairwise_sq_distances
 from fedapp.robust.spectral import centered_gram, spectral_filter, spectral_scores
 

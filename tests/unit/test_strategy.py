@@ -8,8 +8,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedapp.arrays import flatten
-from fedapp.strategy import RobustStrategy
+from fedapp.server.strategy import RobustStrategy
+from fedapp.updates import flatten
 
 # Messages are created inside a task (a ServerApp process in production); give this
 # test process the identity a ServerApp would have.
@@ -181,13 +181,13 @@ def test_detection_flags_outlier_and_exclude_mode_drops_it(mode: str) -> None:
 
 
 def test_exclusion_drops_at_most_the_rules_f_most_severe_flagged_updates() -> None:
-    from fedapp.aggregation import AggregationPipeline
+    from fedapp.server.pipeline import AggregationPipeline
 
     # Three rows are flagged (norm z huge for two, moderate for the third); with f = 1 of 8
     # (byzantine-fraction 0.125) only the most severe one is excluded.
     strategy = RobustStrategy(min_train_nodes=2, min_available_nodes=8, fraction_evaluate=0.0,
                               detection="exclude", sign_threshold=0.0,
-                              aggregate_fn=AggregationPipeline(byzantine_fraction=0.125))
+                              aggregation=AggregationPipeline(byzantine_fraction=0.125))
     arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
     msgs = list(strategy.configure_train(1, arrays, ConfigRecord(), StubGrid(8)))
     deltas = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 40.0, 500.0]

@@ -12,9 +12,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedapp.arrays import flatten
 from fedapp.attacks import malicious_ids
-from fedapp.threat_model import SimulationOnlyError, ThreatModel, is_simulation
+from fedapp.attacks.simulation import SimulationOnlyError, is_simulation
+from fedapp.attacks.threat_model import ThreatModel
+from fedapp.updates import flatten
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
