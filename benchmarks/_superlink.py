@@ -1,4 +1,6 @@
-"""A private managed SuperLink for benchmark scripts (the same helpers the tests use).
+"""Flower processes for benchmark scripts: a private managed SuperLink, or a loopback
+deployment (the same helpers the tests use). Everything else the scripts share is in
+``common``.
 
 ``with private_superlink() as (env, workdir): runner.run_and_check(..., env=env)`` gives a
 fresh ``FLWR_HOME`` in a temporary directory, free ports for the managed SuperLink, runtime
@@ -28,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO  # benchmarks/ is on sys.path
 
 
 def _test_helpers():  # type: ignore[no-untyped-def]
