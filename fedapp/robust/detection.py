@@ -131,7 +131,7 @@ def _flag(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[floa
           ratio: tuple[float, ...], norm_threshold: float, cosine_threshold: float,
           sign_threshold: float, duplicate_threshold: float,
           reputation: tuple[float, ...] = ()) -> DetectionReport:
-    """Apply the three checks to the scores (see the module docstring)."""
+    """Apply the four checks to the scores (see the module docstring)."""
     reasons: dict[int, str] = {}
     for i in range(len(norm_z)):
         parts = []

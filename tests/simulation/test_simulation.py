@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedapp import runner
+from fedapp.sweep import flwr_cli as runner
 from tests.flwr_cli import REPO
 
 pytestmark = [pytest.mark.simulation, pytest.mark.timeout(420)]

@@ -16,8 +16,8 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedapp.attacks.mod import AttackRefused, attack_mod, is_malicious
 from fedapp.attacks import malicious_ids
+from fedapp.attacks.mod import AttackRefused, attack_mod, is_malicious
 from fedapp.config import NodeConfig, RunConfig
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1

@@ -24,7 +24,6 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedapp.compression import CodecSpec, decode, encode
 from fedapp.compression.mod import RESIDUAL_KEY, compression_mod, round_seed, spec_from_config
 from fedapp.compression.server import decode_update
-from fedapp.updates import is_compressed
 from fedapp.compression.wire import (
     METRIC_RATIO,
     METRIC_SECONDS,
@@ -33,6 +32,7 @@ from fedapp.compression.wire import (
     serialized_bytes,
 )
 from fedapp.config import RunConfig
+from fedapp.updates import is_compressed
 from fedapp.validation import array_specs, check_train_reply
 
 # Messages are created inside a task; give this test process a task identity.

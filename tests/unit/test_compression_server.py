@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from fedapp.compression import CODEC_NAMES, CodecSpec, EncodedUpdate, decode, encode
 from fedapp.compression.server import decode_update, model_size
-from fedapp.updates import is_compressed
 from fedapp.compression.wire import (
     FORMAT_KEY,
     FORMAT_TAG,
@@ -22,6 +21,7 @@ from fedapp.compression.wire import (
     RECORD_KEY,
     serialized_bytes,
 )
+from fedapp.updates import is_compressed
 from fedapp.validation import ArraySpec, ReplyRejected
 
 REFERENCE = {"w": ArraySpec((6, 10), "float32"), "b": ArraySpec((10,), "float32"),

@@ -1,7 +1,7 @@
 """Submitting Flower runs through the public `flwr` CLI and waiting for their outcome.
 
-Used by the sweep driver and the tests. `flwr run` exits 0 even when the run
-fails, so the outcome is read from `flwr list --run-id ID --format json`.
+Used by the sweep driver, the benchmarks and the tests. `flwr run` exits 0 even when
+the run fails, so the outcome is read from `flwr list --run-id ID --format json`.
 """
 
 from __future__ import annotations
