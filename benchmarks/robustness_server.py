@@ -1,14 +1,15 @@
 """ServerApp of the robustness benchmark: many (aggregator, attack) scenarios in one Flower run.
 
-``benchmarks/robustness.py`` packages this module with ``fedapp`` as a Flower App whose
-ServerApp is ``robustness_server:app`` and whose ClientApp is fedapp's, unchanged. One
-``flwr run`` (simulation, 20+ nodes) then plays a list of scenarios one after the other, each
-a complete ``Strategy.start`` from the same seeded initial model on Flower's engine: our
-``RobustStrategy`` configurations and Flower's built-in FedAvg, MultiKrum, FedMedian,
-FedTrimmedAvg and Bulyan, all wrapped by the same ``ThreatModel`` so that every row faces
-exactly the same attackers. Node-side attacks (label flip, sign flip, Gaussian, scaling) are
-chosen by the run config (``attack``), so one run holds one node-side attack; omniscient
-attacks are chosen per scenario by the server-side wrapper.
+``benchmarks/robustness.py`` (``robustness_cells.build_app``) packages this module with
+``fedapp`` as a Flower App whose ServerApp is ``robustness_server:app`` and whose ClientApp
+is fedapp's, unchanged. One ``flwr run`` (simulation, 20+ nodes) then plays a list of
+scenarios one after the other, each a complete ``Strategy.start`` from the same seeded
+initial model on Flower's engine: our ``RobustStrategy`` configurations and Flower's
+built-in FedAvg, MultiKrum, FedMedian, FedTrimmedAvg and Bulyan, all wrapped by the same
+``ThreatModel`` so that every row faces exactly the same attackers. Node-side attacks (label
+flip, sign flip, Gaussian, scaling) are chosen by the run config (``attack``), so one run
+holds one node-side attack; omniscient attacks are chosen per scenario by the server-side
+wrapper.
 
 The scenario list is ``<output-dir>/scenarios.json``; each finished scenario appends one JSON
 line to ``<output-dir>/results.jsonl`` (the driver reads it for progress and resumes from it).
