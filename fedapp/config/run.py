@@ -1,13 +1,10 @@
-"""One typed, validated configuration object for both apps.
+"""The run config: one typed, validated object for both apps.
 
 Flower's run config (``[tool.flwr.app.config]`` in pyproject.toml, overridden by
 ``flwr run . --run-config "k=v ..."``) is a flat mapping of kebab-case keys.
 ``RunConfig.from_flower`` turns it into a frozen dataclass once, at start-up, on
 each side, and fails with one message that names every bad key, its value and
 what is allowed. Nothing else in the code reads ``context.run_config[...]``.
-
-Node config (``--node-config`` on a SuperNode) carries what differs per node and
-is parsed by ``NodeConfig.from_flower``.
 
 This module must stay cheap to import: the ClientApp imports it on every message.
 """
@@ -41,6 +38,7 @@ PERTURBATIONS = ("unit", "sign", "std")
 INITIAL_MODELS = ("fresh", "champion")
 DP_MODES = ("off", "local", "central")
 PREAGGREGATIONS = ("none", "bucketing", "nnm")
+TRAIN_METRICS = ("send", "none")
 COMPRESSION_CODECS = ("off", "fp16", "qsgd", "topk", "topk-qsgd")
 
 
@@ -65,6 +63,9 @@ class RunConfig:
     min_train_nodes: int = field(default=2, metadata=_key("min-train-nodes", min=1))
     min_available_nodes: int = field(default=2, metadata=_key("min-available-nodes", min=1))
     round_timeout: float = field(default=600.0, metadata=_key("round-timeout", min=1.0))
+    # Seconds a round waits for min-available-nodes; then it runs with the nodes connected
+    # if they are at least min-train-nodes, else the run stops with an error.
+    wait_timeout: float = field(default=300.0, metadata=_key("wait-timeout", min=1.0))
     local_epochs: int = field(default=3, metadata=_key("local-epochs", min=1))
     batch_size: int = field(default=32, metadata=_key("batch-size", min=1))
     learning_rate: float = field(default=0.05, metadata=_key("learning-rate", min=0.0, max=10.0))
@@ -118,6 +119,10 @@ class RunConfig:
     dp_max_grad_norm: float = field(default=1.0, metadata=_key("dp-max-grad-norm", min=1e-6))
     dp_clip: float = field(default=1.0, metadata=_key("dp-clip", min=1e-6))
     dp_noise: float = field(default=0.0, metadata=_key("dp-noise", min=0.0))
+    # What a node reports with its update besides num-examples (and dp-epsilon): "send" its
+    # train loss and accuracy (not covered by DP), "none" nothing more.
+    train_metrics: str = field(default="send", metadata=_key("train-metrics",
+                                                             choices=TRAIN_METRICS))
     dataset: str = field(default="digits", metadata=_key("dataset"))
     label_column: str = field(default="label", metadata=_key("label-column"))
     partitioner: str = field(
@@ -126,6 +131,9 @@ class RunConfig:
     dirichlet_alpha: float = field(default=0.5, metadata=_key("dirichlet-alpha", min=1e-3))
     shards_per_node: int = field(default=2, metadata=_key("shards-per-node", min=1))
     test_fraction: float = field(default=0.2, metadata=_key("test-fraction", min=0.05, max=0.5))
+    # The server's test file in a deployment (CSV/Parquet, the hospitals' schema); "" = the
+    # built-in held-out split in simulation, no server evaluation in a deployment.
+    server_test_path: str = field(default="", metadata=_key("server-test-path"))
     model: str = field(default="auto", metadata=_key("model", choices=MODELS))
     hidden_units: int = field(default=64, metadata=_key("hidden-units", min=1, max=65536))
     seed: int = field(default=42, metadata=_key("seed", min=0))
@@ -244,72 +252,3 @@ def _check_field(cfg: RunConfig, f: dataclasses.Field[Any]) -> str | None:
     if hi is not None and value > hi:
         return f"{key}={value!r} must be <= {hi}"
     return None
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """What differs per node (``--node-config``).
-
-    Simulation gives each node ``partition-id`` and ``num-partitions``. A
-    hospital's SuperNode sets ``data-path`` (CSV or Parquet) instead, and may set
-    ``label-column`` when its file names the label differently.
-    """
-
-    partition_id: int | None = None
-    num_partitions: int | None = None
-    data_path: str | None = None
-    label_column: str | None = None
-
-    @classmethod
-    def from_flower(cls, node_config: Mapping[str, Any]) -> NodeConfig:
-        known = {"partition-id", "num-partitions", "data-path", "label-column"}
-        errors = []
-        pid, num = node_config.get("partition-id"), node_config.get("num-partitions")
-        path, label = node_config.get("data-path"), node_config.get("label-column")
-        if path is None and (pid is None or num is None):
-            errors.append(
-                "node config needs either data-path=<csv or parquet file> or both "
-                f"partition-id and num-partitions; got {dict(node_config)} "
-                f"(known keys: {', '.join(sorted(known))})"
-            )
-        for key, value in (("partition-id", pid), ("num-partitions", num)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                errors.append(f"node config {key}={value!r} must be an integer")
-        if not errors and path is None and not 0 <= pid < num:  # type: ignore[operator]
-            errors.append(f"node config partition-id={pid} must be in [0, num-partitions={num})")
-        if path is not None and (not isinstance(path, str) or not path):
-            errors.append(f"node config data-path={path!r} must be a non-empty path")
-        if errors:
-            raise ConfigError("invalid node config:\n  " + "\n  ".join(errors))
-        return cls(
-            partition_id=pid,
-            num_partitions=num,
-            data_path=os.path.expanduser(path) if path else None,
-            label_column=str(label) if label else None,
-        )
-
-
-
-
-# The last parsed config per attribute: (context, mapping, parsed); see ``run_config_of``.
-_PARSED: dict[str, tuple[object, object, Any]] = {}
-
-
-def _parsed(context: Any, attr: str, parse: Any) -> Any:
-    mapping, last = getattr(context, attr), _PARSED.get(attr)
-    if last is None or last[0] is not context or last[1] is not mapping:
-        last = _PARSED[attr] = (context, mapping, parse(mapping))
-    return last[2]
-
-
-def run_config_of(context: Any) -> RunConfig:
-    """The ``RunConfig`` of the message a ClientApp handles, parsed once per message: Flower
-    hands the same ``Context`` to every mod and the handler, so the first caller parses and
-    the others reuse it (keyed on the identity of the context and of its mapping; only the
-    last is kept, as a deployed ClientApp handles one message per process)."""
-    return _parsed(context, "run_config", RunConfig.from_flower)  # type: ignore[no-any-return]
-
-
-def node_config_of(context: Any) -> NodeConfig:
-    """The ``NodeConfig`` of the message a ClientApp handles, parsed once (``run_config_of``)."""
-    return _parsed(context, "node_config", NodeConfig.from_flower)  # type: ignore[no-any-return]
