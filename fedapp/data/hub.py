@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fedapp.config import HF_PREFIX
 from fedapp.data.specs import DatasetSpec, Split
 
 
@@ -54,6 +55,17 @@ def load_test(name: str, label: str) -> Split:
 
 
 def spec(name: str, label: str) -> DatasetSpec:
-    """Infer features and classes from the test split (one download, cached by datasets)."""
-    test = load_test(name, label)
-    return DatasetSpec(name, test.x.shape[1], int(test.y.max()) + 1)
+    """Infer features and classes from the test split (one download, cached by datasets).
+
+    When every feature column holds one number per row, the columns' names are the
+    feature names (a hospital file is matched by name, as for the built-in datasets);
+    with an image or array column there are no names and files are matched by position.
+    """
+    from datasets import load_dataset
+
+    test_ds = load_dataset(name, split="test")
+    test = _to_split(test_ds, label)
+    cols = [c for c in test_ds.column_names if c != label]
+    names = tuple(cols) if len(cols) == test.x.shape[1] else None
+    return DatasetSpec(f"{HF_PREFIX}{name}", test.x.shape[1], int(test.y.max()) + 1,
+                       feature_names=names)

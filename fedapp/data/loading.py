@@ -30,15 +30,17 @@ def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
 def load_node_data(cfg: RunConfig, node: NodeConfig) -> tuple[Split, Split]:
     """A node's local (train, validation) data.
 
-    With ``data-path`` (a hospital in deployment) the node reads its own file;
-    otherwise (simulation) it takes partition ``partition-id`` of the training
-    part of the configured dataset. The server's test rows are never included.
+    With ``data-path`` (a hospital in deployment) the node reads its own file, matched to
+    the dataset's columns by name (less ``ignore-columns``); otherwise (simulation) it
+    takes partition ``partition-id`` of the training part of the configured dataset. The
+    server's test rows are never included.
     """
     seed = cfg.seed + 7919 * (node.partition_id or 0)
     if node.data_path:
         from fedapp.data.local import load_table
 
-        data = load_table(node.data_path, node.label_column or cfg.label_column, dataset_spec(cfg))
+        data = load_table(node.data_path, node.label_column or cfg.label_column, dataset_spec(cfg),
+                          ignore_columns=node.ignore_columns)
         return holdout(data, cfg.test_fraction, seed)
     assert node.partition_id is not None and node.num_partitions is not None
     if cfg.dataset.startswith(HF_PREFIX):

@@ -9,16 +9,33 @@ import numpy as np
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Shape of one example and the number of classes.
+    """Shape of one example, the number of classes, and the feature columns' schema.
 
     ``image_shape`` is ``(channels, height, width)`` for image data, None for
     tabular data; images are stored flattened in row-major order.
+    ``feature_names`` are the feature columns in the order the model takes them: a
+    hospital's file is matched to them by name (``fedapp.data.schema``). None when
+    the dataset names no columns (some hub datasets): then position is all there is.
+    Every feature is a ``feature_kind`` (``"number"`` or ``"integer"``) within
+    ``[feature_min, feature_max]`` (None: unbounded on that side).
     """
 
     name: str
     num_features: int
     num_classes: int
     image_shape: tuple[int, int, int] | None = None
+    feature_names: tuple[str, ...] | None = None
+    feature_kind: str = "number"
+    feature_min: float | None = None
+    feature_max: float | None = None
+
+    def __post_init__(self) -> None:
+        names = self.feature_names
+        if names is not None and not len(names) == len(set(names)) == self.num_features:
+            raise ValueError(f"{self.name}: feature_names must be {self.num_features} distinct "
+                             f"names, got {len(names)} ({len(set(names))} distinct)")
+        if self.feature_kind not in ("number", "integer"):
+            raise ValueError(f"{self.name}: feature_kind={self.feature_kind!r}")
 
 
 @dataclass(frozen=True)
@@ -36,11 +53,28 @@ class Split:
         return len(self.y)
 
 
+# The column names ``python -m fedapp.data split`` writes: scikit-learn's ``feature_names``
+# (a test checks they agree; the ClientApp must not import scikit-learn to know them).
+BREAST_CANCER_FEATURES = (
+    "mean radius", "mean texture", "mean perimeter", "mean area", "mean smoothness",
+    "mean compactness", "mean concavity", "mean concave points", "mean symmetry",
+    "mean fractal dimension", "radius error", "texture error", "perimeter error",
+    "area error", "smoothness error", "compactness error", "concavity error",
+    "concave points error", "symmetry error", "fractal dimension error", "worst radius",
+    "worst texture", "worst perimeter", "worst area", "worst smoothness",
+    "worst compactness", "worst concavity", "worst concave points", "worst symmetry",
+    "worst fractal dimension",
+)
+# pixel_<row>_<column> of the 8x8 image, row-major: pixel_0_0, pixel_0_1, ..., pixel_7_7.
+DIGITS_FEATURES = tuple(f"pixel_{r}_{c}" for r in range(8) for c in range(8))
+
 DATASET_SPECS: dict[str, DatasetSpec] = {
-    # scikit-learn's copy of the UCI optical digits: 1797 images of 8x8, values 0..16.
-    "digits": DatasetSpec("digits", 64, 10, (1, 8, 8)),
+    # scikit-learn's copy of the UCI optical digits: 1797 images of 8x8, each pixel the
+    # count (0..16) of set pixels in a 4x4 block of the original 32x32 bitmap.
+    "digits": DatasetSpec("digits", 64, 10, (1, 8, 8), DIGITS_FEATURES, "integer", 0.0, 16.0),
     # Wisconsin diagnostic breast cancer: 569 patients, 30 non-negative features.
-    "breast-cancer": DatasetSpec("breast-cancer", 30, 2),
+    "breast-cancer": DatasetSpec("breast-cancer", 30, 2, None, BREAST_CANCER_FEATURES,
+                                 "number", 0.0, None),
 }
 
 

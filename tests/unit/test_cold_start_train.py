@@ -73,7 +73,7 @@ def test_train_message_does_not_import_dynamo(tmp_path: Path) -> None:
     csv = tmp_path / "hospital.csv"
     spec = DATASET_SPECS["breast-cancer"]
     data = _data("breast-cancer", 40, 5)
-    header = ",".join([f"f{i}" for i in range(spec.num_features)] + ["label"])
+    header = ",".join([*spec.feature_names, "label"])
     rows = [",".join([*map(str, np.abs(r)), str(label)]) for r, label in zip(data.x, data.y,
                                                                              strict=True)]
     csv.write_text("\n".join([header, *rows]) + "\n")

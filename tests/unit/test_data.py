@@ -15,6 +15,7 @@ from fedapp.data.builtin import load_raw, train_test_indices
 from fedapp.data.loading import load_node_data, load_server_test
 from fedapp.data.local import DataFileError, load_table
 from fedapp.data.partition import partition_rows
+from fedapp.data.specs import BREAST_CANCER_FEATURES
 
 
 @pytest.mark.parametrize("partitioner", ["iid", "dirichlet", "shard"])
@@ -78,8 +79,8 @@ def test_check_cli_accepts_a_good_file_and_names_the_problem_in_a_bad_one(
     assert "label" in capsys.readouterr().err
     assert data_cli(["check", _csv(tmp_path, renamed, "renamed.csv"),
                      "--label-column", "diagnosis"]) == 0
-    assert data_cli(["check", _csv(tmp_path, good.drop(columns=["f3"]))]) == 1
-    assert "29 feature columns" in capsys.readouterr().err
+    assert data_cli(["check", _csv(tmp_path, good.drop(columns=["mean area"]))]) == 1
+    assert "missing column 'mean area'" in capsys.readouterr().err
 
 
 def _csv(tmp_path: Path, df: pd.DataFrame, name: str = "bad.csv") -> str:
@@ -89,7 +90,7 @@ def _csv(tmp_path: Path, df: pd.DataFrame, name: str = "bad.csv") -> str:
 
 
 def _valid_frame(rows: int = 4) -> pd.DataFrame:
-    df = pd.DataFrame(np.ones((rows, 30)), columns=[f"f{i}" for i in range(30)])
+    df = pd.DataFrame(np.ones((rows, 30)), columns=list(BREAST_CANCER_FEATURES))
     df["label"] = [0, 1] * (rows // 2)
     return df
 
@@ -99,22 +100,26 @@ def test_local_file_errors_name_file_and_column(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match="does not exist"):
         load_table(str(tmp_path / "missing.csv"), "label", spec)
     path = _csv(tmp_path, _valid_frame(), "good.csv")
-    with pytest.raises(DataFileError, match=r"good\.csv' has no label column 'diagnosis'"):
+    with pytest.raises(DataFileError,
+                       match=r"good\.csv' cannot be used: no label column 'diagnosis'"):
         load_table(path, "diagnosis", spec)
     df = _valid_frame()
-    df["f3"] = ["a", "b", "c", "d"]
-    with pytest.raises(DataFileError, match="feature column 'f3' is not numeric"):
+    df["mean area"] = ["a", "b", "c", "d"]
+    with pytest.raises(DataFileError, match=r"column 'mean area': not a number in 4 rows "
+                                            r"\(first: data row 1\)"):
         load_table(_csv(tmp_path, df), "label", spec)
-    df = _valid_frame().drop(columns=["f0"])
-    with pytest.raises(DataFileError, match="29 feature columns, but the breast-cancer model"):
+    df = _valid_frame().drop(columns=["mean radius"])
+    with pytest.raises(DataFileError, match="missing column 'mean radius'"):
         load_table(_csv(tmp_path, df), "label", spec)
     df = _valid_frame()
     df["label"] = [0, 1, 2, 1]
-    with pytest.raises(DataFileError, match="label column 'label' has 1 values outside"):
+    with pytest.raises(DataFileError, match=r"label column 'label': not an integer in 0..1 in "
+                                            r"1 row \(data row 3\)"):
         load_table(_csv(tmp_path, df), "label", spec)
     df = _valid_frame()
-    df.loc[1, "f5"] = np.nan
-    with pytest.raises(DataFileError, match="feature column 'f5' has missing values"):
+    df.loc[1, "mean compactness"] = np.nan
+    with pytest.raises(DataFileError, match=r"column 'mean compactness': missing in 1 row "
+                                            r"\(data row 2\)"):
         load_table(_csv(tmp_path, df), "label", spec)
     ok = load_table(path, "label", spec)
     assert ok.x.shape == (4, 30)

@@ -18,6 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedapp.config import RunConfig
 from fedapp.data import DATASET_SPECS, local, preprocess
 from fedapp.data.local import DataFileError, cache_path, load_table
+from fedapp.data.specs import BREAST_CANCER_FEATURES
 
 SPEC = DATASET_SPECS["breast-cancer"]
 REPO = Path(__file__).parents[2]
@@ -30,7 +31,7 @@ def write_hospital(path: Path, rows: int = 40, seed: int = 0, age_s: float = 60.
     """A breast-cancer-shaped CSV whose mtime lies ``age_s`` in the past (a stable file)."""
     rng = np.random.default_rng(seed)
     df = pd.DataFrame(rng.uniform(0.1, 50.0, (rows, SPEC.num_features)).astype(np.float32),
-                      columns=[f"f{i}" for i in range(SPEC.num_features)])
+                      columns=list(BREAST_CANCER_FEATURES))
     df["label"] = rng.integers(0, SPEC.num_classes, rows)
     df.to_csv(path, index=False)
     set_age(path, age_s)
@@ -164,17 +165,18 @@ def test_label_column_and_dataset_key_the_entry(tmp_path: Path, cache: Path) -> 
     load_table(str(path), "label", SPEC)
     with pytest.raises(DataFileError, match="no label column 'diagnosis'"):
         load_table(str(path), "diagnosis", SPEC)
-    with pytest.raises(DataFileError, match="30 feature columns, but the digits model expects 64"):
+    with pytest.raises(DataFileError, match="none of its 30 other columns has a digits "
+                                            "feature name"):
         load_table(str(path), "label", DATASET_SPECS["digits"])
 
 
 def test_bad_file_is_refused_every_time_and_never_cached(tmp_path: Path, cache: Path) -> None:
     path = tmp_path / "bad.csv"
     df = write_hospital(path)
-    df.drop(columns=["f3"]).to_csv(path, index=False)
+    df.drop(columns=["mean area"]).to_csv(path, index=False)
     set_age(path, 60.0)
     for _ in range(2):
-        with pytest.raises(DataFileError, match=r"bad\.csv.* has 29 feature columns"):
+        with pytest.raises(DataFileError, match=r"bad\.csv.* missing column 'mean area'"):
             load_table(str(path), "label", SPEC)
     assert not cache.exists() or list(cache.iterdir()) == []
 
@@ -195,18 +197,21 @@ def train_message(data_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Mes
     return msg, ctx
 
 
-def test_train_handler_with_a_bad_file_raises_a_data_file_error(
+def test_train_handler_with_a_bad_file_replies_with_a_data_error(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Flower's ClientApp runtime turns this exception into an error reply (the
-    deployment test shows the SuperNode survives it and the server counts it)."""
+    """The ClientApp answers a ``DataFileError`` with an error reply carrying the first line
+    of its message (the deployment test shows the SuperNode survives it and the server
+    counts it)."""
     from fedapp.client_app import app
+    from fedapp.node_errors import DATA_ERROR
 
     path = tmp_path / "bad.csv"
-    write_hospital(path).drop(columns=["f7"]).to_csv(path, index=False)
+    write_hospital(path).drop(columns=["mean concave points"]).to_csv(path, index=False)
     msg, ctx = train_message(path, monkeypatch)
-    with pytest.raises(DataFileError, match=r"bad\.csv.* has 29 feature columns"):
-        app(msg, ctx)
+    reply = app(msg, ctx)
+    assert reply.has_error() and reply.error.code == DATA_ERROR
+    assert "bad.csv' cannot be used: missing column 'mean concave points'" in reply.error.reason
     good = tmp_path / "good.csv"
     write_hospital(good)
     msg, ctx = train_message(good, monkeypatch)
