@@ -19,7 +19,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -33,6 +33,8 @@ from fedapp.compression.mod import compression_mod
 from fedapp.config import RunConfig, node_config_of, run_config_of
 from fedapp.data import Split
 from fedapp.data.loading import dataset_spec, load_node_data
+from fedapp.data.local import DataFileError
+from fedapp.node_errors import BUDGET_REFUSED, DATA_ERROR, error_reply
 
 # Mods, outermost first. compression_mod encodes TRAIN replies as update payloads
 # when `compression` is not "off"; attack_mod (simulation only, off by default)
@@ -119,21 +121,45 @@ def _setup(msg: Message, context: Context
     return cfg, model, train_data, val_data, seed
 
 
+def _refuse(msg: Message, code: int, exc: Exception) -> Message:
+    """The error reply for a refusal the node makes on purpose (``fedapp.node_errors``): the
+    first line of ``exc`` goes to the server; the node's own log (its operators' eyes only)
+    gets all of it, with a ``DataFileError``'s ``local_detail``."""
+    detail = getattr(exc, "local_detail", None)
+    log(WARNING, "[fedapp] %s refused (code %d): %s%s", msg.metadata.message_type, code,
+        str(exc).strip(), f"\n{detail}" if detail else "")
+    return error_reply(msg, code, str(exc))
+
+
 @app.train()
 @_cold_start_logged
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on local data; reply with weights and metrics."""
-    cfg, model, train_data, _, seed = _setup(msg, context)
-    metrics = MetricRecord({"num-examples": len(train_data)})
-    if cfg.dp == "local":  # DP-SGD (Opacus, imported only here); raises past the budget
-        from fedapp.privacy import private_round
+    """Train the received global model on local data; reply with weights and metrics.
 
-        loss, acc, metrics["dp-epsilon"] = private_round(cfg, model, train_data, seed,
-                                                          context.state)
+    The reply's MetricRecord holds ``num-examples`` (the server's weight), ``dp-epsilon``
+    under ``dp='local'``, and ``train-loss`` / ``train-accuracy`` unless
+    ``train-metrics='none'``: none of them is covered by DP (docs/node-data.md). An unusable
+    data file (``DATA_ERROR``) or a spent DP budget (``BUDGET_REFUSED``) is answered with a
+    one-line error reply; anything else raises and Flower reports it.
+    """
+    try:
+        cfg, model, train_data, _, seed = _setup(msg, context)
+    except DataFileError as exc:
+        return _refuse(msg, DATA_ERROR, exc)
+    metrics = MetricRecord({"num-examples": len(train_data)})
+    if cfg.dp == "local":  # DP-SGD (Opacus, imported only here); refused past the budget
+        from fedapp.privacy import BudgetExhausted, private_round
+
+        try:
+            loss, acc, metrics["dp-epsilon"] = private_round(cfg, model, train_data, seed,
+                                                              context.state)
+        except BudgetExhausted as exc:
+            return _refuse(msg, BUDGET_REFUSED, exc)
     else:
         loss, acc = task.train(model, train_data, cfg.local_epochs, cfg.batch_size,
                                cfg.learning_rate, seed)
-    metrics["train-loss"], metrics["train-accuracy"] = loss, acc
+    if cfg.train_metrics == "send":
+        metrics["train-loss"], metrics["train-accuracy"] = loss, acc
     if cfg.attack != "none":  # simulation only: lets the threat model find its nodes
         metrics[PARTITION_METRIC] = node_config_of(context).partition_id
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
@@ -143,8 +169,12 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @_cold_start_logged
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on the node's local validation split."""
-    _, model, train_data, val_data, _ = _setup(msg, context)
+    """Evaluate the received global model on the node's local validation split (an
+    unusable data file is answered with a ``DATA_ERROR`` reply, as in ``train``)."""
+    try:
+        _, model, train_data, val_data, _ = _setup(msg, context)
+    except DataFileError as exc:
+        return _refuse(msg, DATA_ERROR, exc)
     data = val_data if len(val_data) else train_data
     loss, acc = task.evaluate(model, data)
     metrics = MetricRecord({"num-examples": len(data), "eval-loss": loss, "eval-accuracy": acc})
