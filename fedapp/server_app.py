@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -19,8 +19,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedapp import task
 from fedapp.config import RunConfig
-from fedapp.data.loading import dataset_spec, load_server_test
-from fedapp.server.build import build_strategy, load_champion
+from fedapp.data.loading import dataset_spec
+from fedapp.server.build import build_strategy, load_champion, server_test_set
 from fedapp.server.rounds import round_line
 from fedapp.server.state import ServerState
 from fedapp.tracking import Tracker, registry, resolve_tracking_uri
@@ -33,7 +33,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
     out_dir = Path(cfg.output_path) / f"run-{context.run_id}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    test_set = load_server_test(cfg)
+    test_set = server_test_set(cfg, grid)
     task.set_seed(cfg.seed)
     model = task.build_model(cfg.model, dataset_spec(cfg), cfg.hidden_units)
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.output_path)
@@ -47,35 +47,43 @@ def main(grid: Grid, context: Context) -> None:
                             tags={"flwr-run-id": str(context.run_id)})
                if cfg.tracking else Tracker.disabled("tracking=false"))
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
-        loss, acc = task.evaluate(model, test_set)
-        row = state.record_round(server_round, {"server-loss": loss, "server-accuracy": acc})
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        evaluation = None
+        if test_set is not None:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            loss, acc = task.evaluate(model, test_set)
+            evaluation = MetricRecord({"server-loss": loss, "server-accuracy": acc})
+        row = state.record_round(server_round, dict(evaluation or {}))  # type: ignore[arg-type]
         log(INFO, "%s", round_line(row, cfg.num_server_rounds))
         write_json(out_dir / "rounds.json", state.history())
         tracker.log_round(server_round, {k: v for k, v in row.items() if k != "round"})
-        return MetricRecord({"server-loss": loss, "server-accuracy": acc})
+        return evaluation
 
-    log(INFO, "[fedapp] %s on %s (%d test rows), aggregator %s, outputs in %s",
-        type(model).__name__, cfg.dataset, len(test_set), cfg.aggregator, out_dir)
+    log(INFO, "[fedapp] %s on %s (%s test rows), aggregator %s, outputs in %s",
+        type(model).__name__, cfg.dataset, "no" if test_set is None else len(test_set),
+        cfg.aggregator, out_dir)
     with tracker:  # an exception ends the MLflow run as FAILED and propagates
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
                                 num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
                                 evaluate_fn=evaluate_fn)
         model.load_state_dict(result.arrays.to_torch_state_dict())
         final = save_outputs(model, cfg, state, out_dir, tracker)
-        if cfg.registered_model != "off":  # logs the model, the version and the gate's decision
+        if cfg.registered_model != "off" and final is None:
+            log(WARNING, "[fedapp] no accuracy to gate a model version on (no server test "
+                "set, no federated evaluation): the model is logged, not registered")
+        if cfg.registered_model != "off" and final is not None:
             tracker.register_model(out_dir / "model.pt", model_name, final,
                                    {"flwr-run-id": str(context.run_id)}, cfg.promotion_margin)
         else:
             tracker.log_artifacts([out_dir / "model.pt"], "model")
-    log(INFO, "[fedapp] final accuracy %.4f; model, config and per-round metrics in %s",
-        final, out_dir)
+    log(INFO, "[fedapp] final accuracy %s; model, config and per-round metrics in %s",
+        "n/a" if final is None else f"{final:.4f}", out_dir)
 
 
 def save_outputs(model: torch.nn.Module, cfg: RunConfig, state: ServerState, out_dir: Path,
-                 tracker: Tracker) -> float:
-    """Write the final model, config, rounds and reputations; log them; the final accuracy."""
+                 tracker: Tracker) -> float | None:
+    """Write the final model, config, rounds and reputations; log them. Returns the final
+    accuracy: the server's, else the nodes' federated one, else None."""
     torch.save(model.state_dict(), out_dir / "model.pt")
     write_json(out_dir / "config.json", cfg.to_flower())
     write_json(out_dir / "reputation.json", state.reputation.to_dict())
@@ -83,7 +91,8 @@ def save_outputs(model: torch.nn.Module, cfg: RunConfig, state: ServerState, out
                                                  "reputation.json")])
     rows = state.history()
     tracker.log_curves(rows, out_dir / "curves.png")
-    return float(rows[-1]["server-accuracy"])
+    accuracy = rows[-1].get("server-accuracy", rows[-1].get("eval-accuracy"))
+    return None if accuracy is None else float(accuracy)
 
 
 def write_json(path: Path, data: object) -> None:

@@ -79,3 +79,14 @@ def node_weights(
     raise ValueError(
         f"weight mode must be 'capped', 'uniform' or 'num-examples', got {mode!r}"
     )
+
+
+def inflated_counts(num_examples: Sequence[float], cap: float = DEFAULT_CAP
+                    ) -> list[tuple[int, float]]:
+    """``(i, cap * med)`` for every reported count ``c_i > cap * med`` (``med``: the lower
+    median, as in ``capped_weights``): the counts a node inflated, or a hospital far larger
+    than the others; ``capped_weights`` would weigh them as ``cap * med``."""
+    if not num_examples:
+        return []
+    bound = cap * float(torch.median(_as_counts(num_examples)))
+    return [(i, bound) for i, c in enumerate(num_examples) if c > bound]

@@ -18,9 +18,13 @@ from logging import INFO, WARNING
 
 import torch
 from flwr.common.logger import log
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedapp.attacks.simulation import is_simulation
 from fedapp.config import RunConfig
+from fedapp.data.loading import dataset_spec, load_server_test
+from fedapp.data.specs import Split
 from fedapp.privacy import CentralAccountant, CentralDP, calibrate_noise
 from fedapp.robust import AggregationResult
 from fedapp.server.pipeline import Aggregation, AggregationPipeline
@@ -70,6 +74,8 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None
         min_train_nodes=cfg.min_train_nodes,
         min_evaluate_nodes=1,
         min_available_nodes=cfg.min_available_nodes,
+        wait_timeout=cfg.wait_timeout,
+        weight_cap=cfg.weight_cap,
     )
     stack: Strategy = robust
     if state.dp_accountant is not None and cfg.dp == "central":
@@ -107,6 +113,24 @@ def adaptive_target(cfg: RunConfig, robust: RobustStrategy,
 
     rule.__name__ = f"defense ({cfg.anomaly_detection} + {cfg.aggregator})"
     return rule
+
+
+def server_test_set(cfg: RunConfig, grid: Grid) -> Split | None:
+    """What the server evaluates on: ``server-test-path`` if set (the operator's file, the
+    hospitals' schema); else, in simulation, the built-in held-out split (no partition holds
+    its rows); else (a deployment without a test file) nothing: the built-in split may be
+    in a hospital's file, so the rounds report the nodes' federated evaluation instead."""
+    if cfg.server_test_path:
+        from fedapp.data.local import load_table
+
+        return load_table(cfg.server_test_path, cfg.label_column, dataset_spec(cfg),
+                          cache=False)
+    if is_simulation(grid):
+        return load_server_test(cfg)
+    log(WARNING, "[fedapp] no server-test-path in a deployment: the server does not evaluate; "
+        "the rounds report the nodes' federated evaluation (set server-test-path to a file "
+        "no hospital trains on)")
+    return None
 
 
 def load_champion(model: torch.nn.Module, tracking_uri: str, name: str) -> None:

@@ -32,7 +32,9 @@ class RoundStats:
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
     flagged: dict[int, str] = field(default_factory=dict)  # node id -> anomaly reason
     excluded: int = 0  # flagged updates left out of the aggregation
-    failed: dict[int, str] = field(default_factory=dict)  # node id -> error reason
+    failed: dict[int, str] = field(default_factory=dict)  # node id -> "kind: reason"
+    failed_kinds: dict[str, int] = field(default_factory=dict)  # kind -> nodes
+    inflated: int = 0  # reported num-examples above weight-cap x the median
     kept_previous: bool = False
     report: AggregationReport | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -48,6 +50,9 @@ class RoundStats:
         record["accepted"] = self.accepted
         record["rejected"] = len(self.rejected)
         record["failures"] = len(self.failed)
+        for kind, count in sorted(self.failed_kinds.items()):
+            record[f"failed-{kind}"] = count
+        record["inflated-counts"] = self.inflated
         record["flagged"] = len(self.flagged)
         record["excluded"] = self.excluded
         record["kept-previous"] = int(self.kept_previous)
@@ -60,8 +65,7 @@ class RoundStats:
 
 def round_line(row: dict[str, float], num_rounds: int) -> str:
     """One concise log line per round."""
-    head = (f"[fedapp] round {int(row['round'])}/{num_rounds}: "
-            f"acc {row['server-accuracy']:.4f} loss {row['server-loss']:.4f}")
+    head = f"[fedapp] round {int(row['round'])}/{num_rounds}: {_evaluation(row)}"
     if "replies" not in row:
         return head + " (initial model)"
     kept = " | kept previous model" if row["kept-previous"] else ""
@@ -72,7 +76,22 @@ def round_line(row: dict[str, float], num_rounds: int) -> str:
     epsilon = row.get("dp-epsilon-max", row.get("dp-epsilon"))  # local: worst node
     if epsilon is not None:
         kept += f" | epsilon {epsilon:.2f}"
+    if row.get("failed-dp-refused"):
+        kept += f" | epsilon refused by {int(row['failed-dp-refused'])}"
+    kinds = ", ".join(f"{k[7:]} {int(v)}" for k, v in sorted(row.items())
+                      if k.startswith("failed-") and v)
+    failed = f"failed {int(row['failures'])}" + (f" ({kinds})" if kinds else "")
     return (f"{head} | replies {int(row['replies'])} accepted {int(row['accepted'])} "
-            f"rejected {int(row['rejected'])} failed {int(row['failures'])}{kept} | "
+            f"rejected {int(row['rejected'])} {failed}{kept} | "
             f"up {row['bytes-up'] / 1e3:.1f} kB down {row['bytes-down'] / 1e3:.1f} kB | "
             f"{row['seconds']:.1f}s")
+
+
+def _evaluation(row: dict[str, float]) -> str:
+    """The server's accuracy and loss; without a server test set, the nodes' own."""
+    if "server-accuracy" in row:
+        return f"acc {row['server-accuracy']:.4f} loss {row['server-loss']:.4f}"
+    if "eval-accuracy" in row:
+        return (f"federated acc {row['eval-accuracy']:.4f} loss {row['eval-loss']:.4f} "
+                "(no server test set)")
+    return "no evaluation (no server test set, no federated evaluation)"

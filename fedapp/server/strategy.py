@@ -12,9 +12,13 @@ A subclass of Flower's FedAvg: sampling, messaging and the round loop
 4. the ``Aggregation`` (``fedapp.server.pipeline``) maps the rows to one ``d``-vector ``a``;
 5. the new global model is ``w_global + server_lr * a``.
 
-A round with fewer accepted replies than ``min_train_nodes``, or one the rule cannot
-aggregate, keeps the previous global model and says so. Everything that persists across
-rounds is in ``self.state`` (``fedapp.server.state.ServerState``).
+Every reply is attributed to the node its instruction was sent to (an unreachable node's
+error reply comes from the SuperLink, not from the node), and failures are counted by kind
+(``fedapp.node_errors``). Sampling waits at most ``wait_timeout`` for
+``min_available_nodes`` (``fedapp.server.sampling``). A round with fewer accepted replies
+than ``min_train_nodes``, or one the rule cannot aggregate, keeps the previous global
+model and says so. Everything that persists across rounds is in ``self.state``
+(``fedapp.server.state.ServerState``).
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ from logging import INFO, WARNING
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedapp.compression.wire import serialized_bytes
+from fedapp.node_errors import kind_of
+from fedapp.robust.weights import inflated_counts
+from fedapp.server import sampling
 from fedapp.server.pipeline import Aggregation, AggregationPipeline
 from fedapp.server.rounds import LOCAL_DP_METRIC, RoundStats
 from fedapp.server.screen import Reputation, Screen, Screened
@@ -50,14 +57,16 @@ class RobustStrategy(FedAvg):
 
     ``aggregation`` defaults to the weighted mean by ``num-examples`` (Flower's FedAvg).
     ``state`` is the server state to continue from (default: a fresh one, whose
-    reputation uses ``reputation_memory`` and ``cosine_threshold``).
+    reputation uses ``reputation_memory`` and ``cosine_threshold``). Reported counts above
+    ``weight_cap`` x the round's median are logged and counted (``inflated-counts``).
     """
 
     def __init__(self, *, aggregation: Aggregation | None = None, server_lr: float = 1.0,
                  detection: str = "off", norm_threshold: float = 3.5,
                  cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
                  duplicate_threshold: float = 0.1, reputation_memory: float = 0.9,
-                 state: ServerState | None = None, **fedavg_kwargs: object) -> None:
+                 state: ServerState | None = None, wait_timeout: float = 300.0,
+                 weight_cap: float = 2.0, **fedavg_kwargs: object) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.state = state or ServerState(
             reputation=Reputation(memory=reputation_memory, threshold=cosine_threshold))
@@ -68,8 +77,13 @@ class RobustStrategy(FedAvg):
                                      sign_threshold, duplicate_threshold,
                                      min_keep=self.min_train_nodes,
                                      reputation=self.state.reputation)
+        self.wait_timeout = wait_timeout
+        self.weight_cap = weight_cap
         self.history: dict[int, RoundStats] = {}  # this process's rounds, for diagnostics
-        self._sampled = 0
+        # This round's instructions by message type: the Grid gives them their message ids
+        # when it pushes them, and each reply names the id it answers.
+        self._sent: dict[str, list[Message]] = {}
+        self._known: set[int] = set()  # nodes seen connected in earlier rounds
 
     @property
     def detection(self) -> str:
@@ -80,18 +94,49 @@ class RobustStrategy(FedAvg):
         return self.state.reputation
 
     def summary(self) -> None:
-        super().summary()
-        log(INFO, "\t└──> Aggregation: %s on updates, server lr %s, screening %s",
+        log(INFO, "\t├── Sampling: train %s of the nodes (at least %d), evaluate %s (at least "
+            "%d); waits up to %.0fs for %d nodes", self.fraction_train, self.min_train_nodes,
+            self.fraction_evaluate, self.min_evaluate_nodes, self.wait_timeout,
+            self.min_available_nodes)
+        log(INFO, "\t└── Aggregation: %s on updates, server lr %s, screening %s",
             self.aggregation.name, self.server_lr, self.detection)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.state.arrays = arrays
         stats = self.history[server_round] = RoundStats(server_round)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        messages = self._configure(server_round, arrays, config, grid, MessageType.TRAIN)
         stats.bytes_down = sum(serialized_bytes(m.content) for m in messages)
-        self._sampled = len(messages)  # public: the sensitivity of central DP uses it
         return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self._configure(server_round, arrays, config, grid, MessageType.EVALUATE)
+
+    def _configure(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                   grid: Grid, kind: str) -> list[Message]:
+        """FedAvg's instructions to a sample of the nodes (``fedapp.server.sampling``)."""
+        train = kind == MessageType.TRAIN
+        fraction = self.fraction_train if train else self.fraction_evaluate
+        minimum = self.min_train_nodes if train else self.min_evaluate_nodes
+        if fraction == 0.0:
+            return []
+        nodes = sampling.available_nodes(
+            grid, max(self.min_available_nodes, minimum), minimum, self.wait_timeout,
+            known=self._known, what=f"round {server_round} {'train' if train else 'evaluate'}")
+        self._known.update(nodes)
+        chosen = sampling.sample(nodes, fraction, minimum)
+        log(INFO, "configure_%s: Sampled %s nodes (out of %s)", "train" if train else
+            "evaluate", len(chosen), len(nodes))
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        self._sent[kind] = list(self._construct_messages(record, chosen, kind))
+        return self._sent[kind]
+
+    def _senders(self, kind: str) -> dict[str, int]:
+        """Message id of this round's instructions of ``kind`` -> the node it went to."""
+        return {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent.get(kind, [])
+                if m.metadata.message_id}  # set when a Grid pushed it
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -126,12 +171,14 @@ class RobustStrategy(FedAvg):
         matrix = np.empty((len(replies), global_flat.size), dtype=np.float32)
         metrics: list[dict[str, float]] = []
         nodes: list[int] = []
+        sent = self._senders(MessageType.TRAIN)
         for msg in replies:
             stats.replies += 1
-            node = msg.metadata.src_node_id
+            # The node the instruction went to: an unreachable node's error reply comes
+            # from the SuperLink (src_node_id 1), not from the node.
+            node = sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             if msg.has_error():
-                stats.failed[node] = msg.error.reason
-                log(WARNING, "round %d: node %d failed: %s", server_round, node, msg.error.reason)
+                self._failed(server_round, stats, node, msg)
                 continue
             stats.bytes_up += serialized_bytes(msg.content)
             compressed, t0 = is_compressed(msg.content), time.perf_counter()
@@ -147,11 +194,30 @@ class RobustStrategy(FedAvg):
             metrics.append(node_metrics)
             nodes.append(node)
         stats.accepted = len(nodes)
+        self._check_counts(server_round, stats, nodes, metrics)
         stats.train_metrics = weighted_metrics(metrics)
         spent = [m[LOCAL_DP_METRIC] for m in metrics if LOCAL_DP_METRIC in m]
         if spent:  # local DP: the worst-off node's budget is what matters
             stats.train_metrics[LOCAL_DP_METRIC + "-max"] = max(spent)
         return matrix, nodes, metrics
+
+    def _failed(self, server_round: int, stats: RoundStats, node: int, msg: Message) -> None:
+        """Count a failed node by kind; log the first line of its reason."""
+        kind = kind_of(msg.error.code)
+        reason = (msg.error.reason.strip().splitlines() or ["no reason given"])[0]
+        stats.failed[node] = f"{kind}: {reason}"
+        stats.failed_kinds[kind] = stats.failed_kinds.get(kind, 0) + 1
+        log(WARNING, "round %d: node %d failed (%s): %s", server_round, node, kind, reason)
+
+    def _check_counts(self, server_round: int, stats: RoundStats, nodes: list[int],
+                      metrics: list[dict[str, float]]) -> None:
+        """Log every reported ``num-examples`` above ``weight_cap`` x the round's median."""
+        counts = [m[WEIGHT_KEY] for m in metrics]
+        for i, cap in inflated_counts(counts, self.weight_cap):
+            stats.inflated += 1
+            log(WARNING, "round %d: node %d reported num-examples=%g, more than weight-cap "
+                "%g x the round's median (%g)", server_round, nodes[i], counts[i],
+                self.weight_cap, cap)
 
     def _aggregate(self, server_round: int, stats: RoundStats, nodes: list[int],
                    updates: torch.Tensor, weights: torch.Tensor) -> np.ndarray | None:
@@ -159,8 +225,9 @@ class RobustStrategy(FedAvg):
         if self.detection != "off":
             updates, weights = self._screen_round(server_round, stats, nodes, updates, weights)
         try:  # f counts the excluded rows too: num_replies is the count before exclusion
+            sent_to = self._sent.get(MessageType.TRAIN, [])  # public: central DP's n
             result = self.aggregation(updates, weights, num_replies=len(nodes),
-                                      num_sampled=self._sampled or len(nodes))
+                                      num_sampled=len(sent_to) or len(nodes))
         except ValueError as exc:  # e.g. too few replies for the rule's f after dropouts
             stats.kept_previous = True
             log(WARNING, "round %d: aggregation of %d updates failed (%s); keeping the "
@@ -194,14 +261,17 @@ class RobustStrategy(FedAvg):
                            replies: Iterable[Message]) -> MetricRecord | None:
         """Weighted mean of client-side evaluation metrics; bad replies are skipped."""
         rows = []
+        sent = self._senders(MessageType.EVALUATE)
         for msg in replies:
+            node = sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             if msg.has_error():
-                log(WARNING, "round %d: evaluation failed on node %d: %s", server_round,
-                    msg.metadata.src_node_id, msg.error.reason)
+                reason = (msg.error.reason.strip().splitlines() or ["no reason given"])[0]
+                log(WARNING, "round %d: evaluation failed on node %d (%s): %s", server_round,
+                    node, kind_of(msg.error.code), reason)
                 continue
             try:
                 rows.append(check_metrics(msg.content))
             except ReplyRejected as exc:
                 log(WARNING, "round %d: rejected evaluation reply of node %d: %s",
-                    server_round, msg.metadata.src_node_id, exc)
+                    server_round, node, exc)
         return MetricRecord(weighted_metrics(rows)) if rows else None  # type: ignore[arg-type]

@@ -52,7 +52,7 @@ class StrategyWrapper(Strategy):
 
 class RoundRecorder(StrategyWrapper):
     """The outermost layer: stores each round's final train metrics (every wrapper's keys
-    included) as the round's row in ``state``."""
+    included) and the nodes' evaluation metrics as the round's row in ``state``."""
 
     def __init__(self, strategy: Strategy, state: ServerState) -> None:
         super().__init__(strategy)
@@ -64,6 +64,15 @@ class RoundRecorder(StrategyWrapper):
         if metrics is not None:
             self.state.record_round(server_round, dict(metrics))  # type: ignore[arg-type]
         return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        """The nodes' weighted evaluation metrics join the round's row."""
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self.state.record_round(server_round, {k: v for k, v in metrics.items()  # type: ignore[misc]
+                                                   if k != "num-examples"})
+        return metrics
 
 
 class CentralDPAccounting(StrategyWrapper):

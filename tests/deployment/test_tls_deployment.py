@@ -4,10 +4,13 @@ registered hospital SuperNodes (one with a broken data file), ``flwr run``, and 
 The module fixture makes a CA and a SuperLink certificate with
 ``certificates/generate.sh`` and one ECDSA key pair per hospital with
 ``certificates/generate-node-keys.sh``, writes one CSV per hospital with
-``python -m fedapp.data split`` plus a broken copy (a feature column missing),
-starts ``flower-superlink`` with TLS and ``--enable-supernode-auth``, registers
-each hospital's public key with ``flwr supernode register`` and starts one
-``flower-supernode`` per hospital with its private key and its own ``data-path``.
+``python -m fedapp.data split`` (hospital-1's export has its columns in another order and a
+``patient_id`` column, dropped by its node config's ``ignore-columns``), a broken copy (a
+feature column missing, a patient's MRN and name in a feature cell, a name as a label) and
+the server's test file, starts ``flower-superlink`` with TLS and
+``--enable-supernode-auth``, registers each hospital's public key with ``flwr supernode
+register`` and starts one ``flower-supernode`` per hospital with its private key and its
+own ``data-path``.
 The tests then check, in file order, that
 
 * SuperNodes that do not trust the CA, hold an unregistered key, hold no key, or
@@ -16,12 +19,16 @@ The tests then check, in file order, that
   ``flwr supernode list`` still shows exactly the registered hospitals;
 * ``flwr run`` completes a 2-round run with the median aggregator: three
   hospitals' updates are accepted each round, the broken hospital's ClientApp
-  fails with a message naming its file (the server counts the failure, the
-  SuperNode survives), the global model reaches a good accuracy, and the hospitals
-  cached their parsed files for later messages;
+  fails with a message naming its file, the columns and the row numbers (the server
+  counts the failure, the SuperNode survives), the global model reaches a good accuracy,
+  the hospitals cached their parsed files for later messages, and no identifiable string
+  from a hospital's file reached the server: not its log, ``rounds.json``, the MLflow
+  store, the SuperLink's log or its database;
 * an unregistered hospital (``flwr supernode unregister``) is cut off: its
   SuperNode exits, the SuperLink lists it as unregistered, and its key cannot be
-  registered again.
+  registered again;
+* with that hospital gone, a run asking for every member waits ``wait-timeout`` and then
+  trains with the hospitals online (Flower alone would wait for ever).
 
 Timings (setup, refusals, run, per round, per message, ClientApp cold start) are
 printed in pytest's terminal summary. Nothing here waits on a bare sleep: every
@@ -64,6 +71,20 @@ FLWR = shutil.which("flwr", path=BIN_PATH) or "flwr"
 CONNECTION = "tls-loopback"
 HOSPITALS = 3  # honest hospitals, hospital-0 .. hospital-2
 BROKEN = "hospital-broken"  # a registered hospital whose file lacks a feature column
+REORDERED = "hospital-1"  # its export: other column order, plus an id column it ignores
+NODE_CONFIG = {REORDERED: "ignore-columns='patient_id'"}
+# Identifiable strings in the hospitals' files: none may reach the server. Assembled at run
+# time, so that no file of the app (the FAB that `flwr run` ships and the SuperLink
+# stores) holds them.
+MRN_CELL = " ".join(["MRN-" + "004512", "Jane", "Doe"])  # in a feature column of BROKEN
+LABEL_NAME = " ".join(["Maria", "Example" + "-Patient"])  # in the label column of BROKEN
+PATIENT_ID = "PATIENT-" + "ID-"  # prefix of REORDERED's patient_id values
+IDENTIFIABLE = [MRN_CELL, "MRN-" + "004512", " ".join(["Jane", "Doe"]), LABEL_NAME,
+                PATIENT_ID]
+BROKEN_REASON = (  # the first line of its error after the path: names, never values
+    f"{BROKEN}.csv' cannot be used: missing column 'mean area'; column 'mean radius': not a "
+    "number in 1 row (data row 5); label column 'label': not an integer in 0..1 in 1 row "
+    "(data row 7)")
 MEMBERS = [f"hospital-{h}" for h in range(HOSPITALS)] + [BROKEN]
 INTRUDER_KEY = "intruder"  # a well-formed key pair that is never registered
 REMOVED = "hospital-2"  # unregistered by the last test
@@ -205,6 +226,7 @@ def child_env(flwr_home: Path) -> dict[str, str]:
         FLWR_TELEMETRY_ENABLED="0",
         PYTHONUNBUFFERED="1",
     )
+    env.pop("MLFLOW_TRACKING_URI", None)  # the run's MLflow store: under its output-dir
     return env
 
 
@@ -239,19 +261,34 @@ def write_connection(flwr_home: Path, port: int, ca_cert: Path) -> None:
 
 
 def split_hospital_data(out: Path, env: dict[str, str]) -> dict[str, Path]:
-    """One CSV per honest hospital, and a broken copy of hospital-0's without column 3."""
+    """One CSV per honest hospital (hospital-1's as a messy export), a broken copy of
+    hospital-0's, and the server's test file (the held-out rows no hospital has)."""
+    import pandas as pd
+
+    from fedapp.data.builtin import load_raw, train_test_indices
+
     run_checked([sys.executable, "-m", "fedapp.data", "split", "--dataset", "breast-cancer",
                  "--hospitals", str(HOSPITALS), "--out", str(out)], env, 120)
     paths = {f"hospital-{h}": out / f"hospital-{h}.csv" for h in range(HOSPITALS)}
     assert all(p.is_file() for p in paths.values()), f"missing hospital files in {out}"
-    header, *rows = paths["hospital-0"].read_text().splitlines()
 
-    def drop_column_3(line: str) -> str:
-        cells = line.split(",")
-        return ",".join(cells[:3] + cells[4:])
+    export = pd.read_csv(paths[REORDERED])
+    export = export[export.columns[::-1]]  # matched by name: the order does not matter
+    export.insert(0, "patient_id", [f"{PATIENT_ID}{i:05d}" for i in range(len(export))])
+    paths[REORDERED] = out / f"{REORDERED}-export.csv"
+    export.to_csv(paths[REORDERED], index=False)
 
+    broken = pd.read_csv(paths["hospital-0"]).drop(columns=["mean area"])
+    broken = broken.astype({"mean radius": object, "label": object})
+    broken.loc[4, "mean radius"] = MRN_CELL  # data row 5
+    broken.loc[6, "label"] = LABEL_NAME  # data row 7
     paths[BROKEN] = out / f"{BROKEN}.csv"
-    paths[BROKEN].write_text("\n".join(drop_column_3(line) for line in [header, *rows]) + "\n")
+    broken.to_csv(paths[BROKEN], index=False)
+
+    x, y, names = load_raw("breast-cancer")
+    _, test = train_test_indices("breast-cancer", 0.2, 42)  # split's defaults
+    server_test = pd.DataFrame(x[test], columns=names).assign(label=y[test])
+    server_test.to_csv(out / "server-test.csv", index=False)
     return paths
 
 
@@ -282,7 +319,7 @@ def health_ok(port: int, ca_cert: Path) -> bool:
 
 def start_supernode(sup: Supervisor, name: str, superlink_port: int, port: int,
                     data_path: Path, ca_cert: Path | None, key: Path | None,
-                    extra: Sequence[str] = ()) -> ManagedProcess:
+                    extra: Sequence[str] = (), node_config: str = "") -> ManagedProcess:
     """A hospital's SuperNode with its own FLWR_HOME (where it installs the app) and its
     own data cache; it trusts ``ca_cert`` (plain text if None) and signs with ``key``."""
     env = child_env(sup.root / f"home-{name}")
@@ -296,7 +333,7 @@ def start_supernode(sup: Supervisor, name: str, superlink_port: int, port: int,
         "flower-supernode", *tls, *auth,
         "--superlink", f"127.0.0.1:{superlink_port}",
         "--port", str(port),
-        "--node-config", f"data-path='{data_path}'",
+        "--node-config", f"data-path='{data_path}' {node_config}".strip(),
         *extra,
     ], env)
 
@@ -344,7 +381,8 @@ def federation(supervisor: Supervisor, deployment_timings: list[str]) -> Federat
 
     for name, port in zip(MEMBERS, node_ports, strict=True):
         fed.nodes[name] = start_supernode(supervisor, name, link_port, port, data_paths[name],
-                                          ca_cert, keys / name)
+                                          ca_cert, keys / name,
+                                          node_config=NODE_CONFIG.get(name, ""))
     for name, proc in fed.nodes.items():
         logged = wait_until(lambda p=proc: logged_node_id(p), 120, f"{name} to connect",
                             [proc, link])
@@ -450,9 +488,11 @@ def test_plain_text_supernode_is_refused(
 # ----------------------------------------------------------------------- the run
 
 
-def flwr_run(fed: Federation, output_dir: Path, log_path: Path) -> str:
+def flwr_run(fed: Federation, output_dir: Path, log_path: Path,
+             run_config: str = RUN_CONFIG) -> str:
     """``flwr run . CONNECTION --stream`` from the repo root; returns its output."""
-    run_config = f"{RUN_CONFIG} output-dir='{output_dir}'"
+    server_test = fed.root / "data" / "server-test.csv"
+    run_config = f"{run_config} output-dir='{output_dir}' server-test-path='{server_test}'"
     fed.supervisor.extra_logs.append(log_path)
     with log_path.open("w") as log_file:
         result = subprocess.run(
@@ -533,6 +573,27 @@ def record_client_timings(fed: Federation) -> None:
                       f"later messages (cache) {summary(later_loads)}")
 
 
+def assert_nothing_identifiable_on_the_server(fed: Federation, output: str) -> None:
+    """No identifiable string from a hospital's file in what the server side keeps: the
+    ServerApp's log (``flwr run --stream``'s output), the run's output dir (``rounds.json``,
+    the model, the MLflow store: ``mlflow.db`` and ``mlartifacts``), the SuperLink's log
+    and its database (which holds every message, error replies included)."""
+    out = fed.root / "out"
+    assert (out / "mlflow.db").is_file(), sorted(p.name for p in out.iterdir())
+    files = [p for p in out.rglob("*") if p.is_file()]  # mlartifacts/ included
+    files += [fed.superlink.log_path, *fed.root.glob("link.db*")]
+    assert any(p.name == "rounds.json" for p in files) and fed.root.joinpath("link.db") in files
+    blobs = {str(p): p.read_bytes() for p in files}
+    blobs["flwr run output"] = output.encode()
+    leaks = [(where, text) for where, blob in blobs.items() for text in IDENTIFIABLE
+             if text.encode() in blob]
+    assert not leaks, f"identifiable strings reached the server: {leaks}"
+    artifacts = sum(1 for p in files if "mlartifacts" in p.parts)
+    fed.record_timing(f"no identifiable string in {len(blobs)} server-side files "
+                      f"({artifacts} MLflow artifacts; {sum(map(len, blobs.values())) / 1e6:.1f}"
+                      " MB)")
+
+
 def test_flwr_run_with_authenticated_hospitals_completes(federation: Federation) -> None:
     fed = federation
     started = time.perf_counter()
@@ -553,13 +614,14 @@ def test_flwr_run_with_authenticated_hospitals_completes(federation: Federation)
     first, last = rows[0]["server-accuracy"], rows[-1]["server-accuracy"]
     assert last > max(first, 0.85), f"server accuracy round 0 {first}, last {last}"
 
-    # The broken hospital: its ClientApp named the file and the column count, the server
-    # logged the failure against its node ID, and its SuperNode is still up and online.
+    # The broken hospital: its ClientApp named the file, the columns and the rows, the
+    # server logged the failure against its node ID, and its SuperNode is still up and online.
     broken, broken_id = fed.nodes[BROKEN], fed.node_ids[BROKEN]
-    reason = f"{BROKEN}.csv' has 29 feature columns, but the breast-cancer model expects 30"
-    assert "DataFileError" in broken.log_text() and reason in broken.log_text()
+    assert BROKEN_REASON in broken.log_text(), broken.log_text()
     failed_lines = [ln for ln in output.splitlines() if f"node {broken_id} failed" in ln]
-    assert len(failed_lines) == ROUNDS and all(reason in ln for ln in failed_lines), output
+    assert len(failed_lines) == ROUNDS and all(BROKEN_REASON in ln for ln in failed_lines), \
+        output
+    assert_nothing_identifiable_on_the_server(fed, output)
     assert broken.running(), f"{BROKEN}'s SuperNode exited:\n{broken.log_text()}"
     assert online_node_ids(fed) == set(fed.node_ids.values())
 
@@ -583,7 +645,7 @@ def test_flwr_run_with_authenticated_hospitals_completes(federation: Federation)
 
 
 def test_unregistered_hospital_is_cut_off(federation: Federation) -> None:
-    """Runs last: removing a hospital stops its SuperNode from taking part."""
+    """Runs after the first run: removing a hospital stops its SuperNode from taking part."""
     fed = federation
     node_id, proc = fed.node_ids[REMOVED], fed.nodes[REMOVED]
     started = time.perf_counter()
@@ -600,3 +662,28 @@ def test_unregistered_hospital_is_cut_off(federation: Federation) -> None:
     assert not again["success"] and "Public key already in use" in again["error-message"]
     fed.record_timing(f"unregistered {REMOVED}: its SuperNode exited after "
                       f"{time.perf_counter() - started:.1f}s")
+
+
+def test_a_missing_hospital_delays_a_round_by_wait_timeout_only(federation: Federation) -> None:
+    """Runs after the unregistration: hospital-2 is gone. A run that asks for every member
+    waits ``wait-timeout`` (Flower alone would wait for ever), then trains with the
+    hospitals that are online and counts the broken one's failure against it."""
+    fed = federation
+    run_config = (f"num-server-rounds=1 dataset='breast-cancer' min-train-nodes=2 "
+                  f"min-available-nodes={len(MEMBERS)} wait-timeout=5 fraction-evaluate=0.0 "
+                  "aggregator='median'")
+    started = time.perf_counter()
+    output = flwr_run(fed, fed.root / "out-missing", fed.root / "logs" / "flwr-run-missing.log",
+                      run_config)
+    run_id = find_run_id(fed, output)
+    run = final_status(fed, run_id)
+    assert run["status"] == "finished:completed", f"run {run_id}: {run}\n{output}"
+    online = len(MEMBERS) - 1
+    assert (f"for min-available-nodes {len(MEMBERS)}; going on with the {online} connected"
+            in output), output
+    rows = json.loads((fed.root / "out-missing" / f"run-{run_id}" / "rounds.json").read_text())
+    assert (rows[1]["replies"], rows[1]["accepted"], rows[1]["failures"]) == (online,
+                                                                               online - 1, 1)
+    assert rows[1]["failed-data"] == 1
+    fed.record_timing(f"a run asking for {len(MEMBERS)} hospitals with {online} online "
+                      f"(wait-timeout 5 s): {time.perf_counter() - started:.1f}s wall")

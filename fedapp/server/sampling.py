@@ -1,0 +1,62 @@
+"""Sampling the round's nodes without stalling when a hospital is down.
+
+Flower's ``sample_nodes`` waits for ``min_available_nodes`` with no timeout: one hospital
+going down stops the run until it comes back. ``available_nodes`` waits at most
+``timeout`` seconds; after that the round goes on with the nodes that are connected if they
+are at least the round's minimum, else it raises ``NotEnoughNodes`` naming what it waited
+for. ``sample`` then draws exactly as Flower's FedAvg does (``random.sample`` from Python's
+global generator), so a run with every node present samples the same nodes as before.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Collection
+from logging import INFO, WARNING
+
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+POLL_SECONDS = 1.0
+
+
+class NotEnoughNodes(RuntimeError):
+    """Fewer nodes connected than a round needs, after waiting ``wait-timeout``."""
+
+
+def available_nodes(grid: Grid, wanted: int, needed: int, timeout: float, *,
+                    known: Collection[int] = (), what: str = "round",
+                    clock: Callable[[], float] = time.monotonic,
+                    sleep: Callable[[float], None] = time.sleep) -> list[int]:
+    """The connected node ids once ``wanted`` are connected, or after ``timeout`` seconds
+    if at least ``needed`` are; raises ``NotEnoughNodes`` otherwise. ``known`` are nodes
+    seen before: those missing are named in the log."""
+    start = clock()
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < wanted and clock() - start < timeout:
+        log(INFO, "%s: waiting for nodes: %d connected (min-available-nodes %d), %.0fs of "
+            "wait-timeout %.0fs", what, len(nodes), wanted, clock() - start, timeout)
+        sleep(min(POLL_SECONDS, max(timeout - (clock() - start), 0.0)))
+        nodes = list(grid.get_node_ids())
+    waited = clock() - start
+    if len(nodes) >= wanted:
+        if waited >= POLL_SECONDS:
+            log(INFO, "%s: %d nodes connected after waiting %.0fs", what, len(nodes), waited)
+        return nodes
+    missing = sorted(set(known) - set(nodes))
+    gone = f"; missing since earlier rounds: {missing}" if missing else ""
+    if len(nodes) < needed:
+        raise NotEnoughNodes(
+            f"{what}: {len(nodes)} nodes connected after waiting {waited:.0f}s (wait-timeout), "
+            f"fewer than the {needed} the round needs (min-available-nodes {wanted}){gone}")
+    log(WARNING, "%s: waited %.0fs (wait-timeout) for min-available-nodes %d; going on with "
+        "the %d connected%s", what, waited, wanted, len(nodes), gone)
+    return nodes
+
+
+def sample(nodes: list[int], fraction: float, minimum: int) -> list[int]:
+    """``max(int(len(nodes) * fraction), minimum)`` of ``nodes`` (at most all of them),
+    drawn as Flower's FedAvg draws them."""
+    size = min(max(int(len(nodes) * fraction), minimum), len(nodes))
+    return random.sample(nodes, size)
