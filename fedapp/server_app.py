@@ -2,7 +2,9 @@
 
 The strategy stack and its state come from ``fedapp.server.build``; each round's row
 (``fedapp.server.rounds``) gets the server's evaluation here and is logged, written to
-``rounds.json`` (rewritten atomically after every round) and sent to MLflow.
+``rounds.json`` (rewritten atomically after every round) and sent to MLflow, and the whole
+server state is checkpointed (``fedapp.server.checkpoint``). ``resume`` continues a run
+from a checkpoint (``fedapp.server.resume``) at its next round, in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 from fedapp import task
 from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec
+from fedapp.server import checkpoint
 from fedapp.server.build import build_strategy, load_champion, server_test_set
+from fedapp.server.resume import find_checkpoint
 from fedapp.server.rounds import round_line
 from fedapp.server.state import ServerState
 from fedapp.tracking import Tracker, registry, resolve_tracking_uri
@@ -32,22 +36,29 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(context.run_config)
     out_dir = Path(cfg.output_path) / f"run-{context.run_id}"
+    resumed = find_checkpoint(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test_set = server_test_set(cfg, grid)
     task.set_seed(cfg.seed)
     model = task.build_model(cfg.model, dataset_spec(cfg), cfg.hidden_units)
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.output_path)
     model_name = cfg.registered_model or registry.model_name_for(cfg.dataset)
-    if cfg.initial_model == "champion":
+    if cfg.initial_model == "champion" and resumed is None:
         load_champion(model, tracking_uri, model_name)
-    robust, strategy = build_strategy(cfg)
+    state = resumed.state if resumed else None
+    done = state.server_round if state else 0
+    if state is not None:
+        state.restore_sampling_rng()
+        log(INFO, "[fedapp] resuming from %s: round %d of %d done", resumed.path,  # type: ignore[union-attr]
+            done, cfg.num_server_rounds)
+    robust, strategy = build_strategy(cfg, state, round_offset=done)
     state = robust.state
-    tracker = (Tracker.open(tracking_uri, cfg.experiment, f"flwr-run-{context.run_id}",
-                            cfg.to_flower(), parent_run_id=cfg.parent_run_id or None,
-                            tags={"flwr-run-id": str(context.run_id)})
-               if cfg.tracking else Tracker.disabled("tracking=false"))
+    tracker = open_tracker(cfg, context.run_id, tracking_uri, resumed)
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def evaluate_fn(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        server_round = flower_round + done
+        if flower_round == 0 and done:  # the restored model: its round is recorded
+            return None
         evaluation = None
         if test_set is not None:
             model.load_state_dict(arrays.to_torch_state_dict())
@@ -57,27 +68,52 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "%s", round_line(row, cfg.num_server_rounds))
         write_json(out_dir / "rounds.json", state.history())
         tracker.log_round(server_round, {k: v for k, v in row.items() if k != "round"})
+        if server_round > 0 and cfg.checkpoint_keep > 0:
+            checkpoint.write(out_dir / checkpoint.DIRECTORY, server_round, checkpoint.encode(
+                state, cfg.to_flower(), context.run_id, tracker.run_id or ""),
+                cfg.checkpoint_keep)
         return evaluation
 
     log(INFO, "[fedapp] %s on %s (%s test rows), aggregator %s, outputs in %s",
         type(model).__name__, cfg.dataset, "no" if test_set is None else len(test_set),
         cfg.aggregator, out_dir)
+    initial = state.arrays if state.arrays is not None else ArrayRecord(model.state_dict())
     with tracker:  # an exception ends the MLflow run as FAILED and propagates
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                                num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
-                                evaluate_fn=evaluate_fn)
+        result = strategy.start(grid=grid, initial_arrays=initial,
+                                num_rounds=max(cfg.num_server_rounds - done, 0),
+                                timeout=cfg.round_timeout, evaluate_fn=evaluate_fn)
         model.load_state_dict(result.arrays.to_torch_state_dict())
         final = save_outputs(model, cfg, state, out_dir, tracker)
-        if cfg.registered_model != "off" and final is None:
-            log(WARNING, "[fedapp] no accuracy to gate a model version on (no server test "
-                "set, no federated evaluation): the model is logged, not registered")
-        if cfg.registered_model != "off" and final is not None:
-            tracker.register_model(out_dir / "model.pt", model_name, final,
-                                   {"flwr-run-id": str(context.run_id)}, cfg.promotion_margin)
-        else:
-            tracker.log_artifacts([out_dir / "model.pt"], "model")
+        register(cfg, tracker, out_dir, model_name, final, context.run_id)
     log(INFO, "[fedapp] final accuracy %s; model, config and per-round metrics in %s",
         "n/a" if final is None else f"{final:.4f}", out_dir)
+
+
+def open_tracker(cfg: RunConfig, run_id: int, tracking_uri: str,
+                 resumed: checkpoint.Checkpoint | None) -> Tracker:
+    """This run's MLflow run: the checkpoint's, continued, when resuming; else a new one."""
+    if not cfg.tracking:
+        return Tracker.disabled("tracking=false")
+    if resumed is not None and resumed.mlflow_run_id:
+        return Tracker.resume(tracking_uri, resumed.mlflow_run_id, cfg.to_flower(), tags={
+            f"resumed-by-flwr-run-{run_id}": f"after round {resumed.state.server_round}",
+            "num-server-rounds-now": str(cfg.num_server_rounds)})
+    return Tracker.open(tracking_uri, cfg.experiment, f"flwr-run-{run_id}", cfg.to_flower(),
+                        parent_run_id=cfg.parent_run_id or None,
+                        tags={"flwr-run-id": str(run_id)})
+
+
+def register(cfg: RunConfig, tracker: Tracker, out_dir: Path, model_name: str,
+             final: float | None, run_id: int) -> None:
+    """Register the final model behind the promotion gate, or log it when not registering."""
+    if cfg.registered_model != "off" and final is None:
+        log(WARNING, "[fedapp] no accuracy to gate a model version on (no server test "
+            "set, no federated evaluation): the model is logged, not registered")
+    if cfg.registered_model != "off" and final is not None:
+        tracker.register_model(out_dir / "model.pt", model_name, final,
+                               {"flwr-run-id": str(run_id)}, cfg.promotion_margin)
+    else:
+        tracker.log_artifacts([out_dir / "model.pt"], "model")
 
 
 def save_outputs(model: torch.nn.Module, cfg: RunConfig, state: ServerState, out_dir: Path,
@@ -87,6 +123,7 @@ def save_outputs(model: torch.nn.Module, cfg: RunConfig, state: ServerState, out
     torch.save(model.state_dict(), out_dir / "model.pt")
     write_json(out_dir / "config.json", cfg.to_flower())
     write_json(out_dir / "reputation.json", state.reputation.to_dict())
+    write_json(out_dir / "rounds.json", state.history())
     tracker.log_artifacts([out_dir / n for n in ("config.json", "rounds.json",
                                                  "reputation.json")])
     rows = state.history()

@@ -138,6 +138,11 @@ class RunConfig:
     hidden_units: int = field(default=64, metadata=_key("hidden-units", min=1, max=65536))
     seed: int = field(default=42, metadata=_key("seed", min=0))
     output_dir: str = field(default="~/.fedapp/runs", metadata=_key("output-dir"))
+    # Server checkpoints after every round (fedapp.server.checkpoint): the newest N are kept
+    # in output-dir/run-<id>/checkpoints (0 = none). resume: '' (off), a checkpoint file or
+    # run directory, or 'latest' (the newest run in output-dir with this run config).
+    checkpoint_keep: int = field(default=3, metadata=_key("checkpoint-keep", min=0))
+    resume: str = field(default="", metadata=_key("resume"))
     # MLflow tracking and registry (fedapp.tracking, fedapp.tracking.registry).
     tracking: bool = field(default=True, metadata=_key("tracking"))
     tracking_uri: str = field(default="", metadata=_key("tracking-uri"))

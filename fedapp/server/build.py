@@ -53,10 +53,11 @@ def central_dp(cfg: RunConfig, state: ServerState) -> CentralDP:
     return mechanism
 
 
-def build_strategy(cfg: RunConfig, state: ServerState | None = None
+def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_offset: int = 0
                    ) -> tuple[RobustStrategy, Strategy]:
     """The robust strategy, and the stack that runs the rounds (module docstring), around
-    ``state`` (default: ``fresh_state(cfg)``)."""
+    ``state`` (default: ``fresh_state(cfg)``). ``round_offset``: Flower's round 1 is round
+    ``round_offset + 1`` of the run (a resume after that round)."""
     state = state or fresh_state(cfg)
     aggregation: Aggregation = (central_dp(cfg, state) if cfg.dp == "central"
                                 else AggregationPipeline.from_config(cfg, state.pipeline))
@@ -89,7 +90,7 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None
         threats.append(ThreatModel.from_config(stack, cfg, target=target,
                                                partition_metric=PARTITION_METRIC))
         stack = threats[0]
-    return robust, RoundRecorder(stack, state)
+    return robust, RoundRecorder(stack, state, offset=round_offset)
 
 
 def adaptive_target(cfg: RunConfig, robust: RobustStrategy,

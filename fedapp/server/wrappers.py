@@ -52,22 +52,38 @@ class StrategyWrapper(Strategy):
 
 class RoundRecorder(StrategyWrapper):
     """The outermost layer: stores each round's final train metrics (every wrapper's keys
-    included) and the nodes' evaluation metrics as the round's row in ``state``."""
+    included) and the nodes' evaluation metrics as the round's row in ``state``.
 
-    def __init__(self, strategy: Strategy, state: ServerState) -> None:
+    ``offset`` shifts Flower's round numbers: a run resumed after round ``r`` is started
+    by Flower at round 1, which is round ``r + 1`` of the run for every layer below (and
+    for the nodes, which seed their training by it)."""
+
+    def __init__(self, strategy: Strategy, state: ServerState, offset: int = 0) -> None:
         super().__init__(strategy)
         self.state = state
+        self.offset = offset
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if metrics is not None:
             self.state.record_round(server_round, dict(metrics))  # type: ignore[arg-type]
         return arrays, metrics
 
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config,
+                                                grid)
+
     def aggregate_evaluate(self, server_round: int,
                            replies: Iterable[Message]) -> MetricRecord | None:
         """The nodes' weighted evaluation metrics join the round's row."""
+        server_round += self.offset
         metrics = self.strategy.aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self.state.record_round(server_round, {k: v for k, v in metrics.items()  # type: ignore[misc]

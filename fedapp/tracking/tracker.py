@@ -99,6 +99,26 @@ class Tracker:
             tracker._disable(f"cannot start a run in experiment {experiment!r} at {uri}", exc)
         return tracker
 
+    @classmethod
+    def resume(cls, tracking_uri: str, run_id: str, params: Mapping[str, Any],
+               tags: Mapping[str, str] | None = None,
+               store_dir: str | Path | None = None) -> Tracker:
+        """Continue the MLflow run ``run_id`` (a resumed Flower run): its status is RUNNING
+        again and ``tags`` are set; params stay as first logged (MLflow keeps one value per
+        param; what a resume may change is recorded as tags). On any failure, a disabled
+        tracker."""
+        uri = resolve_tracking_uri(tracking_uri, store_dir)
+        tracker = cls(uri=uri, params=params)
+        try:
+            client = connect(uri)
+            client.update_run(run_id, status="RUNNING")
+            for key, value in (tags or {}).items():
+                client.set_tag(run_id, key, str(value))
+            tracker._client, tracker.run_id = client, run_id
+        except Exception as exc:
+            tracker._disable(f"cannot resume MLflow run {run_id} at {uri}", exc)
+        return tracker
+
     @property
     def enabled(self) -> bool:
         return self._client is not None
