@@ -2,7 +2,8 @@
 
 The strategy stack and its state come from ``fedapp.server.build``; each round's row
 (``fedapp.server.rounds``) gets the server's evaluation here and is logged, written to
-``rounds.json`` (rewritten atomically after every round) and sent to MLflow.
+``rounds.json`` (rewritten atomically after every round) and sent to MLflow. At the end,
+``reputation.json`` and ``node_health.json`` (``fedapp.server.health``) join them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fedapp import task
 from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec
 from fedapp.server.build import build_strategy, load_champion, server_test_set
+from fedapp.server.health import Breaker
 from fedapp.server.rounds import round_line
 from fedapp.server.state import ServerState
 from fedapp.tracking import Tracker, registry, resolve_tracking_uri
@@ -82,13 +84,15 @@ def main(grid: Grid, context: Context) -> None:
 
 def save_outputs(model: torch.nn.Module, cfg: RunConfig, state: ServerState, out_dir: Path,
                  tracker: Tracker) -> float | None:
-    """Write the final model, config, rounds and reputations; log them. Returns the final
-    accuracy: the server's, else the nodes' federated one, else None."""
+    """Write the final model, config, rounds, reputations and node health; log them.
+    Returns the final accuracy: the server's, else the nodes' federated one, else None."""
     torch.save(model.state_dict(), out_dir / "model.pt")
     write_json(out_dir / "config.json", cfg.to_flower())
     write_json(out_dir / "reputation.json", state.reputation.to_dict())
+    breaker = Breaker(cfg.health_max_failures, cfg.health_cooldown)
+    write_json(out_dir / "node_health.json", breaker.report(state.health))
     tracker.log_artifacts([out_dir / n for n in ("config.json", "rounds.json",
-                                                 "reputation.json")])
+                                                 "reputation.json", "node_health.json")])
     rows = state.history()
     tracker.log_curves(rows, out_dir / "curves.png")
     accuracy = rows[-1].get("server-accuracy", rows[-1].get("eval-accuracy"))
