@@ -4,7 +4,8 @@ The strategy stack and its state come from ``fedapp.server.build``; each round's
 (``fedapp.server.rounds``) gets the server's evaluation here and is logged, written to
 ``rounds.json`` (rewritten atomically after every round) and sent to MLflow, and the whole
 server state is checkpointed (``fedapp.server.checkpoint``). ``resume`` continues a run
-from a checkpoint (``fedapp.server.resume``) at its next round, in the same MLflow run.
+from a checkpoint (``fedapp.server.resume``) at its next round, in the same MLflow run. At
+the end, ``reputation.json`` and ``node_health.json`` (``fedapp.server.health``) join them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec
 from fedapp.server import checkpoint
 from fedapp.server.build import build_strategy, load_champion, server_test_set
+from fedapp.server.health import Breaker
 from fedapp.server.resume import find_checkpoint
 from fedapp.server.rounds import round_line
 from fedapp.server.state import ServerState
@@ -54,6 +56,7 @@ def main(grid: Grid, context: Context) -> None:
     robust, strategy = build_strategy(cfg, state, round_offset=done)
     state = robust.state
     tracker = open_tracker(cfg, context.run_id, tracking_uri, resumed)
+    writer = checkpoint.Writer(out_dir / checkpoint.DIRECTORY, cfg.checkpoint_keep)
 
     def evaluate_fn(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         server_round = flower_round + done
@@ -69,9 +72,7 @@ def main(grid: Grid, context: Context) -> None:
         write_json(out_dir / "rounds.json", state.history())
         tracker.log_round(server_round, {k: v for k, v in row.items() if k != "round"})
         if server_round > 0 and cfg.checkpoint_keep > 0:
-            checkpoint.write(out_dir / checkpoint.DIRECTORY, server_round, checkpoint.encode(
-                state, cfg.to_flower(), context.run_id, tracker.run_id or ""),
-                cfg.checkpoint_keep)
+            writer.save(state, cfg.to_flower(), context.run_id, tracker.run_id or "")
         return evaluation
 
     log(INFO, "[fedapp] %s on %s (%s test rows), aggregator %s, outputs in %s",
@@ -79,9 +80,12 @@ def main(grid: Grid, context: Context) -> None:
         cfg.aggregator, out_dir)
     initial = state.arrays if state.arrays is not None else ArrayRecord(model.state_dict())
     with tracker:  # an exception ends the MLflow run as FAILED and propagates
-        result = strategy.start(grid=grid, initial_arrays=initial,
-                                num_rounds=max(cfg.num_server_rounds - done, 0),
-                                timeout=cfg.round_timeout, evaluate_fn=evaluate_fn)
+        try:
+            result = strategy.start(grid=grid, initial_arrays=initial,
+                                    num_rounds=max(cfg.num_server_rounds - done, 0),
+                                    timeout=cfg.round_timeout, evaluate_fn=evaluate_fn)
+        finally:
+            writer.close()  # the last round's checkpoint is on disk
         model.load_state_dict(result.arrays.to_torch_state_dict())
         final = save_outputs(model, cfg, state, out_dir, tracker)
         register(cfg, tracker, out_dir, model_name, final, context.run_id)
@@ -118,14 +122,16 @@ def register(cfg: RunConfig, tracker: Tracker, out_dir: Path, model_name: str,
 
 def save_outputs(model: torch.nn.Module, cfg: RunConfig, state: ServerState, out_dir: Path,
                  tracker: Tracker) -> float | None:
-    """Write the final model, config, rounds and reputations; log them. Returns the final
-    accuracy: the server's, else the nodes' federated one, else None."""
+    """Write the final model, config, rounds, reputations and node health; log them.
+    Returns the final accuracy: the server's, else the nodes' federated one, else None."""
     torch.save(model.state_dict(), out_dir / "model.pt")
     write_json(out_dir / "config.json", cfg.to_flower())
     write_json(out_dir / "reputation.json", state.reputation.to_dict())
     write_json(out_dir / "rounds.json", state.history())
+    breaker = Breaker(cfg.health_max_failures, cfg.health_cooldown)
+    write_json(out_dir / "node_health.json", breaker.report(state.health))
     tracker.log_artifacts([out_dir / n for n in ("config.json", "rounds.json",
-                                                 "reputation.json")])
+                                                 "reputation.json", "node_health.json")])
     rows = state.history()
     tracker.log_curves(rows, out_dir / "curves.png")
     accuracy = rows[-1].get("server-accuracy", rows[-1].get("eval-accuracy"))

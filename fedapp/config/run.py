@@ -66,6 +66,11 @@ class RunConfig:
     # Seconds a round waits for min-available-nodes; then it runs with the nodes connected
     # if they are at least min-train-nodes, else the run stops with an error.
     wait_timeout: float = field(default=300.0, metadata=_key("wait-timeout", min=1.0))
+    # Node health (fedapp.server.health): a node with this many consecutive failures (error
+    # reply, rejected reply, no reply by round-timeout) is left out of sampling for
+    # health-cooldown rounds, then sampled again on probation; 0 turns it off.
+    health_max_failures: int = field(default=3, metadata=_key("health-max-failures", min=0))
+    health_cooldown: int = field(default=5, metadata=_key("health-cooldown", min=1))
     local_epochs: int = field(default=3, metadata=_key("local-epochs", min=1))
     batch_size: int = field(default=32, metadata=_key("batch-size", min=1))
     learning_rate: float = field(default=0.05, metadata=_key("learning-rate", min=0.0, max=10.0))

@@ -77,6 +77,8 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
         min_available_nodes=cfg.min_available_nodes,
         wait_timeout=cfg.wait_timeout,
         weight_cap=cfg.weight_cap,
+        health_max_failures=cfg.health_max_failures,
+        health_cooldown=cfg.health_cooldown,
     )
     stack: Strategy = robust
     if state.dp_accountant is not None and cfg.dp == "central":

@@ -19,12 +19,13 @@ import hashlib
 import json
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from logging import WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, RecordDict
 from flwr.common import serde
 from flwr.common.logger import log
 from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
@@ -51,10 +52,11 @@ class Checkpoint:
     mlflow_run_id: str
 
 
-def encode(state: ServerState, run_config: dict[str, Any], flwr_run_id: int,
+def encode(state: ServerState | RecordDict, run_config: dict[str, Any], flwr_run_id: int,
            mlflow_run_id: str) -> bytes:
-    """The bytes of a checkpoint file (module docstring)."""
-    record = state.to_record()
+    """The bytes of a checkpoint file (module docstring) of ``state`` or of a snapshot of it
+    (``ServerState.to_record()``, which copies everything a later round changes)."""
+    record = state.to_record() if isinstance(state, ServerState) else state
     record[META] = ConfigRecord({"run-config": json.dumps(run_config, sort_keys=True),
                                  "flwr-run-id": int(flwr_run_id),
                                  "mlflow-run-id": mlflow_run_id or ""})
@@ -135,3 +137,37 @@ def newest(directory: Path) -> Checkpoint | None:
             log(WARNING, "[fedapp] skipping a checkpoint: %s; using the previous one", exc)
     return None
 
+
+class Writer:
+    """Writes one checkpoint per round in a background thread, so the rounds do not wait
+    for the protobuf encoding and the fsync (about 30 ms for a 1M-parameter model).
+
+    ``save`` takes a snapshot synchronously (``ServerState.to_record()``: the arrays are
+    immutable records, the rest is serialized to JSON then), waits for the previous write
+    to finish (one write in flight at most; its error is raised here), then hands the
+    encoding and writing to the thread. ``close`` waits for the last write. So a crash
+    loses at most the round in flight, plus the round just finished if it comes within
+    that round's write.
+    """
+
+    def __init__(self, directory: Path, keep: int) -> None:
+        self.directory, self.keep = directory, keep
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future[Path] | None = None
+
+    def save(self, state: ServerState, run_config: dict[str, Any], flwr_run_id: int,
+             mlflow_run_id: str) -> None:
+        snapshot, server_round = state.to_record(), state.server_round
+        self.wait()
+        self._pending = self._pool.submit(
+            lambda: write(self.directory, server_round,
+                          encode(snapshot, run_config, flwr_run_id, mlflow_run_id), self.keep))
+
+    def wait(self) -> Path | None:
+        """Block until the write in flight (if any) is on disk; its path."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
+
+    def close(self) -> None:
+        self.wait()
+        self._pool.shutdown(wait=True)

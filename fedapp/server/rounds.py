@@ -42,6 +42,7 @@ class RoundStats:
     bytes_down: int = 0  # arrays sent to nodes, as serialized by Flower
     bytes_up: int = 0  # arrays received in train replies (compressed or dense)
     decode_seconds: float = 0.0
+    health: dict[str, int] = field(default_factory=dict)  # nodes-healthy/-benched/-probation
 
     def metrics(self) -> MetricRecord:
         """The round's metrics: the nodes' weighted train metrics and the counts."""
@@ -56,6 +57,8 @@ class RoundStats:
         record["flagged"] = len(self.flagged)
         record["excluded"] = self.excluded
         record["kept-previous"] = int(self.kept_previous)
+        for key, count in self.health.items():
+            record[key] = count
         record["bytes-up"] = self.bytes_up
         record["bytes-down"] = self.bytes_down
         record["decode-seconds"] = self.decode_seconds
@@ -71,6 +74,10 @@ def round_line(row: dict[str, float], num_rounds: int) -> str:
     kept = " | kept previous model" if row["kept-previous"] else ""
     if row.get("flagged"):
         kept += f" | flagged {int(row['flagged'])} excluded {int(row['excluded'])}"
+    if row.get("nodes-benched"):
+        kept += f" | benched {int(row['nodes-benched'])}"
+    if row.get("nodes-probation"):
+        kept += f" | probation {int(row['nodes-probation'])}"
     if "byzantine-replaced" in row:
         kept += f" | byzantine {int(row['byzantine-replaced'])}"
     epsilon = row.get("dp-epsilon-max", row.get("dp-epsilon"))  # local: worst node

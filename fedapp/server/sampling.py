@@ -4,8 +4,10 @@ Flower's ``sample_nodes`` waits for ``min_available_nodes`` with no timeout: one
 going down stops the run until it comes back. ``available_nodes`` waits at most
 ``timeout`` seconds; after that the round goes on with the nodes that are connected if they
 are at least the round's minimum, else it raises ``NotEnoughNodes`` naming what it waited
-for. ``sample`` then draws exactly as Flower's FedAvg does (``random.sample`` from Python's
-global generator), so a run with every node present samples the same nodes as before.
+for. Benched nodes (``fedapp.server.health``) are counted out of the wait: it waits for
+``min-available-nodes`` minus the benched ones, among the nodes not benched. ``sample`` then
+draws exactly as Flower's FedAvg does (``random.sample`` from Python's global generator), so
+a run with every node present and healthy samples the same nodes as before.
 """
 
 from __future__ import annotations
@@ -27,20 +29,31 @@ class NotEnoughNodes(RuntimeError):
 
 def available_nodes(grid: Grid, wanted: int, needed: int, timeout: float, *,
                     known: Collection[int] = (), what: str = "round",
+                    benched: Collection[int] = (),
                     clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep) -> list[int]:
     """The connected node ids once ``wanted`` are connected, or after ``timeout`` seconds
     if at least ``needed`` are; raises ``NotEnoughNodes`` otherwise. ``known`` are nodes
-    seen before: those missing are named in the log."""
+    seen before: those missing are named in the log. ``benched`` nodes are counted out:
+    the wait is for ``wanted - len(benched)`` connected nodes that are not benched (and
+    ``needed`` connected in all)."""
     start = clock()
+    out = set(benched)
+    wanted_ready = max(wanted - len(out), 0)
+
+    def short(nodes: list[int]) -> bool:
+        ready = sum(1 for n in nodes if n not in out)
+        return ready < wanted_ready or len(nodes) < needed
+
     nodes = list(grid.get_node_ids())
-    while len(nodes) < wanted and clock() - start < timeout:
-        log(INFO, "%s: waiting for nodes: %d connected (min-available-nodes %d), %.0fs of "
-            "wait-timeout %.0fs", what, len(nodes), wanted, clock() - start, timeout)
+    while short(nodes) and clock() - start < timeout:
+        log(INFO, "%s: waiting for nodes: %d connected (min-available-nodes %d%s), %.0fs of "
+            "wait-timeout %.0fs", what, len(nodes), wanted,
+            f", {len(out)} benched counted out" if out else "", clock() - start, timeout)
         sleep(min(POLL_SECONDS, max(timeout - (clock() - start), 0.0)))
         nodes = list(grid.get_node_ids())
     waited = clock() - start
-    if len(nodes) >= wanted:
+    if not short(nodes):
         if waited >= POLL_SECONDS:
             log(INFO, "%s: %d nodes connected after waiting %.0fs", what, len(nodes), waited)
         return nodes

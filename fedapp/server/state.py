@@ -1,15 +1,16 @@
 """Everything the server carries from one round to the next, in one serializable object.
 
 ``ServerState`` holds the global model after ``server_round``, every node's cosine
-reputation, the aggregation pipeline's state (centered clipping's center, i.e. the server
-momentum, and the call count that seeds bucketing), central DP's accountant and noise
-generator, and the history of round rows (``fedapp.server.rounds``: the metrics the log
-line, ``rounds.json`` and MLflow read). The strategy and its parts are built around one
+reputation, every node's health and circuit-breaker state (``fedapp.server.health``), the
+aggregation pipeline's state (centered clipping's center, i.e. the server momentum, and the
+call count that seeds bucketing), central DP's accountant and noise generator, and the
+history of round rows (``fedapp.server.rounds``: the metrics the log line, ``rounds.json``
+and MLflow read). The strategy and its parts are built around one
 ``ServerState`` (``fedapp.server.build``) and update it in place; nothing else persists.
 
 ``to_record()`` / ``from_record()`` convert it losslessly to a Flower ``RecordDict``:
-arrays as ``ArrayRecord`` (exact dtypes), counters as ints, reputation, accountant and
-history as JSON (floats round-trip exactly), the noise generator's state as bytes. Flower's
+arrays as ``ArrayRecord`` (exact dtypes), counters as ints, reputation, health, accountant
+and history as JSON (floats round-trip exactly), the noise generator's state as bytes. Flower's
 node sampling draws from Python's global ``random``; its state is saved too
 (``sampling-rng``) and put back by ``restore_sampling_rng()``, so a rebuilt server samples
 the same nodes. Simulation-only parts (the threat model's attackers) are not server state.
@@ -27,6 +28,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedapp.privacy.central import CentralAccountant
+from fedapp.server.health import Health
 from fedapp.server.pipeline import PipelineState
 from fedapp.server.screen import Reputation
 
@@ -41,6 +43,7 @@ class ServerState:
     server_round: int = 0
     arrays: ArrayRecord | None = None  # the global model after ``server_round``
     reputation: Reputation = field(default_factory=Reputation)
+    health: Health = field(default_factory=Health)  # per node, with its breaker state
     pipeline: PipelineState = field(default_factory=PipelineState)
     dp_accountant: CentralAccountant | None = None
     noise: torch.Generator | None = None  # central DP's noise generator
@@ -72,6 +75,7 @@ class ServerState:
             "server-round": self.server_round,
             "pipeline-calls": self.pipeline.calls,
             "reputation": json.dumps(self.reputation.to_dict()),
+            "health": json.dumps(self.health.to_dict()),
             "dp-accountant": accountant,
             "noise-rng": noise,
             "rounds": json.dumps(self.history()),
@@ -81,8 +85,8 @@ class ServerState:
 
     @classmethod
     def from_record(cls, record: RecordDict) -> ServerState:
-        """Inverse of ``to_record``. Raises ``ValueError`` naming what is missing or of an
-        unknown format."""
+        """Inverse of ``to_record`` (a state saved before node health starts with every node
+        healthy). Raises ``ValueError`` naming what is missing or of an unknown format."""
         if "state" not in record.config_records:
             raise ValueError("not a server state: no ConfigRecord 'state'")
         meta = record.config_records["state"]
@@ -101,6 +105,7 @@ class ServerState:
         return cls(server_round=int(meta["server-round"]),
                    arrays=record.array_records.get("arrays"),
                    reputation=Reputation.from_dict(json.loads(str(meta["reputation"]))),
+                   health=Health.from_dict(json.loads(str(meta.get("health", "{}")))),
                    pipeline=PipelineState(center=center, calls=int(meta["pipeline-calls"])),
                    dp_accountant=accountant, noise=noise, rounds=rounds,
                    sampling_rng=_rng_state(json.loads(str(meta["sampling-rng"]))))

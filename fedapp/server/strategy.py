@@ -19,6 +19,11 @@ error reply comes from the SuperLink, not from the node), and failures are count
 than ``min_train_nodes``, or one the rule cannot aggregate, keeps the previous global
 model and says so. Everything that persists across rounds is in ``self.state``
 (``fedapp.server.state.ServerState``).
+
+Node health (``fedapp.server.health``): every sampled node's outcome (success, failure by
+kind, ``rejected``, or ``timeout`` when no reply came by the end of the round) goes to the
+circuit breaker ``self.breaker``; benched nodes are left out of sampling (train and
+evaluate) and out of the ``min_available_nodes`` wait, unless that leaves too few nodes.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from fedapp.compression.wire import serialized_bytes
 from fedapp.node_errors import kind_of
 from fedapp.robust.weights import inflated_counts
 from fedapp.server import sampling
+from fedapp.server.health import REJECTED, TIMEOUT, Breaker, Reply
 from fedapp.server.pipeline import Aggregation, AggregationPipeline
 from fedapp.server.rounds import LOCAL_DP_METRIC, RoundStats
 from fedapp.server.screen import Reputation, Screen, Screened
@@ -59,6 +65,8 @@ class RobustStrategy(FedAvg):
     ``state`` is the server state to continue from (default: a fresh one, whose
     reputation uses ``reputation_memory`` and ``cosine_threshold``). Reported counts above
     ``weight_cap`` x the round's median are logged and counted (``inflated-counts``).
+    A node with ``health_max_failures`` consecutive failures is benched for
+    ``health_cooldown`` rounds (``fedapp.server.health``; 0 turns it off).
     """
 
     def __init__(self, *, aggregation: Aggregation | None = None, server_lr: float = 1.0,
@@ -66,7 +74,8 @@ class RobustStrategy(FedAvg):
                  cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
                  duplicate_threshold: float = 0.1, reputation_memory: float = 0.9,
                  state: ServerState | None = None, wait_timeout: float = 300.0,
-                 weight_cap: float = 2.0, **fedavg_kwargs: object) -> None:
+                 weight_cap: float = 2.0, health_max_failures: int = 3,
+                 health_cooldown: int = 5, **fedavg_kwargs: object) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.state = state or ServerState(
             reputation=Reputation(memory=reputation_memory, threshold=cosine_threshold))
@@ -79,6 +88,7 @@ class RobustStrategy(FedAvg):
                                      reputation=self.state.reputation)
         self.wait_timeout = wait_timeout
         self.weight_cap = weight_cap
+        self.breaker = Breaker(health_max_failures, health_cooldown)
         self.history: dict[int, RoundStats] = {}  # this process's rounds, for diagnostics
         # This round's instructions by message type: the Grid gives them their message ids
         # when it pushes them, and each reply names the id it answers.
@@ -105,6 +115,7 @@ class RobustStrategy(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         self.state.arrays = arrays
         stats = self.history[server_round] = RoundStats(server_round)
+        self.breaker.start_round(self.state.health, server_round)
         messages = self._configure(server_round, arrays, config, grid, MessageType.TRAIN)
         stats.bytes_down = sum(serialized_bytes(m.content) for m in messages)
         return messages
@@ -121,13 +132,16 @@ class RobustStrategy(FedAvg):
         minimum = self.min_train_nodes if train else self.min_evaluate_nodes
         if fraction == 0.0:
             return []
+        what = f"round {server_round} {'train' if train else 'evaluate'}"
         nodes = sampling.available_nodes(
             grid, max(self.min_available_nodes, minimum), minimum, self.wait_timeout,
-            known=self._known, what=f"round {server_round} {'train' if train else 'evaluate'}")
+            known=self._known, what=what, benched=self.breaker.benched(self.state.health))
         self._known.update(nodes)
-        chosen = sampling.sample(nodes, fraction, minimum)
-        log(INFO, "configure_%s: Sampled %s nodes (out of %s)", "train" if train else
-            "evaluate", len(chosen), len(nodes))
+        pool = self.breaker.pool(self.state.health, nodes, minimum, what=what)
+        chosen = sampling.sample(pool, fraction, minimum)
+        log(INFO, "configure_%s: Sampled %s nodes (out of %s%s)", "train" if train else
+            "evaluate", len(chosen), len(pool),
+            f"; {len(nodes) - len(pool)} benched" if len(pool) < len(nodes) else "")
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         self._sent[kind] = list(self._construct_messages(record, chosen, kind))
@@ -146,8 +160,10 @@ class RobustStrategy(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         stats = self.history.setdefault(server_round, RoundStats(server_round))
         global_flat = flatten(current)
+        outcomes: dict[int, Reply] = {}
         matrix, nodes, metrics = self._collect(server_round, stats, list(replies), current,
-                                               global_flat)
+                                               global_flat, outcomes)
+        self._record_health(server_round, stats, outcomes)
         new = current
         if len(nodes) < max(self.min_train_nodes, 1):
             stats.kept_previous = True
@@ -163,10 +179,11 @@ class RobustStrategy(FedAvg):
         return new, stats.metrics()
 
     def _collect(self, server_round: int, stats: RoundStats, replies: list[Message],
-                 current: ArrayRecord, global_flat: np.ndarray
+                 current: ArrayRecord, global_flat: np.ndarray, outcomes: dict[int, Reply]
                  ) -> tuple[np.ndarray, list[int], list[dict[str, float]]]:
         """Validate every reply into one row of a ``(replies, d)`` float32 matrix (a rejected
-        reply's row is overwritten by the next one); count and log what fails."""
+        reply's row is overwritten by the next one); count and log what fails; each node's
+        outcome goes to ``outcomes``."""
         specs = array_specs(current)
         matrix = np.empty((len(replies), global_flat.size), dtype=np.float32)
         metrics: list[dict[str, float]] = []
@@ -178,7 +195,8 @@ class RobustStrategy(FedAvg):
             # from the SuperLink (src_node_id 1), not from the node.
             node = sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             if msg.has_error():
-                self._failed(server_round, stats, node, msg)
+                outcomes[node] = Reply(self._failed(server_round, stats, node, msg),
+                                       from_node=msg.metadata.src_node_id == node)
                 continue
             stats.bytes_up += serialized_bytes(msg.content)
             compressed, t0 = is_compressed(msg.content), time.perf_counter()
@@ -187,12 +205,14 @@ class RobustStrategy(FedAvg):
                                                out=matrix[len(nodes)])
             except ReplyRejected as exc:
                 stats.rejected[node] = str(exc)
+                outcomes[node] = Reply(REJECTED)
                 log(WARNING, "round %d: rejected reply of node %d: %s", server_round, node, exc)
                 continue
             if compressed:
                 stats.decode_seconds += time.perf_counter() - t0
             metrics.append(node_metrics)
             nodes.append(node)
+            outcomes[node] = Reply()
         stats.accepted = len(nodes)
         self._check_counts(server_round, stats, nodes, metrics)
         stats.train_metrics = weighted_metrics(metrics)
@@ -201,13 +221,25 @@ class RobustStrategy(FedAvg):
             stats.train_metrics[LOCAL_DP_METRIC + "-max"] = max(spent)
         return matrix, nodes, metrics
 
-    def _failed(self, server_round: int, stats: RoundStats, node: int, msg: Message) -> None:
-        """Count a failed node by kind; log the first line of its reason."""
+    def _failed(self, server_round: int, stats: RoundStats, node: int, msg: Message) -> str:
+        """Count a failed node by kind; log the first line of its reason; returns the kind."""
         kind = kind_of(msg.error.code)
         reason = (msg.error.reason.strip().splitlines() or ["no reason given"])[0]
         stats.failed[node] = f"{kind}: {reason}"
         stats.failed_kinds[kind] = stats.failed_kinds.get(kind, 0) + 1
         log(WARNING, "round %d: node %d failed (%s): %s", server_round, node, kind, reason)
+        return kind
+
+    def _record_health(self, server_round: int, stats: RoundStats,
+                       outcomes: dict[int, Reply]) -> None:
+        """The round's outcomes to the breaker; a sampled node without a reply (Flower's
+        ``round-timeout`` is over) is a ``timeout`` failure."""
+        sent = [m.metadata.dst_node_id for m in self._sent.get(MessageType.TRAIN, [])]
+        timeouts = self.breaker.record_round(self.state.health, server_round, sent, outcomes)
+        for node in timeouts:  # logged by the breaker
+            stats.failed[node] = f"{TIMEOUT}: no reply by the end of the round"
+            stats.failed_kinds[TIMEOUT] = stats.failed_kinds.get(TIMEOUT, 0) + 1
+        stats.health = self.state.health.counts()
 
     def _check_counts(self, server_round: int, stats: RoundStats, nodes: list[int],
                       metrics: list[dict[str, float]]) -> None:

@@ -68,7 +68,9 @@ def test_geomed_is_a_minimum(seed: int, n: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=gen)
     w = torch.rand(n, generator=gen) + 0.1
-    z = geometric_median(x, w, tol=1e-10).aggregate
+    # Weiszfeld converges slowly when the median sits near a row: 100 iterations left
+    # about 1 draw in 700 short of the optimum (flaky); give it room to converge.
+    z = geometric_median(x, w, tol=1e-10, max_iter=5000).aggregate
     best = _objective(x, z, w)
     for _ in range(10):
         step = torch.randn(4, generator=gen) * 1e-2

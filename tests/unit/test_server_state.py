@@ -120,6 +120,44 @@ def test_state_round_trip_is_lossless() -> None:
     assert again.pipeline.center is not None and state.pipeline.center is not None
     assert again.pipeline.center.dtype == state.pipeline.center.dtype
     assert again.pipeline.center.numpy().tobytes() == state.pipeline.center.numpy().tobytes()
+    assert again.health == state.health and len(state.health.nodes) > 0
+
+
+def test_node_health_round_trips_and_a_rebuilt_server_samples_identically() -> None:
+    """Node 47 never replies: benched after health-max-failures rounds; the saved health
+    is bit-identical after a round trip and the rebuilt server samples as the original."""
+    cfg = RunConfig(min_available_nodes=len(NODES), fraction_train=0.7, health_max_failures=1,
+                    health_cooldown=2, anomaly_detection="off")
+
+    def sampled(strategy, server_round: int) -> list[int]:  # type: ignore[no-untyped-def]
+        arrays = initial()
+        msgs = list(strategy.configure_train(server_round, arrays, ConfigRecord(), StubGrid()))
+        strategy.aggregate_train(server_round, [r for r in replies(msgs, arrays, server_round)
+                                                if r.metadata.src_node_id != 47])
+        return [m.metadata.dst_node_id for m in msgs]
+
+    random.seed(3)
+    _, first = build_strategy(cfg)
+    server_round = 0
+    while first.state.health.nodes.get(47) is None or \
+            first.state.health.nodes[47].state != "benched":
+        server_round += 1
+        sampled(first, server_round)
+    saved = through_bytes(first.state.to_record())
+    rebuilt = ServerState.from_record(saved)
+    assert rebuilt.health == first.state.health
+    assert rebuilt.to_record()["state"]["health"] == saved["state"]["health"]
+    assert rebuilt.health.nodes[47].failures == {"timeout": 1}
+    rebuilt.restore_sampling_rng()
+    _, second = build_strategy(cfg, rebuilt)
+    later = range(server_round + 1, server_round + 5)  # cooldown, then probation
+    got = [sampled(second, r) for r in later]
+    rebuilt.restore_sampling_rng()
+    expected = [sampled(first, r) for r in later]
+    assert got == expected
+    assert all(47 not in nodes for nodes in got[:2])
+    assert second.state.to_record()["state"]["health"] == \
+        first.state.to_record()["state"]["health"]
 
 
 def test_from_record_names_what_is_wrong() -> None:
