@@ -195,17 +195,23 @@ class PrivacyLedger:
             record = doc["datasets"].setdefault(
                 budget.dataset, {"describe": dict(budget.describe), "entries": []})
             if budget.cap is not None:  # (no cap: recorded only, no accounting needed)
-                spent = epsilon_of(entry_history(record["entries"]), budget.delta)
-                after = epsilon_of(entry_history([*record["entries"], entry]), budget.delta)
-            if budget.cap is not None and after > budget.cap:
-                raise BudgetExhausted(
-                    f"DP lifetime budget: dp-budget={budget.cap:g} (delta={budget.delta:g}) "
-                    f"of this node's data, spent {spent:.3f}, this round would bring it to "
-                    f"{after:.3f} (run asks dp-epsilon={requested:g}); not training")
+                self._check_cap(budget, record["entries"], entry, requested)
             record.update(delta=budget.delta, cap=budget.cap)
             record["entries"].append(entry)
             self._write(doc)
         return str(entry["id"])
+
+    @staticmethod
+    def _check_cap(budget: NodeBudget, entries: list[dict[str, Any]], entry: dict[str, Any],
+                   requested: float) -> None:
+        assert budget.cap is not None
+        spent = epsilon_of(entry_history(entries), budget.delta)
+        after = epsilon_of(entry_history([*entries, entry]), budget.delta)
+        if after > budget.cap:
+            raise BudgetExhausted(
+                f"DP lifetime budget: dp-budget={budget.cap:g} (delta={budget.delta:g}) "
+                f"of this node's data, spent {spent:.3f}, this round would bring it to "
+                f"{after:.3f} (run asks dp-epsilon={requested:g}); not training")
 
     def settle(self, dataset: str, entry_id: str, steps: int) -> None:
         """Mark a charged round ``done`` once it trained (``steps`` it took; never fewer
