@@ -139,8 +139,9 @@ def train(msg: Message, context: Context) -> Message:
     The reply's MetricRecord holds ``num-examples`` (the server's weight), ``dp-epsilon``
     under ``dp='local'``, and ``train-loss`` / ``train-accuracy`` unless
     ``train-metrics='none'``: none of them is covered by DP (docs/node-data.md). An unusable
-    data file (``DATA_ERROR``) or a spent DP budget (``BUDGET_REFUSED``) is answered with a
-    one-line error reply; anything else raises and Flower reports it.
+    data file (``DATA_ERROR``) or a spent DP budget (``BUDGET_REFUSED``: the run's
+    ``dp-epsilon``, the node's lifetime ``dp-budget``, or an unusable privacy ledger) is
+    answered with a one-line error reply; anything else raises and Flower reports it.
     """
     try:
         cfg, model, train_data, _, seed = _setup(msg, context)
@@ -149,10 +150,13 @@ def train(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"num-examples": len(train_data)})
     if cfg.dp == "local":  # DP-SGD (Opacus, imported only here); refused past the budget
         from fedapp.privacy import BudgetExhausted, private_round
+        from fedapp.privacy.ledger import node_budget
 
-        try:
+        try:  # charged to the node's lifetime ledger before it trains (privacy.ledger)
+            budget = node_budget(cfg, node_config_of(context), context.run_id,
+                                 int(msg.content["config"]["server-round"]))  # type: ignore[arg-type]
             loss, acc, metrics["dp-epsilon"] = private_round(cfg, model, train_data, seed,
-                                                              context.state)
+                                                              context.state, budget)
         except BudgetExhausted as exc:
             return _refuse(msg, BUDGET_REFUSED, exc)
     else:

@@ -22,6 +22,14 @@ def _private_data_cache(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("FEDAPP_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _private_privacy_ledger(tmp_path_factory: pytest.TempPathFactory,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """DP-SGD nodes in tests keep their default privacy ledger in a temp dir (one per
+    test), never in ~/.local/share (fedapp.privacy.ledger.default_path)."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny models on a shared machine: one intra-op thread avoids oversubscription.

@@ -7,6 +7,7 @@ This module must stay cheap to import: the ClientApp imports it on every message
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ class NodeConfig:
     ``label-column`` when its file names the label differently, and ``ignore-columns``
     (comma-separated names, e.g. ``'patient_id,visit_date'``) for columns of its file
     that are no feature (ids): they are dropped unread (``fedapp.data.schema``).
+
+    Under ``dp='local'`` the node charges every round to its lifetime privacy ledger
+    (``fedapp.privacy.ledger``): ``privacy-ledger`` (a path; default
+    ``$XDG_DATA_HOME/fedapp/privacy-ledger.json``), ``dp-budget`` (the lifetime epsilon cap
+    of this node's data; unset = recorded, not capped) at ``dp-delta`` (default 1e-5). They
+    are the node's: the run config cannot set them.
     """
 
     partition_id: int | None = None
@@ -31,10 +38,14 @@ class NodeConfig:
     data_path: str | None = None
     label_column: str | None = None
     ignore_columns: tuple[str, ...] = ()
+    privacy_ledger: str | None = None
+    dp_budget: float | None = None
+    dp_delta: float = 1e-5
 
     @classmethod
     def from_flower(cls, node_config: Mapping[str, Any]) -> NodeConfig:
-        known = {"partition-id", "num-partitions", "data-path", "label-column", "ignore-columns"}
+        known = {"partition-id", "num-partitions", "data-path", "label-column", "ignore-columns",
+                 "privacy-ledger", "dp-budget", "dp-delta"}
         errors = []
         pid, num = node_config.get("partition-id"), node_config.get("num-partitions")
         path, label = node_config.get("data-path"), node_config.get("label-column")
@@ -55,6 +66,7 @@ class NodeConfig:
         if not isinstance(ignore, str):
             errors.append(f"node config ignore-columns={ignore!r} must be a string of "
                           "comma-separated column names, e.g. 'patient_id,visit_date'")
+        ledger, budget, delta = _privacy_keys(node_config, errors)
         if errors:
             raise ConfigError("invalid node config:\n  " + "\n  ".join(errors))
         return cls(
@@ -64,7 +76,32 @@ class NodeConfig:
             label_column=str(label) if label else None,
             ignore_columns=tuple(dict.fromkeys(c.strip() for c in ignore.split(",")
                                                if c.strip())),
+            privacy_ledger=ledger,
+            dp_budget=budget,
+            dp_delta=delta,
         )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _privacy_keys(node_config: Mapping[str, Any], errors: list[str]
+                  ) -> tuple[str | None, float | None, float]:
+    """``privacy-ledger``, ``dp-budget`` and ``dp-delta``, checked (errors appended)."""
+    ledger = node_config.get("privacy-ledger")
+    if ledger is not None and (not isinstance(ledger, str) or not ledger):
+        errors.append(f"node config privacy-ledger={ledger!r} must be a non-empty path")
+    budget = node_config.get("dp-budget")
+    if budget is not None and not (_number(budget) and budget > 0):
+        errors.append(f"node config dp-budget={budget!r} must be a number > 0 (the lifetime "
+                      "epsilon cap of this node's data)")
+    delta = node_config.get("dp-delta", 1e-5)
+    if not (_number(delta) and 0 < delta < 1):
+        errors.append(f"node config dp-delta={delta!r} must be a number in (0, 1)")
+    return (os.path.expanduser(ledger) if isinstance(ledger, str) and ledger else None,
+            float(budget) if _number(budget) else None,
+            float(delta) if _number(delta) else 1e-5)
 
 
 

@@ -11,7 +11,10 @@
   checks (:func:`check_model`, :func:`make_compatible`);
 - :mod:`fedapp.privacy.budget`: the node's plan and accountant state (:class:`DPState`),
   kept in ``context.state`` (:func:`load_state`, :func:`store_state`), and the refusal test
-  (:func:`would_exceed`).
+  (:func:`would_exceed`): the run's plan;
+- :mod:`fedapp.privacy.ledger`: the hospital's lifetime record (:class:`PrivacyLedger`, a
+  file on the node's disk, per data identity, across runs) and its cap (node config
+  ``dp-budget``); ``python -m fedapp.privacy ledger PATH`` shows what was spent.
 
 ``dp='central'`` (client-level DP, on the server):
 
@@ -51,6 +54,7 @@ from fedapp.privacy.dp_sgd import (
     dp_train,
     make_compatible,
 )
+from fedapp.privacy.ledger import LedgerError, NodeBudget, PrivacyLedger
 from fedapp.privacy.local import BudgetExhausted, private_round
 
 __all__ = [
@@ -60,6 +64,9 @@ __all__ = [
     "CentralAccountant",
     "CentralDP",
     "DPState",
+    "LedgerError",
+    "NodeBudget",
+    "PrivacyLedger",
     "calibrate_noise",
     "central_dp_mean",
     "check_model",

@@ -24,6 +24,12 @@ from fedapp.privacy.accounting import (
     epsilon_of,
 )
 
+
+class BudgetExhausted(RuntimeError):
+    """Training this round would spend more than the node's budget: the run's plan
+    (``dp-epsilon``) or the hospital's lifetime cap (``dp-budget``, :mod:`.ledger`)."""
+
+
 #: Key of the node's DP-SGD state (a ConfigRecord) in ``context.state``.
 STATE_KEY = "dp-sgd"
 _VERSION = 1

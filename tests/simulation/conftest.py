@@ -17,6 +17,7 @@ def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     home = tmp_path_factory.mktemp("flwr-home")
     env = {**os.environ, "FLWR_HOME": str(home),
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "XDG_DATA_HOME": str(home / "xdg-data"),  # DP nodes' privacy ledger
            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
            "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
     try:
