@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -525,3 +526,118 @@ def test_restarted_superlink_keeps_hospitals_and_nodes_reconnect(
         f"SuperLink restart: up in {up - started:.1f}s, statuses right after {after}, all 3 "
         f"online {reconnected - up:.1f}s later; 1-round run in "
         f"{time.perf_counter() - reconnected:.1f}s")
+
+
+# ---------------------------------------------------------------- 5. DP cap across a resume
+
+# dp-epsilon 3.0 planned over 4 rounds (z calibrated once per run, per hospital) composes
+# to ~2.2 after 2 rounds and ~2.6 after 3 at delta 1e-5 (each hospital's ~120 training rows,
+# batch 32): a lifetime cap of 2.4 lets every hospital train rounds 1-2 and refuse the 3rd,
+# whichever run asks for it. The resumed run plans afresh (a new Flower run, an empty
+# ``context.state``), so only the hospital's own ledger can stop it.
+DP_EPSILON = 3.0
+DP_CAP = 2.4
+
+
+def ledger_summary(fed: ChaosFederation, path: Path) -> dict[str, Any]:
+    """``python -m fedapp.privacy ledger PATH --json``, as the hospital would read it."""
+    result = subprocess.run([sys.executable, "-m", "fedapp.privacy", "ledger", str(path),
+                             "--json"], cwd=REPO_ROOT, env=fed.env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"ledger {path}: {result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+@pytest.mark.timeout(600, method="signal")
+def test_a_resumed_dp_run_keeps_every_hospital_within_its_own_cap(
+    federation: ChaosFederation,
+) -> None:
+    fed = federation
+    assert_federation_whole(fed)
+    ledgers = {name: fed.root / "ledgers" / f"{name}.json" for name in HOSPITALS}
+
+    # Restart the three SuperNodes with a ledger and a lifetime cap (same keys, ports, data)
+    # once the SuperLink lists them offline (it refuses to reactivate an online node ID).
+    for proc in fed.nodes.values():
+        stop_process_tree(proc.popen)
+    wait_until(lambda: all(listed_nodes(fed).get(i) == "offline" for i in fed.node_ids.values()),
+               150, "the SuperLink to list the stopped hospitals offline", [fed.superlink],
+               interval_s=1)
+    for name in HOSPITALS:
+        set_aside_log(fed, fed.nodes[name], "before-ledger")
+        extra = f"privacy-ledger='{ledgers[name]}' dp-budget={DP_CAP}"
+        fed.nodes[name] = start_supernode(
+            fed.supervisor, name, fed.superlink_port, fed.node_ports[name],
+            fed.data_paths[name], fed.ca_cert, fed.keys / name,
+            node_config=f"{NODE_CONFIG.get(name, '')} {extra}".strip())
+    for name, proc in fed.nodes.items():
+        logged = wait_until(lambda p=proc: logged_node_id(p), 90, f"{name} to reconnect",
+                            [proc, fed.superlink], interval_s=0.5)
+        assert logged == fed.node_ids[name]
+    assert_federation_whole(fed)
+
+    rounds = 4
+    out = fed.root / "out-dp-resume"
+    config = (f"{BASE_CONFIG} num-server-rounds={rounds} min-available-nodes=3 wait-timeout=20 "
+              f"dp='local' dp-epsilon={DP_EPSILON}")
+    first = start_run(fed, "dp-crashed", out, config)
+    try:
+        first_id = wait_until(first.run_id, 120, "the first DP run's ID",
+                              [fed.superlink, run_popen_watch(first)])
+        ckpts = out / f"run-{first_id}" / "checkpoints"
+        wait_until(lambda: (ckpts / "round-000002.ckpt").is_file(), 300,
+                   "checkpoint round 2", [fed.superlink, run_popen_watch(first)], interval_s=0.2)
+        [(pid, cmd)] = wait_until(lambda: list(server_app_pids(fed).items()), 30,
+                                  "the DP run's flwr-serverapp process")
+        assert cmdline(pid) == cmd
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: cmdline(pid) != cmd, 30, "the ServerApp to die")
+    finally:
+        stop_run_client(first)
+    flwr_json(fed.env, "stop", first_id, must_succeed=False)
+
+    second = start_run(fed, "dp-resumed", out, f"{config} resume='latest'")
+    try:
+        resumed_at = wait_until(lambda: RESUMED_LINE.search(second.output()) and
+                                time.perf_counter(), 180, "the resumed run's resume line",
+                                [fed.superlink, run_popen_watch(second)], interval_s=0.2)
+        new_round_at = wait_until(lambda: "configure_train" in second.output() and
+                                  time.perf_counter(), 180, "the resumed run's first round",
+                                  [fed.superlink, run_popen_watch(second)], interval_s=0.2)
+        second_id = finish_run(fed, second, 300)  # finished:completed
+    finally:
+        stop_run_client(second)
+    output = second.output()
+    match = RESUMED_LINE.search(output)
+    assert match and (int(match.group(2)), int(match.group(3))) == (2, rounds), output
+
+    # The server: rounds 1-2 trained by all three, rounds 3-4 refused by all three.
+    rows = json.loads((out / f"run-{second_id}" / "rounds.json").read_text())
+    assert [int(r["round"]) for r in rows] == list(range(rounds + 1)), rows
+    for r in (1, 2):
+        assert (row(rows, r)["accepted"], row(rows, r)["failures"]) == (3, 0), row(rows, r)
+    for r in (3, 4):
+        assert row(rows, r)["accepted"] == 0 and failures_of(row(rows, r)) == {
+            "dp-refused": 3}, row(rows, r)
+        assert row(rows, r)["kept-previous"] == 1, row(rows, r)
+
+    # Each hospital, on its own: its ledger never went past its cap, whatever the server did.
+    seen = {}
+    for name, path in ledgers.items():
+        doc = ledger_summary(fed, path)
+        [ident] = doc["datasets"]
+        assert ident["cap"] == DP_CAP and ident["delta"] == 1e-5, ident
+        assert ident["total-epsilon"] <= DP_CAP, (name, ident)
+        assert [(r["run"], r["rounds"], r["pending"]) for r in ident["runs"]] == [
+            (int(first_id), 2, 0)], (name, ident)  # nothing charged to the resumed run
+        assert ident["total-epsilon"] > 2.0, (name, ident)  # rounds 1-2 were charged
+        seen[name] = ident["total-epsilon"]
+    refused_logs = {name: fed.nodes[name].log_text().count("DP lifetime budget")
+                    for name in HOSPITALS}
+    fed.record_timing(
+        f"DP resume (dp-epsilon {DP_EPSILON:g}/run, dp-budget {DP_CAP:g}): lifetime epsilon "
+        + ", ".join(f"{n}={e:.3f}" for n, e in seen.items())
+        + f"; rounds 3-4 refused by 3 each (failed-dp-refused); refusal lines in node logs "
+        f"{refused_logs}; resume submitted -> resume line {resumed_at - second.started:.1f}s, "
+        f"-> first new round (configure_train) {new_round_at - second.started:.1f}s; "
+        f"resumed run done {time.perf_counter() - second.started:.1f}s after submission")

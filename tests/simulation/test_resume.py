@@ -76,3 +76,36 @@ def test_a_crashed_run_resumes_where_its_checkpoint_left_off(local_env: dict[str
     assert sorted(set(steps)) == list(range(ROUNDS + 1))
     [version] = client.search_model_versions("name='fedapp-digits'")
     assert version.run_id == run.info.run_id
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(local_env: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    """Interrupted-then-resumed against uninterrupted, same seeds. Not bit-identical, and
+    why: (1) replies are aggregated in the order they arrive, so float sums differ in the
+    last bits from run to run, resumed or not; (2) simulated node ids are drawn anew for
+    every Flower run, so state keyed by node (cosine reputations, node health) restarts
+    for the resumed run's nodes, and a node's `context.state` (a compression residual, a
+    DP-SGD run plan) is per run. With screening off only (1) remains: measured 0.0018 as
+    the largest weight difference after 10 rounds, the same accuracy at every round."""
+    import torch
+
+    config = {"num-server-rounds": 6, "local-epochs": 5, "fraction-evaluate": 0.0,
+              "tracking": False, "anomaly-detection": "off"}
+    whole, _ = runner.run_and_check(REPO, {**config, "output-dir": str(tmp_path / "whole")},
+                                    federation_config=FEDERATION, env=local_env, timeout=300)
+    out = tmp_path / "resumed"
+    first = runner.submit(REPO, {**config, "output-dir": str(out)},
+                          federation_config=FEDERATION, env=local_env)
+    wait_for_round(out / f"run-{first}" / "checkpoints", 2, 300)
+    kill_server_app(local_env)
+    runner.flwr(["stop", str(first)], env=local_env)
+    second, _ = runner.run_and_check(REPO, {**config, "output-dir": str(out), "resume": "latest"},
+                                     federation_config=FEDERATION, env=local_env, timeout=300)
+    a = json.loads((tmp_path / "whole" / f"run-{whole}" / "rounds.json").read_text())
+    b = json.loads((out / f"run-{second}" / "rounds.json").read_text())
+    assert [r["round"] for r in a] == [r["round"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        assert abs(x["server-accuracy"] - y["server-accuracy"]) <= 0.02, (x, y)
+    wa = torch.load(tmp_path / "whole" / f"run-{whole}" / "model.pt")
+    wb = torch.load(out / f"run-{second}" / "model.pt")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 0.05
