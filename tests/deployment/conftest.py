@@ -161,21 +161,46 @@ def _alive(pid: int, cmd: bytes) -> bool:
     return cmdline(pid) == cmd and bool(cmd)
 
 
-@pytest.fixture(scope="module")
-def supervisor(request: pytest.FixtureRequest,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
+def supervise(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+              name: str, active: list[Supervisor], timings: list[str]) -> Iterator[Supervisor]:
+    """A ``Supervisor`` in a fresh temp dir ``name``, listed in ``active`` while it runs (so
+    a failing test shows its logs) and stopped afterwards; its wall time joins ``timings``.
+    Shared by the deployment and chaos tiers' fixtures."""
     started = time.perf_counter()
-    root = tmp_path_factory.mktemp("deployment")
+    root = tmp_path_factory.mktemp(name)
     sup = Supervisor(root=root, log_dir=root / "logs")
     sup.log_dir.mkdir()
-    ACTIVE.append(sup)
+    active.append(sup)
     try:
         yield sup
     finally:
         sup.close()
-        ACTIVE.remove(sup)
-        TIMINGS.append(f"{request.module.__name__}: {time.perf_counter() - started:.1f}s "
+        active.remove(sup)
+        timings.append(f"{request.module.__name__}: {time.perf_counter() - started:.1f}s "
                        "wall (setup, tests, teardown)")
+
+
+def attach_log_tails(report: pytest.TestReport, active: list[Supervisor]) -> None:
+    """Attach the tail of every log of the ``active`` supervisors to a failed report."""
+    if not report.failed:
+        return
+    for supervisor in active:
+        for name, text in supervisor.log_tails():
+            report.sections.append((f"log {name} (last {LOG_TAIL_LINES} lines)", text))
+
+
+def write_timings(terminalreporter: pytest.TerminalReporter, title: str,
+                  timings: list[str]) -> None:
+    if timings:
+        terminalreporter.write_sep("-", title)
+        for line in timings:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def supervisor(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
+    yield from supervise(request, tmp_path_factory, "deployment", ACTIVE, TIMINGS)
 
 
 @pytest.fixture(scope="session")
@@ -189,16 +214,8 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, None]:
     """On a failed test, attach the tail of every process log to its report."""
     outcome = yield
-    report: pytest.TestReport = outcome.get_result()
-    if not report.failed:
-        return
-    for supervisor in ACTIVE:
-        for name, text in supervisor.log_tails():
-            report.sections.append((f"log {name} (last {LOG_TAIL_LINES} lines)", text))
+    attach_log_tails(outcome.get_result(), ACTIVE)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if TIMINGS:
-        terminalreporter.write_sep("-", "deployment timings")
-        for line in TIMINGS:
-            terminalreporter.write_line(line)
+    write_timings(terminalreporter, "deployment timings", TIMINGS)
