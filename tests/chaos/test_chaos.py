@@ -444,7 +444,7 @@ def test_killed_server_app_resumes_from_its_checkpoint(federation: ChaosFederati
     assert_federation_whole(fed)
     rounds = 4
     out = fed.root / "out-resume"
-    config = f"{BASE_CONFIG} num-server-rounds={rounds} min-available-nodes=3 wait-timeout=20"
+    config = f"{BASE_CONFIG} num-server-rounds={rounds} min-available-nodes=3 wait-timeout=90"
     first = start_run(fed, "crashed", out, config)
     try:
         run_id = wait_until(first.run_id, 120, "the first run's ID",
@@ -518,7 +518,7 @@ def test_restarted_superlink_keeps_hospitals_and_nodes_reconnect(
     assert_federation_whole(fed)
     reconnected = time.perf_counter()
     run = start_run(fed, "after-restart", fed.root / "out-restart",
-                    f"{BASE_CONFIG} num-server-rounds=1 min-available-nodes=3 wait-timeout=20")
+                    f"{BASE_CONFIG} num-server-rounds=1 min-available-nodes=3 wait-timeout=90")
     run_id = finish_run(fed, run, 240)
     rows = json.loads((run.out_dir / f"run-{run_id}" / "rounds.json").read_text())
     assert (row(rows, 1)["accepted"], row(rows, 1)["failures"]) == (3, 0), rows
@@ -578,7 +578,7 @@ def test_a_resumed_dp_run_keeps_every_hospital_within_its_own_cap(
 
     rounds = 4
     out = fed.root / "out-dp-resume"
-    config = (f"{BASE_CONFIG} num-server-rounds={rounds} min-available-nodes=3 wait-timeout=20 "
+    config = (f"{BASE_CONFIG} num-server-rounds={rounds} min-available-nodes=3 wait-timeout=90 "
               f"dp='local' dp-epsilon={DP_EPSILON}")
     first = start_run(fed, "dp-crashed", out, config)
     try:
