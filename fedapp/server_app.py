@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedapp import task
+from fedapp import monitoring, task
 from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec
 from fedapp.server import checkpoint
@@ -57,6 +57,8 @@ def main(grid: Grid, context: Context) -> None:
     state = robust.state
     tracker = open_tracker(cfg, context.run_id, tracking_uri, resumed)
     writer = checkpoint.Writer(out_dir / checkpoint.DIRECTORY, cfg.checkpoint_keep)
+    monitor = monitoring.start(cfg, context.run_id, model_bytes=4 * sum(  # float32 updates
+        t.numel() for t in model.state_dict().values()))
 
     def evaluate_fn(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         server_round = flower_round + done
@@ -71,6 +73,7 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "%s", round_line(row, cfg.num_server_rounds))
         write_json(out_dir / "rounds.json", state.history())
         tracker.log_round(server_round, {k: v for k, v in row.items() if k != "round"})
+        monitor.observe(row, robust.history.get(server_round), state.reputation.scores())
         if server_round > 0 and cfg.checkpoint_keep > 0:
             writer.save(state, cfg.to_flower(), context.run_id, tracker.run_id or "")
         return evaluation
@@ -79,7 +82,9 @@ def main(grid: Grid, context: Context) -> None:
         type(model).__name__, cfg.dataset, "no" if test_set is None else len(test_set),
         cfg.aggregator, out_dir)
     initial = state.arrays if state.arrays is not None else ArrayRecord(model.state_dict())
-    with tracker:  # an exception ends the MLflow run as FAILED and propagates
+    # The monitor stops serving last (after one more scrape, if Prometheus scrapes it); an
+    # exception ends the MLflow run as FAILED and propagates.
+    with monitor, tracker:
         try:
             result = strategy.start(grid=grid, initial_arrays=initial,
                                     num_rounds=max(cfg.num_server_rounds - done, 0),

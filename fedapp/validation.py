@@ -17,8 +17,16 @@ from flwr.app import ArrayRecord, RecordDict
 WEIGHT_KEY = "num-examples"
 
 
+REJECTION_KINDS = ("metrics", "layout", "non-finite", "compressed")
+
+
 class ReplyRejected(ValueError):
-    """A reply's content cannot be used; ``str(exc)`` is the reason."""
+    """A reply's content cannot be used; ``str(exc)`` is the reason and ``kind`` (one of
+    ``REJECTION_KINDS``) its family, a bounded label for counting."""
+
+    def __init__(self, reason: str, kind: str = "layout") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -38,17 +46,18 @@ def check_metrics(content: RecordDict) -> dict[str, float]:
     """Exactly one MetricRecord, with a positive integer ``num-examples`` and finite values."""
     records = list(content.metric_records.values())
     if len(records) != 1:
-        raise ReplyRejected(f"expected 1 MetricRecord, got {len(records)}")
+        raise ReplyRejected(f"expected 1 MetricRecord, got {len(records)}", "metrics")
     metrics: dict[str, float] = {}
     for key, value in records[0].items():
         if isinstance(value, list) or not math.isfinite(float(value)):
-            raise ReplyRejected(f"metric {key!r}={value!r} is not a finite number")
+            raise ReplyRejected(f"metric {key!r}={value!r} is not a finite number", "metrics")
         metrics[key] = float(value)
     n = metrics.get(WEIGHT_KEY)
     if n is None:
-        raise ReplyRejected(f"metric {WEIGHT_KEY!r} is missing")
+        raise ReplyRejected(f"metric {WEIGHT_KEY!r} is missing", "metrics")
     if n < 1 or n != int(n):
-        raise ReplyRejected(f"metric {WEIGHT_KEY!r}={n!r} must be a positive integer")
+        raise ReplyRejected(f"metric {WEIGHT_KEY!r}={n!r} must be a positive integer",
+                            "metrics")
     return metrics
 
 
@@ -94,7 +103,7 @@ def check_train_reply(
                 f"{spec.dtype}{list(spec.shape)}"
             )
         if not np.isfinite(values).all():
-            raise ReplyRejected(f"array {key!r} has non-finite values")
+            raise ReplyRejected(f"array {key!r} has non-finite values", "non-finite")
         if out is None:
             parts.append(values.astype(np.float32, copy=False).ravel())
         else:

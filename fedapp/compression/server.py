@@ -30,23 +30,23 @@ def _payload(content: RecordDict) -> np.ndarray:
     """The one uint8 1-D payload array of a compressed reply, or ``ReplyRejected``."""
     records = content.array_records
     if len(records) != 1:
-        raise ReplyRejected(f"compressed reply: expected 1 ArrayRecord, got {len(records)}")
+        raise _rejected(f"compressed reply: expected 1 ArrayRecord, got {len(records)}")
     record = next(iter(records.values()))
     if list(record.keys()) != [PAYLOAD_KEY]:
-        raise ReplyRejected(
+        raise _rejected(
             f"compressed reply: expected exactly the array {PAYLOAD_KEY!r}, got {list(record)}"
         )
     array = record[PAYLOAD_KEY]
     if str(array.dtype) != "uint8" or len(array.shape) != 1:
-        raise ReplyRejected(
+        raise _rejected(
             f"compressed reply: payload is {array.dtype}{list(array.shape)}, expected 1-D uint8"
         )
     try:
         payload = array.numpy()
     except Exception as exc:  # corrupt .npy bytes: numpy raises several types
-        raise ReplyRejected(f"compressed reply: payload cannot be decoded: {exc}") from exc
+        raise _rejected(f"compressed reply: payload cannot be decoded: {exc}") from exc
     if payload.dtype != np.uint8 or payload.shape != tuple(array.shape):
-        raise ReplyRejected(
+        raise _rejected(
             f"compressed reply: payload decodes to {payload.dtype}{list(payload.shape)}, "
             f"declared {array.dtype}{list(array.shape)}"
         )
@@ -57,17 +57,17 @@ def _header(content: RecordDict, d: int) -> dict[str, object]:
     """The codec header of a compressed reply; its format tag and ``d`` checked."""
     configs = content.config_records
     if list(configs) != [RECORD_KEY]:
-        raise ReplyRejected(
+        raise _rejected(
             f"compressed reply: expected exactly the ConfigRecord {RECORD_KEY!r}, "
             f"got {sorted(configs)}"
         )
     header = dict(configs[RECORD_KEY])
     tag = header.pop(FORMAT_KEY, None)
     if tag != FORMAT_TAG:
-        raise ReplyRejected(f"compressed reply: unknown format {tag!r}, expected {FORMAT_TAG!r}")
+        raise _rejected(f"compressed reply: unknown format {tag!r}, expected {FORMAT_TAG!r}")
     claimed = header.get("d")
     if not isinstance(claimed, int) or isinstance(claimed, bool) or claimed != d:
-        raise ReplyRejected(
+        raise _rejected(
             f"compressed reply: d={claimed!r} does not match the global model's d={d}"
         )
     return header
@@ -94,7 +94,12 @@ def decode_update(
     try:
         update = decode(EncodedUpdate(header=header, payload=payload))
     except PayloadError as exc:
-        raise ReplyRejected(f"compressed reply: {exc}") from exc
+        raise _rejected(f"compressed reply: {exc}") from exc
     if update.shape != (d,) or not np.isfinite(update).all():  # decode guarantees; be sure
-        raise ReplyRejected(f"compressed reply: decoded to {update.shape}, expected ({d},)")
+        raise _rejected(f"compressed reply: decoded to {update.shape}, expected ({d},)")
     return update, metrics
+
+
+def _rejected(reason: str) -> ReplyRejected:
+    """A compressed reply that cannot be decoded (kind ``compressed``)."""
+    return ReplyRejected(reason, "compressed")

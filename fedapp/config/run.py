@@ -148,6 +148,12 @@ class RunConfig:
     # run directory, or 'latest' (the newest run in output-dir with this run config).
     checkpoint_keep: int = field(default=3, metadata=_key("checkpoint-keep", min=0))
     resume: str = field(default="", metadata=_key("resume"))
+    # Prometheus metrics of the ServerApp (fedapp.monitoring) at
+    # http://metrics-address:metrics-port/metrics; 0 turns them off. On by default so that an
+    # operator's scrape config can name a fixed port; loopback by default so that a laptop
+    # simulation exposes nothing (containers set metrics-address='0.0.0.0').
+    metrics_port: int = field(default=9662, metadata=_key("metrics-port", min=0, max=65535))
+    metrics_address: str = field(default="127.0.0.1", metadata=_key("metrics-address"))
     # MLflow tracking and registry (fedapp.tracking, fedapp.tracking.registry).
     tracking: bool = field(default=True, metadata=_key("tracking"))
     tracking_uri: str = field(default="", metadata=_key("tracking-uri"))

@@ -61,6 +61,7 @@ from fedapp.robust.coordinate import coordinate_median
 from fedapp.robust.distances import distances_to, pairwise_sq_distances, rows_per_block
 
 #: 1 / Phi^-1(3/4): the MAD of a Gaussian times this is its standard deviation.
+CHECKS = ("norm", "cosine", "sign", "copy")  # the four checks, as named in reports
 MAD_SCALE = 1.4826
 #: sqrt(pi / 2): the mean absolute deviation of a Gaussian times this is its std.
 MEAN_AD_SCALE = 1.253314
@@ -71,7 +72,8 @@ class DetectionReport:
     """Scores of every row and the rows flagged, by row index of the input matrix.
 
     ``reasons`` maps each flagged row to a readable reason, e.g. ``"norm z=7.3 > 3.5"``,
-    ``"cosine -0.98 < 0.0"`` or ``"sign skew -0.83 beyond +-0.5"`` (joined by ``"; "``).
+    ``"cosine -0.98 < 0.0"`` or ``"sign skew -0.83 beyond +-0.5"`` (joined by ``"; "``);
+    ``checks`` names the checks behind each (``CHECKS``: norm, cosine, sign, copy).
     ``cosine_reputation`` is empty, or one smoothed cosine per row that the cosine check
     used instead of ``cosine`` (see ``with_reputation``).
     """
@@ -80,6 +82,7 @@ class DetectionReport:
     norm_z: tuple[float, ...]
     cosine: tuple[float, ...]
     reasons: dict[int, str] = field(default_factory=dict)
+    checks: dict[int, tuple[str, ...]] = field(default_factory=dict)  # CHECKS that flagged
     norm_threshold: float = 3.5
     cosine_threshold: float = 0.0
     sign_skew: tuple[float, ...] = ()
@@ -133,24 +136,26 @@ def _flag(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[floa
           reputation: tuple[float, ...] = ()) -> DetectionReport:
     """Apply the four checks to the scores (see the module docstring)."""
     reasons: dict[int, str] = {}
+    checks: dict[int, tuple[str, ...]] = {}
     for i in range(len(norm_z)):
-        parts = []
+        parts: list[tuple[str, str]] = []
         if norm_z[i] > norm_threshold:
-            parts.append(f"norm z={norm_z[i]:.1f} > {norm_threshold}")
+            parts.append(("norm", f"norm z={norm_z[i]:.1f} > {norm_threshold}"))
         if reputation and reputation[i] < cosine_threshold:
-            parts.append(f"cosine reputation {reputation[i]:.2f} < {cosine_threshold} "
-                         f"(this round {cosine[i]:.2f})")
+            parts.append(("cosine", f"cosine reputation {reputation[i]:.2f} < "
+                          f"{cosine_threshold} (this round {cosine[i]:.2f})"))
         elif not reputation and cosine[i] < cosine_threshold:
-            parts.append(f"cosine {cosine[i]:.2f} < {cosine_threshold}")
+            parts.append(("cosine", f"cosine {cosine[i]:.2f} < {cosine_threshold}"))
         if skew and sign_threshold > 0 and abs(skew[i]) > sign_threshold:
-            parts.append(f"sign skew {skew[i]:+.2f} beyond +-{sign_threshold}")
+            parts.append(("sign", f"sign skew {skew[i]:+.2f} beyond +-{sign_threshold}"))
         if ratio and ratio[i] < duplicate_threshold:
-            parts.append(f"nearest update at {ratio[i]:.3f} x the typical distance "
-                         f"< {duplicate_threshold}")
+            parts.append(("copy", f"nearest update at {ratio[i]:.3f} x the typical distance "
+                          f"< {duplicate_threshold}"))
         if parts:
-            reasons[i] = "; ".join(parts)
+            reasons[i] = "; ".join(text for _, text in parts)
+            checks[i] = tuple(check for check, _ in parts)
     return DetectionReport(flagged=tuple(reasons), norm_z=norm_z, cosine=cosine,
-                           reasons=reasons, norm_threshold=norm_threshold,
+                           reasons=reasons, checks=checks, norm_threshold=norm_threshold,
                            cosine_threshold=cosine_threshold, sign_skew=skew,
                            sign_threshold=sign_threshold, cosine_reputation=reputation,
                            nearest_ratio=ratio, duplicate_threshold=duplicate_threshold)

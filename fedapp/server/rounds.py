@@ -29,9 +29,12 @@ class RoundStats:
     server_round: int
     replies: int = 0
     accepted: int = 0
+    accepted_nodes: tuple[int, ...] = ()
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> reason
+    rejected_kinds: dict[str, int] = field(default_factory=dict)  # REJECTION_KINDS -> nodes
     flagged: dict[int, str] = field(default_factory=dict)  # node id -> anomaly reason
-    excluded: int = 0  # flagged updates left out of the aggregation
+    flagged_checks: dict[int, tuple[str, ...]] = field(default_factory=dict)  # -> CHECKS
+    excluded_nodes: tuple[int, ...] = ()  # flagged nodes left out of the aggregation
     failed: dict[int, str] = field(default_factory=dict)  # node id -> "kind: reason"
     failed_kinds: dict[str, int] = field(default_factory=dict)  # kind -> nodes
     inflated: int = 0  # reported num-examples above weight-cap x the median
@@ -42,7 +45,15 @@ class RoundStats:
     bytes_down: int = 0  # arrays sent to nodes, as serialized by Flower
     bytes_up: int = 0  # arrays received in train replies (compressed or dense)
     decode_seconds: float = 0.0
+    aggregation_seconds: float = 0.0  # screening and the aggregation rule
+    nodes_connected: int = 0  # connected when the round's nodes were sampled
+    nodes_sampled: int = 0
+    node_epsilon: dict[int, float] = field(default_factory=dict)  # local DP: each node's
     health: dict[str, int] = field(default_factory=dict)  # nodes-healthy/-benched/-probation
+
+    @property
+    def excluded(self) -> int:
+        return len(self.excluded_nodes)
 
     def metrics(self) -> MetricRecord:
         """The round's metrics: the nodes' weighted train metrics and the counts."""
@@ -62,6 +73,9 @@ class RoundStats:
         record["bytes-up"] = self.bytes_up
         record["bytes-down"] = self.bytes_down
         record["decode-seconds"] = self.decode_seconds
+        record["aggregation-seconds"] = self.aggregation_seconds
+        record["nodes-connected"] = self.nodes_connected
+        record["nodes-sampled"] = self.nodes_sampled
         record["seconds"] = time.perf_counter() - self.started
         return record
 

@@ -139,6 +139,9 @@ class RobustStrategy(FedAvg):
         self._known.update(nodes)
         pool = self.breaker.pool(self.state.health, nodes, minimum, what=what)
         chosen = sampling.sample(pool, fraction, minimum)
+        if train and server_round in self.history:
+            stats = self.history[server_round]
+            stats.nodes_connected, stats.nodes_sampled = len(nodes), len(chosen)
         log(INFO, "configure_%s: Sampled %s nodes (out of %s%s)", "train" if train else
             "evaluate", len(chosen), len(pool),
             f"; {len(nodes) - len(pool)} benched" if len(pool) < len(nodes) else "")
@@ -205,6 +208,7 @@ class RobustStrategy(FedAvg):
                                                out=matrix[len(nodes)])
             except ReplyRejected as exc:
                 stats.rejected[node] = str(exc)
+                stats.rejected_kinds[exc.kind] = stats.rejected_kinds.get(exc.kind, 0) + 1
                 outcomes[node] = Reply(REJECTED)
                 log(WARNING, "round %d: rejected reply of node %d: %s", server_round, node, exc)
                 continue
@@ -213,12 +217,14 @@ class RobustStrategy(FedAvg):
             metrics.append(node_metrics)
             nodes.append(node)
             outcomes[node] = Reply()
-        stats.accepted = len(nodes)
+        stats.accepted, stats.accepted_nodes = len(nodes), tuple(nodes)
         self._check_counts(server_round, stats, nodes, metrics)
         stats.train_metrics = weighted_metrics(metrics)
-        spent = [m[LOCAL_DP_METRIC] for m in metrics if LOCAL_DP_METRIC in m]
-        if spent:  # local DP: the worst-off node's budget is what matters
-            stats.train_metrics[LOCAL_DP_METRIC + "-max"] = max(spent)
+        stats.node_epsilon = {node: m[LOCAL_DP_METRIC] for node, m in zip(nodes, metrics,
+                                                                           strict=True)
+                              if LOCAL_DP_METRIC in m}
+        if stats.node_epsilon:  # local DP: the worst-off node's budget is what matters
+            stats.train_metrics[LOCAL_DP_METRIC + "-max"] = max(stats.node_epsilon.values())
         return matrix, nodes, metrics
 
     def _failed(self, server_round: int, stats: RoundStats, node: int, msg: Message) -> str:
@@ -254,6 +260,15 @@ class RobustStrategy(FedAvg):
     def _aggregate(self, server_round: int, stats: RoundStats, nodes: list[int],
                    updates: torch.Tensor, weights: torch.Tensor) -> np.ndarray | None:
         """Screen, then aggregate; the float32 aggregate, or None if the rule cannot run."""
+        started = time.perf_counter()
+        try:
+            return self._screen_and_aggregate(server_round, stats, nodes, updates, weights)
+        finally:
+            stats.aggregation_seconds = time.perf_counter() - started
+
+    def _screen_and_aggregate(self, server_round: int, stats: RoundStats, nodes: list[int],
+                              updates: torch.Tensor, weights: torch.Tensor
+                              ) -> np.ndarray | None:
         if self.detection != "off":
             updates, weights = self._screen_round(server_round, stats, nodes, updates, weights)
         try:  # f counts the excluded rows too: num_replies is the count before exclusion
@@ -274,7 +289,8 @@ class RobustStrategy(FedAvg):
         """Screen the round's updates, record and log what was flagged."""
         updates, weights, report, dropped = self.screen(nodes, updates, weights)
         stats.flagged = {nodes[i]: report.reasons[i] for i in report.flagged}
-        stats.excluded = len(dropped)
+        stats.flagged_checks = {nodes[i]: report.checks[i] for i in report.flagged}
+        stats.excluded_nodes = tuple(nodes[i] for i in dropped)
         scores = self.reputation.scores()
         excluded = {nodes[i] for i in dropped}
         for node, reason in stats.flagged.items():
