@@ -40,11 +40,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedapp.compression.wire import serialized_bytes
-from fedapp.node_errors import kind_of
-from fedapp.robust.weights import inflated_counts
 from fedapp.server import sampling
 from fedapp.server.health import REJECTED, TIMEOUT, Breaker, Reply
 from fedapp.server.pipeline import Aggregation, AggregationPipeline
+from fedapp.server.replies import evaluation_metrics, record_failure, record_inflated
 from fedapp.server.rounds import LOCAL_DP_METRIC, RoundStats
 from fedapp.server.screen import Reputation, Screen, Screened
 from fedapp.server.state import ServerState
@@ -53,7 +52,6 @@ from fedapp.validation import (
     WEIGHT_KEY,
     ReplyRejected,
     array_specs,
-    check_metrics,
     weighted_metrics,
 )
 
@@ -198,7 +196,7 @@ class RobustStrategy(FedAvg):
             # from the SuperLink (src_node_id 1), not from the node.
             node = sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             if msg.has_error():
-                outcomes[node] = Reply(self._failed(server_round, stats, node, msg),
+                outcomes[node] = Reply(record_failure(server_round, stats, node, msg),
                                        from_node=msg.metadata.src_node_id == node)
                 continue
             stats.bytes_up += serialized_bytes(msg.content)
@@ -218,7 +216,7 @@ class RobustStrategy(FedAvg):
             nodes.append(node)
             outcomes[node] = Reply()
         stats.accepted, stats.accepted_nodes = len(nodes), tuple(nodes)
-        self._check_counts(server_round, stats, nodes, metrics)
+        record_inflated(server_round, stats, nodes, metrics, self.weight_cap)
         stats.train_metrics = weighted_metrics(metrics)
         stats.node_epsilon = {node: m[LOCAL_DP_METRIC] for node, m in zip(nodes, metrics,
                                                                            strict=True)
@@ -226,15 +224,6 @@ class RobustStrategy(FedAvg):
         if stats.node_epsilon:  # local DP: the worst-off node's budget is what matters
             stats.train_metrics[LOCAL_DP_METRIC + "-max"] = max(stats.node_epsilon.values())
         return matrix, nodes, metrics
-
-    def _failed(self, server_round: int, stats: RoundStats, node: int, msg: Message) -> str:
-        """Count a failed node by kind; log the first line of its reason; returns the kind."""
-        kind = kind_of(msg.error.code)
-        reason = (msg.error.reason.strip().splitlines() or ["no reason given"])[0]
-        stats.failed[node] = f"{kind}: {reason}"
-        stats.failed_kinds[kind] = stats.failed_kinds.get(kind, 0) + 1
-        log(WARNING, "round %d: node %d failed (%s): %s", server_round, node, kind, reason)
-        return kind
 
     def _record_health(self, server_round: int, stats: RoundStats,
                        outcomes: dict[int, Reply]) -> None:
@@ -246,16 +235,6 @@ class RobustStrategy(FedAvg):
             stats.failed[node] = f"{TIMEOUT}: no reply by the end of the round"
             stats.failed_kinds[TIMEOUT] = stats.failed_kinds.get(TIMEOUT, 0) + 1
         stats.health = self.state.health.counts()
-
-    def _check_counts(self, server_round: int, stats: RoundStats, nodes: list[int],
-                      metrics: list[dict[str, float]]) -> None:
-        """Log every reported ``num-examples`` above ``weight_cap`` x the round's median."""
-        counts = [m[WEIGHT_KEY] for m in metrics]
-        for i, cap in inflated_counts(counts, self.weight_cap):
-            stats.inflated += 1
-            log(WARNING, "round %d: node %d reported num-examples=%g, more than weight-cap "
-                "%g x the round's median (%g)", server_round, nodes[i], counts[i],
-                self.weight_cap, cap)
 
     def _aggregate(self, server_round: int, stats: RoundStats, nodes: list[int],
                    updates: torch.Tensor, weights: torch.Tensor) -> np.ndarray | None:
@@ -308,18 +287,4 @@ class RobustStrategy(FedAvg):
     def aggregate_evaluate(self, server_round: int,
                            replies: Iterable[Message]) -> MetricRecord | None:
         """Weighted mean of client-side evaluation metrics; bad replies are skipped."""
-        rows = []
-        sent = self._senders(MessageType.EVALUATE)
-        for msg in replies:
-            node = sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-            if msg.has_error():
-                reason = (msg.error.reason.strip().splitlines() or ["no reason given"])[0]
-                log(WARNING, "round %d: evaluation failed on node %d (%s): %s", server_round,
-                    node, kind_of(msg.error.code), reason)
-                continue
-            try:
-                rows.append(check_metrics(msg.content))
-            except ReplyRejected as exc:
-                log(WARNING, "round %d: rejected evaluation reply of node %d: %s",
-                    server_round, node, exc)
-        return MetricRecord(weighted_metrics(rows)) if rows else None  # type: ignore[arg-type]
+        return evaluation_metrics(server_round, replies, self._senders(MessageType.EVALUATE))
