@@ -4,7 +4,8 @@ Layers, each importing only the ones before it::
 
     store     tracking URI, connect/probe, TrackingError, RegistrationResult
     registry  registered models, the champion, promote/rollback/export
-              (CLI: python -m fedapp.tracking.registry)
+    registry_cli
+              its command line: python -m fedapp.tracking.registry
     report    report.md and figures of an experiment's runs
               (CLI: python -m fedapp.tracking.report)
     tracker   Tracker: one MLflow run per Flower run
