@@ -1,11 +1,16 @@
 """Model registry: versions of a registered model, the champion, promotion, rollback.
 
 The ServerApp registers every run's final model as a new version (tags: run-id,
-accuracy, config). The ``champion`` alias names the version to deploy; it moves
+accuracy, config, model-id). The ``champion`` alias names the version to deploy; it moves
 only through ``gate`` (a better accuracy by more than a margin) or ``promote``.
 Each move records the replaced champion: alias ``previous-champion`` and the
 model tag ``champion-history`` (comma-separated, oldest first), which
 ``rollback`` pops.
+
+A version's source is an MLflow Model (``fedapp.tracking.model``): load it with
+``mlflow.pytorch.load_model("models:/<name>@champion")`` or serve it with ``mlflow models
+serve``. Its folder also holds ``model.pt`` (the state dict) and ``config.json``, what
+``export`` writes and ``initial-model=champion`` reads.
 
 Command line (``fedapp.tracking.registry_cli``)::
 
@@ -80,8 +85,9 @@ def _version(client: Any, name: str, version: str) -> Any:
 
 
 def create_version(client: Any, name: str, source: str, run_id: str | None,
-                   tags: dict[str, str]) -> str:
-    """Add a version (creating the registered model if new); returns its number."""
+                   tags: dict[str, str], model_id: str | None = None) -> str:
+    """Add a version of ``source`` (creating the registered model if new); returns its
+    number. ``model_id``: the MLflow LoggedModel whose files ``source`` holds."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -90,7 +96,7 @@ def create_version(client: Any, name: str, source: str, run_id: str | None,
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     created = client.create_model_version(name, source, run_id=run_id, tags=tags,
-                                          await_creation_for=0)
+                                          await_creation_for=0, model_id=model_id)
     return str(created.version)
 
 
@@ -218,7 +224,11 @@ def _short(accuracy: str) -> str:
 
 
 def download_version(client: Any, uri: str, name: str, version: str, dst: Path) -> Path:
-    """Download a version's files (model.pt, config.json) into ``dst``; returns the folder."""
+    """Download a version's files into ``dst``; returns the folder.
+
+    The folder holds ``model.pt`` (the state dict) and ``config.json``: beside the MLflow
+    Model's files (``fedapp.tracking.model``), or alone in versions made before it.
+    """
     import mlflow.artifacts
 
     found = _version(client, name, version)

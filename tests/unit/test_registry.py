@@ -1,4 +1,7 @@
-"""Model versions, the promotion gate, promote / rollback / export, on a temp SQLite store."""
+"""Model versions, the promotion gate, promote / rollback / export, on a temp SQLite store.
+
+Every version here is the flavored MLflow Model the Tracker logs (``fedapp.tracking.model``);
+the operations read its ``model.pt`` and ``config.json``."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from fedapp.tracking.registry_cli import main as cli
 from tests.unit.test_tracking import fresh_store
 
 NAME = "fedapp-test"
+SPEC = DATASET_SPECS["breast-cancer"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -27,19 +31,22 @@ def uri(tmp_path: Path) -> str:
     return fresh_store(tmp_path)
 
 
-def tiny_state(seed: int) -> dict[str, torch.Tensor]:
+def tiny_model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model("mlp", DATASET_SPECS["breast-cancer"], 8).state_dict()
+    return build_model("mlp", SPEC, 8)
+
+
+def tiny_state(seed: int) -> dict[str, torch.Tensor]:
+    return tiny_model(seed).state_dict()
 
 
 def register(uri: str, tmp_path: Path, accuracy: float, margin: float = 0.0,
              seed: int = 0) -> RegistrationResult:
-    """One tracked run that saves a tiny model and registers it."""
-    path = tmp_path / f"model-{seed}.pt"
-    torch.save(tiny_state(seed), path)
+    """One tracked run that registers a tiny model."""
     params = {"dataset": "breast-cancer", "aggregator": "median", "seed": seed}
     with Tracker.open(uri, "exp", f"run-{seed}", params) as tracker:
-        result = tracker.register_model(path, NAME, accuracy, {"note": "test"}, margin)
+        result = tracker.register_model(tiny_model(seed), SPEC, NAME, accuracy,
+                                        {"note": "test"}, margin)
     assert result.version is not None, result.reason
     return result
 
@@ -150,6 +157,23 @@ def test_version_argument_is_checked(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         cli(["promote", "v2"])
     assert "VERSION='v2' must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_version_is_the_flavored_logged_model_of_its_run(uri: str, tmp_path: Path) -> None:
+    """The source is an MLflow Model (pytorch flavor) logged by the run, READY, with the
+    state dict and config beside the flavor's files."""
+    result = register(uri, tmp_path, 0.7, seed=4)
+    client = connect(uri)
+    version = client.get_model_version(NAME, str(result.version))
+    logged = client.get_logged_model(version.tags["model-id"])
+    assert version.source == logged.artifact_location
+    assert logged.source_run_id == version.run_id and str(logged.status) == "READY"
+    run = client.get_run(version.run_id)
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]
+    folder = registry.download_version(client, uri, NAME, str(result.version), tmp_path / "dl")
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert {"MLmodel", "data/model.pt2", "requirements.txt", "model.pt", "config.json"} <= files
+    assert "pytorch:" in (folder / "MLmodel").read_text()
 
 
 def test_registry_command_keeps_its_name(uri: str, tmp_path: Path) -> None:
