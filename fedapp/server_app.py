@@ -93,7 +93,7 @@ def main(grid: Grid, context: Context) -> None:
             writer.close()  # the last round's checkpoint is on disk
         model.load_state_dict(result.arrays.to_torch_state_dict())
         final = save_outputs(model, cfg, state, out_dir, tracker)
-        register(cfg, tracker, out_dir, model_name, final, context.run_id)
+        register(cfg, tracker, model, model_name, final, context.run_id)
     log(INFO, "[fedapp] final accuracy %s; model, config and per-round metrics in %s",
         "n/a" if final is None else f"{final:.4f}", out_dir)
 
@@ -112,17 +112,22 @@ def open_tracker(cfg: RunConfig, run_id: int, tracking_uri: str,
                         tags={"flwr-run-id": str(run_id)})
 
 
-def register(cfg: RunConfig, tracker: Tracker, out_dir: Path, model_name: str,
+def register(cfg: RunConfig, tracker: Tracker, model: torch.nn.Module, model_name: str,
              final: float | None, run_id: int) -> None:
-    """Register the final model behind the promotion gate, or log it when not registering."""
+    """Log the final model as an MLflow Model (``fedapp.tracking.model``: the dataset's
+    inputs, logits out) and register it behind the promotion gate, or only log it when
+    not registering."""
     if cfg.registered_model != "off" and final is None:
         log(WARNING, "[fedapp] no accuracy to gate a model version on (no server test "
             "set, no federated evaluation): the model is logged, not registered")
+    if not tracker.enabled:
+        return
+    spec = dataset_spec(cfg)
     if cfg.registered_model != "off" and final is not None:
-        tracker.register_model(out_dir / "model.pt", model_name, final,
-                               {"flwr-run-id": str(run_id)}, cfg.promotion_margin)
+        tracker.register_model(model, spec, model_name, final, {"flwr-run-id": str(run_id)},
+                               cfg.promotion_margin)
     else:
-        tracker.log_artifacts([out_dir / "model.pt"], "model")
+        tracker.log_model(model, spec)
 
 
 def save_outputs(model: torch.nn.Module, cfg: RunConfig, state: ServerState, out_dir: Path,

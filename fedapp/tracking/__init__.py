@@ -2,16 +2,18 @@
 
 Layers, each importing only the ones before it::
 
-    store     tracking URI, connect/probe, TrackingError, RegistrationResult
-    registry  registered models, the champion, promote/rollback/export
-              (CLI: python -m fedapp.tracking.registry)
-    report    report.md and figures of an experiment's runs
-              (CLI: python -m fedapp.tracking.report)
-    tracker   Tracker: one MLflow run per Flower run
+    store         tracking URI, connect/probe, TrackingError, RegistrationResult
+    registry      registered models, the champion, promote/rollback/export
+    registry_cli  its command line: python -m fedapp.tracking.registry
+    report        report.md and figures of an experiment's runs
+                  (CLI: python -m fedapp.tracking.report)
+    model         the final model as an MLflow Model (mlflow.pytorch flavor, signature,
+                  input example, requirements), logged as a LoggedModel of the run
+    tracker       Tracker: one MLflow run per Flower run
 
 Importing this package is cheap: MLflow and matplotlib are imported inside the
 functions that use them. ``Tracker`` and ``config_summary`` are loaded on first
-use (PEP 562) rather than here: ``tracker`` imports ``registry`` and ``report``,
+use (PEP 562) rather than here: ``tracker`` imports ``registry``, ``report`` and ``model``,
 and a package that imported them would make ``python -m fedapp.tracking.registry``
 (and ``.report``) find its own module already imported, which runpy warns about.
 """

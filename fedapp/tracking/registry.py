@@ -1,13 +1,18 @@
 """Model registry: versions of a registered model, the champion, promotion, rollback.
 
 The ServerApp registers every run's final model as a new version (tags: run-id,
-accuracy, config). The ``champion`` alias names the version to deploy; it moves
+accuracy, config, model-id). The ``champion`` alias names the version to deploy; it moves
 only through ``gate`` (a better accuracy by more than a margin) or ``promote``.
 Each move records the replaced champion: alias ``previous-champion`` and the
 model tag ``champion-history`` (comma-separated, oldest first), which
 ``rollback`` pops.
 
-Command line::
+A version's source is an MLflow Model (``fedapp.tracking.model``): load it with
+``mlflow.pytorch.load_model("models:/<name>@champion")`` or serve it with ``mlflow models
+serve``. Its folder also holds ``model.pt`` (the state dict) and ``config.json``, what
+``export`` writes and ``initial-model=champion`` reads.
+
+Command line (``fedapp.tracking.registry_cli``)::
 
     python -m fedapp.tracking.registry [--tracking-uri URI] [--name NAME] list
     python -m fedapp.tracking.registry promote VERSION
@@ -17,7 +22,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import shutil
@@ -28,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedapp.tracking.store import TrackingError, connect, resolve_tracking_uri
+from fedapp.tracking.store import connect, resolve_tracking_uri
 
 LOG = logging.getLogger("flwr.fedapp.registry")
 CHAMPION = "champion"
@@ -81,8 +85,9 @@ def _version(client: Any, name: str, version: str) -> Any:
 
 
 def create_version(client: Any, name: str, source: str, run_id: str | None,
-                   tags: dict[str, str]) -> str:
-    """Add a version (creating the registered model if new); returns its number."""
+                   tags: dict[str, str], model_id: str | None = None) -> str:
+    """Add a version of ``source`` (creating the registered model if new); returns its
+    number. ``model_id``: the MLflow LoggedModel whose files ``source`` holds."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -91,7 +96,7 @@ def create_version(client: Any, name: str, source: str, run_id: str | None,
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     created = client.create_model_version(name, source, run_id=run_id, tags=tags,
-                                          await_creation_for=0)
+                                          await_creation_for=0, model_id=model_id)
     return str(created.version)
 
 
@@ -219,7 +224,11 @@ def _short(accuracy: str) -> str:
 
 
 def download_version(client: Any, uri: str, name: str, version: str, dst: Path) -> Path:
-    """Download a version's files (model.pt, config.json) into ``dst``; returns the folder."""
+    """Download a version's files into ``dst``; returns the folder.
+
+    The folder holds ``model.pt`` (the state dict) and ``config.json``: beside the MLflow
+    Model's files (``fedapp.tracking.model``), or alone in versions made before it.
+    """
     import mlflow.artifacts
 
     found = _version(client, name, version)
@@ -275,56 +284,7 @@ def champion_state_dict_path(tracking_uri: str, name: str) -> Path | None:
         return None
 
 
-def _version_arg(value: str) -> str:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"VERSION={value!r} must be a positive integer")
-    return str(int(value))
+if __name__ == "__main__":  # the command keeps its name; its code is the layer above
+    from fedapp.tracking.registry_cli import main
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fedapp.tracking.registry", description=__doc__
-                                     .split("\n\n")[0])
-    parser.add_argument("--tracking-uri", default="",
-                        help="default: $MLFLOW_TRACKING_URI, else sqlite in ~/.fedapp/runs")
-    parser.add_argument("--name", default=model_name_for("digits"),
-                        help="registered model name (default: %(default)s)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list versions")
-    sub.add_parser("promote", help="make VERSION the champion").add_argument(
-        "version", type=_version_arg)
-    sub.add_parser("rollback", help="give champion back to the previous champion")
-    exp = sub.add_parser("export", help="write VERSION's model.pt and config.json to PATH")
-    exp.add_argument("version", type=_version_arg)
-    exp.add_argument("path", type=Path)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    uri = resolve_tracking_uri(args.tracking_uri)
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client = connect(uri)
-        if args.command == "list":
-            print(format_table(list_versions(client, args.name)))
-        elif args.command == "promote":
-            if champion_of(client, args.name) == args.version:
-                print(f"{args.name}: v{args.version} is already the champion")
-            else:
-                before = promote(client, args.name, args.version)
-                print(f"{args.name}: champion v{before or '-'} -> v{args.version}")
-        elif args.command == "rollback":
-            before, after = rollback(client, args.name)
-            print(f"{args.name}: champion v{before or '-'} -> v{after} (rolled back)")
-        else:
-            for path in export(client, uri, args.name, args.version, args.path):
-                print(path)
-    except (RegistryError, TrackingError, MlflowException) as exc:
-        print(f"error: {exc} (tracking URI {uri})", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,9 @@
 """MLflow tracking for the ServerApp: one MLflow run per Flower run.
 
 A ``Tracker`` logs the flat run config as params, per-round metrics, the output
-files, a PNG of the learning curves, and registers the final model as a new
-version of a registered model behind a promotion gate (``fedapp.tracking.registry``).
+files, a PNG of the learning curves, and the final model as an MLflow Model (the
+``mlflow.pytorch`` flavor, ``fedapp.tracking.model``), registered as a new version of a
+registered model behind a promotion gate (``fedapp.tracking.registry``).
 
 Tracking must never stop training. Every MLflow failure (server down, bad URI,
 registry error) is caught, logged once as a WARNING with its reason, and turns
@@ -15,17 +16,15 @@ is cheap.
 
 from __future__ import annotations
 
-import json
 import logging
 import numbers
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fedapp.tracking import model as logged_model
 from fedapp.tracking.registry import create_version, gate
 from fedapp.tracking.report import save_curves
 from fedapp.tracking.store import (
@@ -37,8 +36,12 @@ from fedapp.tracking.store import (
     sqlite_path,
 )
 
+if TYPE_CHECKING:
+    import torch
+
+    from fedapp.data.specs import DatasetSpec
+
 LOG = logging.getLogger("flwr.fedapp.tracking")  # a child of Flower's logger: same console
-MODEL_ARTIFACT_PATH = "model"  # run artifacts: model/model.pt, model/config.json
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 SUMMARY_KEYS = ("dataset", "model", "aggregator", "aggregator-f", "attack", "dp",
                 "dp-epsilon", "compression", "num-server-rounds", "seed")
@@ -180,10 +183,25 @@ class Tracker:
         self.log_artifacts([path])
         return path
 
-    def register_model(self, model_path: Path, registered_name: str, accuracy: float,
-                       tags: Mapping[str, str], margin: float) -> RegistrationResult:
-        """Log the model, add it as a version of ``registered_name``, apply the gate.
+    def log_model(self, model: torch.nn.Module, spec: DatasetSpec) -> str | None:
+        """Log the final model as an MLflow Model (``fedapp.tracking.model``) without
+        registering it; returns its LoggedModel id (None when disabled or on failure)."""
+        if self._client is None:
+            return None
+        try:
+            return str(logged_model.log(self._client, str(self.run_id), model, spec,
+                                        self._params).model_id)
+        except Exception as exc:
+            self._disable("cannot log the model", exc)
+            return None
 
+    def register_model(self, model: torch.nn.Module, spec: DatasetSpec, registered_name: str,
+                       accuracy: float, tags: Mapping[str, str],
+                       margin: float) -> RegistrationResult:
+        """Log ``model`` (an MLflow Model of ``spec``'s inputs, see ``fedapp.tracking.model``),
+        add it as a version of ``registered_name``, apply the gate.
+
+        The version's source is the LoggedModel's artifact location (tag ``model-id``).
         The ``champion`` alias moves to the new version only if ``accuracy`` beats
         the champion's ``accuracy`` tag by more than ``margin``; the replaced
         champion is recorded (see ``fedapp.tracking.registry``) so that rollback works.
@@ -194,13 +212,12 @@ class Tracker:
             return RegistrationResult(registered_name, None, False, None, None,
                                       f"not registered: tracking disabled ({self.reason})")
         try:
-            self._log_model(Path(model_path))
+            logged = logged_model.log(self._client, str(self.run_id), model, spec, self._params)
             version_tags = {"run-id": str(self.run_id), "accuracy": repr(float(accuracy)),
-                            "config": config_summary(self._params)}
+                            "config": config_summary(self._params), "model-id": logged.model_id}
             version_tags |= {k: str(v) for k, v in tags.items()}
-            version = create_version(
-                self._client, registered_name, f"runs:/{self.run_id}/{MODEL_ARTIFACT_PATH}",
-                self.run_id, version_tags)
+            version = create_version(self._client, registered_name, logged.artifact_location,
+                                     self.run_id, version_tags, model_id=logged.model_id)
             promoted, champion, previous, reason = gate(
                 self._client, registered_name, version, float(accuracy), margin)
         except Exception as exc:
@@ -209,16 +226,6 @@ class Tracker:
                                       f"not registered: {self.reason}")
         LOG.info("[fedapp] model %r version %s: %s", registered_name, version, reason)
         return RegistrationResult(registered_name, version, promoted, champion, previous, reason)
-
-    def _log_model(self, model_path: Path) -> None:
-        """Log ``model/model.pt`` and ``model/config.json`` (the run's params)."""
-        if not model_path.is_file():
-            raise FileNotFoundError(f"model file {model_path} does not exist")
-        with tempfile.TemporaryDirectory(prefix="fedapp-model-") as tmp:
-            shutil.copyfile(model_path, Path(tmp) / "model.pt")
-            config = json.dumps(self._params, indent=2, default=str)
-            (Path(tmp) / "config.json").write_text(config)
-            self._client.log_artifacts(self.run_id, tmp, MODEL_ARTIFACT_PATH)
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run with ``status`` (FINISHED, FAILED or KILLED)."""

@@ -38,6 +38,10 @@ def test_simulation_completes_and_learns(local_env: dict[str, str], tmp_path: Pa
     assert mlflow_run.data.params["num-server-rounds"] == "2"
     champion = client.get_model_version_by_alias("fedapp-digits", "champion")
     assert champion.run_id == mlflow_run.info.run_id
+    from mlflow.models import Model  # an MLflow Model: flavor and digits' signature
+
+    info = Model.load(champion.source.removeprefix("file://"))  # the store's local folder
+    assert "pytorch" in info.flavors and info.signature.inputs.inputs[0].shape == (-1, 64)
 
 
 def test_bad_config_fails_the_run_with_a_clear_message(local_env: dict[str, str],

@@ -1,9 +1,15 @@
-"""Model versions, the promotion gate, promote / rollback / export, on a temp SQLite store."""
+"""Model versions, the promotion gate, promote / rollback / export, on a temp SQLite store.
+
+Every version here is the flavored MLflow Model the Tracker logs (``fedapp.tracking.model``);
+the operations read its ``model.pt`` and ``config.json``."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +18,12 @@ import torch
 from fedapp.data import DATASET_SPECS
 from fedapp.task import build_model
 from fedapp.tracking import RegistrationResult, Tracker, connect, registry
+from fedapp.tracking.registry_cli import main as cli
 from tests.unit.test_tracking import fresh_store
 
 NAME = "fedapp-test"
+SPEC = DATASET_SPECS["breast-cancer"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -22,19 +31,22 @@ def uri(tmp_path: Path) -> str:
     return fresh_store(tmp_path)
 
 
-def tiny_state(seed: int) -> dict[str, torch.Tensor]:
+def tiny_model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model("mlp", DATASET_SPECS["breast-cancer"], 8).state_dict()
+    return build_model("mlp", SPEC, 8)
+
+
+def tiny_state(seed: int) -> dict[str, torch.Tensor]:
+    return tiny_model(seed).state_dict()
 
 
 def register(uri: str, tmp_path: Path, accuracy: float, margin: float = 0.0,
              seed: int = 0) -> RegistrationResult:
-    """One tracked run that saves a tiny model and registers it."""
-    path = tmp_path / f"model-{seed}.pt"
-    torch.save(tiny_state(seed), path)
+    """One tracked run that registers a tiny model."""
     params = {"dataset": "breast-cancer", "aggregator": "median", "seed": seed}
     with Tracker.open(uri, "exp", f"run-{seed}", params) as tracker:
-        result = tracker.register_model(path, NAME, accuracy, {"note": "test"}, margin)
+        result = tracker.register_model(tiny_model(seed), SPEC, NAME, accuracy,
+                                        {"note": "test"}, margin)
     assert result.version is not None, result.reason
     return result
 
@@ -74,12 +86,12 @@ def test_rollback_restores_previous_champions_then_refuses(
     for seed, acc in enumerate((0.6, 0.7, 0.8), start=1):
         register(uri, tmp_path, acc, seed=seed)
     assert champion(uri) == "3"
-    assert registry.main(["--tracking-uri", uri, "--name", NAME, "rollback"]) == 0
+    assert cli(["--tracking-uri", uri, "--name", NAME, "rollback"]) == 0
     assert champion(uri) == "2"
     assert "v3 -> v2" in capsys.readouterr().out
     assert registry.rollback(connect(uri), NAME) == ("2", "1")
     assert "previous-champion" not in connect(uri).get_registered_model(NAME).aliases
-    assert registry.main(["--tracking-uri", uri, "--name", NAME, "rollback"]) == 1
+    assert cli(["--tracking-uri", uri, "--name", NAME, "rollback"]) == 1
     assert "no previous champion" in capsys.readouterr().err
     assert champion(uri) == "1"
 
@@ -97,27 +109,27 @@ def test_promote_records_previous_and_list_shows_versions(
         uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     register(uri, tmp_path, 0.9, seed=1)
     register(uri, tmp_path, 0.5, seed=2)  # refused by the gate
-    assert registry.main(["--tracking-uri", uri, "--name", NAME, "promote", "2"]) == 0
+    assert cli(["--tracking-uri", uri, "--name", NAME, "promote", "2"]) == 0
     assert champion(uri) == "2"
     assert str(connect(uri).get_registered_model(NAME).aliases["previous-champion"]) == "1"
     capsys.readouterr()
-    assert registry.main(["--tracking-uri", uri, "--name", NAME, "list"]) == 0
+    assert cli(["--tracking-uri", uri, "--name", NAME, "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["version", "run", "id", "accuracy", "aliases", "created"]
     assert len(lines) == 3
     assert lines[1].split()[:4] == ["1", connect(uri).get_model_version(NAME, "1").run_id,
                                     "0.9000", "previous-champion"]
     assert lines[2].split()[3] == "champion"
-    assert registry.main(["--tracking-uri", uri, "--name", NAME, "promote", "9"]) == 1
+    assert cli(["--tracking-uri", uri, "--name", NAME, "promote", "9"]) == 1
     assert "no version '9'" in capsys.readouterr().err
-    assert registry.main(["--tracking-uri", uri, "--name", "nope", "list"]) == 1
+    assert cli(["--tracking-uri", uri, "--name", "nope", "list"]) == 1
     assert "no registered model 'nope'" in capsys.readouterr().err
 
 
 def test_export_writes_a_loadable_state_dict(uri: str, tmp_path: Path) -> None:
     register(uri, tmp_path, 0.9, seed=3)
     out = tmp_path / "exported"
-    assert registry.main(["--tracking-uri", uri, "--name", NAME, "export", "1", str(out)]) == 0
+    assert cli(["--tracking-uri", uri, "--name", NAME, "export", "1", str(out)]) == 0
     model = build_model("mlp", DATASET_SPECS["breast-cancer"], 8)
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     expected = tiny_state(3)
@@ -143,5 +155,34 @@ def test_champion_state_dict_path(uri: str, tmp_path: Path,
 
 def test_version_argument_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        registry.main(["promote", "v2"])
+        cli(["promote", "v2"])
     assert "VERSION='v2' must be a positive integer" in capsys.readouterr().err
+
+
+def test_a_version_is_the_flavored_logged_model_of_its_run(uri: str, tmp_path: Path) -> None:
+    """The source is an MLflow Model (pytorch flavor) logged by the run, READY, with the
+    state dict and config beside the flavor's files."""
+    result = register(uri, tmp_path, 0.7, seed=4)
+    client = connect(uri)
+    version = client.get_model_version(NAME, str(result.version))
+    logged = client.get_logged_model(version.tags["model-id"])
+    assert version.source == logged.artifact_location
+    assert logged.source_run_id == version.run_id and str(logged.status) == "READY"
+    run = client.get_run(version.run_id)
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]
+    folder = registry.download_version(client, uri, NAME, str(result.version), tmp_path / "dl")
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert {"MLmodel", "data/model.pt2", "requirements.txt", "model.pt", "config.json"} <= files
+    assert "pytorch:" in (folder / "MLmodel").read_text()
+
+
+def test_registry_command_keeps_its_name(uri: str, tmp_path: Path) -> None:
+    """``python -m fedapp.tracking.registry`` runs the CLI now in ``registry_cli``."""
+    register(uri, tmp_path, 0.7, seed=1)
+    done = subprocess.run(
+        [sys.executable, "-m", "fedapp.tracking.registry", "--tracking-uri", uri,
+         "--name", NAME, "list"], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].split()[0] == "1"
+    assert "champion" in done.stdout and "RuntimeWarning" not in done.stderr

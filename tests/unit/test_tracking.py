@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 
 from fedapp.config import RunConfig
+from fedapp.data import DATASET_SPECS
+from fedapp.task import build_model
 from fedapp.tracking import Tracker, resolve_tracking_uri
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPEC = DATASET_SPECS["breast-cancer"]
 
 
 def fresh_store(directory: Path) -> str:
@@ -116,15 +119,17 @@ def test_parent_run_id_makes_a_child_run(uri: str) -> None:
 def test_dead_server_warns_once_and_every_call_returns(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dead = f"http://127.0.0.1:{closed_port()}"
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"not used")
+    file = tmp_path / "rounds.json"
+    file.write_text("[]")
+    model = build_model("mlp", SPEC, 8)
     with caplog.at_level(logging.WARNING, logger="flwr.fedapp"):
         tracker = Tracker.open(dead, "exp", "run", {"seed": 1})
         tracker.log_round(1, {"server-accuracy": 0.5})
-        tracker.log_artifacts([model])
+        tracker.log_artifacts([file])
         png = tracker.log_curves([{"round": 1, "server-accuracy": 0.5, "server-loss": 1.0}],
                                  tmp_path / "curves.png")
-        result = tracker.register_model(model, "fedapp-test", 0.9, {}, 0.0)
+        assert tracker.log_model(model, SPEC) is None
+        result = tracker.register_model(model, SPEC, "fedapp-test", 0.9, {}, 0.0)
         tracker.close("FAILED")
     assert not tracker.enabled and dead in tracker.reason
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -145,12 +150,11 @@ def test_unusable_uri_disables_tracking(bad: str, caplog: pytest.LogCaptureFixtu
 
 
 def test_registry_error_disables_tracker_without_raising(
-        uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"x")
+        uri: str, caplog: pytest.LogCaptureFixture) -> None:
+    model = build_model("mlp", SPEC, 8)
     tracker = Tracker.open(uri, "exp", "run", {})
     with caplog.at_level(logging.WARNING, logger="flwr.fedapp"):
-        result = tracker.register_model(model, "bad/name", 0.9, {}, 0.0)
+        result = tracker.register_model(model, SPEC, "bad/name", 0.9, {}, 0.0)
         tracker.log_round(1, {"server-accuracy": 0.5})  # a no-op now
         tracker.close()
     assert result.version is None and not result.promoted
@@ -174,3 +178,31 @@ def test_probe_goes_through_the_configured_proxy(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("NO_PROXY", raising=False)
     tracker = Tracker.open("http://mlflow.example:5000", "exp", "run", {})
     assert not tracker.enabled and f"127.0.0.1:{port}" in tracker.reason
+
+
+def test_log_model_without_registering(uri: str) -> None:
+    """``registered-model=off``: the flavored model is an output of the run; no version."""
+    model = build_model("mlp", SPEC, 8)
+    with Tracker.open(uri, "exp", "run", {"seed": 3}) as tracker:
+        model_id = tracker.log_model(model, SPEC)
+    assert model_id is not None and tracker.reason == "run closed"
+    run = client(uri).get_run(tracker.run_id)
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    logged = client(uri).get_logged_model(model_id)
+    assert logged.source_run_id == tracker.run_id and str(logged.status) == "READY"
+    assert client(uri).search_registered_models() == []
+
+
+def test_a_model_that_does_not_fit_the_spec_is_not_logged(
+        uri: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A model of another dataset's width fails clearly, as a tracking warning."""
+    wrong = build_model("mlp", DATASET_SPECS["digits"], 8)
+    tracker = Tracker.open(uri, "exp", "run", {})
+    with caplog.at_level(logging.WARNING, logger="flwr.fedapp"):
+        result = tracker.register_model(wrong, SPEC, "fedapp-test", 0.9, {}, 0.0)
+    assert result.version is None and not tracker.enabled
+    assert "cannot register model 'fedapp-test'" in caplog.text
+    assert "MLP does not take the 30 features of 'breast-cancer'" in caplog.text
+    experiment = client(uri).get_experiment_by_name("exp").experiment_id
+    [logged] = client(uri).search_logged_models([experiment])
+    assert str(logged.status) == "FAILED"
