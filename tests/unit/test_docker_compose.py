@@ -6,17 +6,22 @@ turns every compose file into its final form; the tests then check the topology
 with the argument parser of the installed Flower (1.41) executable it runs, so a flag
 that 1.41 does not know, or a missing required one, fails here rather than in a
 container. Legacy (1.28-era) flags and ports that 1.41 still tolerates are refused too.
+The federation files' Prometheus and Grafana are checked against the files they mount
+from monitoring/ (scrape target, rule files, provisioning, dashboards).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import tomllib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,6 +42,9 @@ HOSPITAL_ENV = {
     "NODE_KEY": "/etc/fedapp/hospital-a",
     "HOSPITAL_DATA": "/srv/fedapp-data",
 }
+# What every docker-compose command on a federation file needs (docker/.env at a site).
+FEDERATION_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
+MONITORING = REPO / "monitoring"
 FLOWER_UID = "49999"
 SECRETS_DIR = PurePosixPath("/run/secrets")
 # Flags and ports of older Flower releases that 1.41 still parses (hidden or deprecated)
@@ -69,12 +77,24 @@ def resolved(name: str, with_env: bool = True) -> dict[str, Any]:
 
 
 def compose_config(name: str, with_env: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in HOSPITAL_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in {**HOSPITAL_ENV, **FEDERATION_ENV}}
     if with_env:
         env.update(HOSPITAL_ENV)
+        env.update(FEDERATION_ENV)
     assert COMPOSE is not None
-    return subprocess.run([COMPOSE, "-f", str(DOCKER / name), "config"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([COMPOSE, "--env-file", empty_env_file(), "-f", str(DOCKER / name),
+                           "config"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+@functools.cache
+def empty_env_file() -> str:
+    """An empty env file for docker-compose, so that an operator's docker/.env (git-ignored)
+    does not leak into the tests."""
+    fd, path = tempfile.mkstemp(suffix=".env")
+    os.close(fd)
+    atexit.register(os.unlink, path)
+    return path
 
 
 @functools.cache
@@ -135,11 +155,38 @@ def mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
 
 
 def mount_for(service: dict[str, Any], path: str) -> tuple[str, str, bool]:
-    """The mount whose target contains ``path``."""
-    for source, target, read_only in mounts(service):
-        if PurePosixPath(path).is_relative_to(target):
-            return source, target, read_only
-    raise AssertionError(f"{path} is on no mount of {service.get('image')}: {mounts(service)}")
+    """The mount whose target contains ``path`` (the innermost, as mounts nest)."""
+    holding = [m for m in mounts(service) if PurePosixPath(path).is_relative_to(m[1])]
+    if not holding:
+        raise AssertionError(
+            f"{path} is on no mount of {service.get('image')}: {mounts(service)}")
+    return max(holding, key=lambda m: len(PurePosixPath(m[1]).parts))
+
+
+def host_path(service: dict[str, Any], path: str) -> Path:
+    """The host file behind ``path`` in the service's container (on a bind mount)."""
+    source, target, _ = mount_for(service, path)
+    assert source.startswith("/"), f"{path} is on volume {source}, not a host directory"
+    return Path(source) / PurePosixPath(path).relative_to(target)
+
+
+def flag_value(service: dict[str, Any], name: str) -> str:
+    """The value of the service command's ``--name=value``."""
+    values = [c.split("=", 1)[1] for c in map(str, service["command"])
+              if c.startswith(f"{name}=")]
+    assert len(values) == 1, f"{name}= in {service['command']}"
+    return values[0]
+
+
+def repository_mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The service's bind mounts (host directories and files), each checked: it exists in
+    monitoring/ and is read-only."""
+    binds = [m for m in mounts(service) if m[0].startswith("/")]
+    for source, target, read_only in binds:
+        assert Path(source).exists(), f"{source} (mounted at {target}) does not exist"
+        assert Path(source).is_relative_to(MONITORING), f"{source} is not in monitoring/"
+        assert read_only, f"{target} is mounted writable"
+    return binds
 
 
 def published_ports(service: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -202,7 +249,8 @@ def test_flower_commands_parse_with_the_installed_flower(name: str) -> None:
 @pytest.mark.parametrize("name", FEDERATION_FILES)
 def test_federation_topology(name: str) -> None:
     services = resolved(name)["services"]
-    expected = {"volume-permissions", "superlink", "serverapp", "mlflow"}
+    expected = {"volume-permissions", "superlink", "serverapp", "mlflow", "prometheus",
+                "grafana"}
     expected |= {f"{kind}-{n}" for kind in ("supernode", "clientapp") for n in HOSPITALS}
     assert set(services) == expected
 
@@ -254,6 +302,75 @@ def test_federation_topology(name: str) -> None:
     assert store.startswith("sqlite:////")
     store_volume, _, _ = mount_for(mlflow, store.removeprefix("sqlite:///"))
     assert store_volume in resolved(name)["volumes"]
+
+
+@pytest.mark.parametrize("name", FEDERATION_FILES)
+def test_prometheus_scrapes_the_serverapp_with_the_repositorys_rules(name: str) -> None:
+    config = resolved(name)
+    services = config["services"]
+    prometheus = services["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"]), "pinned"
+    assert published_ports(prometheus) == [("127.0.0.1", "9090", "9090")], "host loopback"
+    assert flag_value(prometheus, "--web.listen-address").endswith(":9090")
+    assert repository_mounts(prometheus)
+    in_container = PurePosixPath(flag_value(prometheus, "--config.file"))
+    config_file = host_path(prometheus, str(in_container))
+    assert config_file == MONITORING / "prometheus" / "prometheus.yml"
+    storage, _, read_only = mount_for(prometheus, flag_value(prometheus, "--storage.tsdb.path"))
+    assert storage in config["volumes"] and not read_only, "the TSDB on a named volume"
+
+    scrape = yaml.safe_load(config_file.read_text())
+    # Rule files are relative to the config file: in the container as in the repository.
+    assert scrape["rule_files"]
+    for rule_file in scrape["rule_files"]:
+        assert host_path(prometheus, str(in_container.parent / rule_file)).is_file(), rule_file
+    # The one target is the serverapp service on the run config's metrics-port, which the
+    # service exposes on the compose network only.
+    targets = [t for job in scrape["scrape_configs"] for static in job["static_configs"]
+               for t in static["targets"]]
+    run_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    metrics_port = run_config["config"]["metrics-port"]
+    assert metrics_port == 9662
+    assert targets == [f"serverapp:{metrics_port}"]
+    serverapp = services["serverapp"]
+    assert str(metrics_port) in {str(p) for p in serverapp.get("expose", [])}
+    assert not published_ports(serverapp), "the metrics are not published on the host"
+    # The ServerApp listens on loopback unless the run says otherwise: the file shows how.
+    assert "metrics-address='0.0.0.0'" in (DOCKER / name).read_text()
+
+
+@pytest.mark.parametrize("name", FEDERATION_FILES)
+def test_grafana_provisions_the_repositorys_dashboards(name: str) -> None:
+    config = resolved(name)
+    services = config["services"]
+    grafana = services["grafana"]
+    assert re.fullmatch(r"grafana/grafana:11\.\d+\.\d+", grafana["image"]), "pinned"
+    assert published_ports(grafana) == [("127.0.0.1", "3000", "3000")], "host loopback"
+    assert repository_mounts(grafana)
+    provisioning = PurePosixPath("/etc/grafana/provisioning")
+    datasources = host_path(grafana, str(provisioning / "datasources" / "prometheus.yml"))
+    assert datasources == MONITORING / "grafana" / "provisioning" / "datasources" / \
+        "prometheus.yml"
+    providers = host_path(grafana, str(provisioning / "dashboards" / "fedapp.yml"))
+    assert providers.is_file()
+    # The dashboard provider reads the directory the repository's dashboards are mounted at.
+    for provider in yaml.safe_load(providers.read_text())["providers"]:
+        folder = host_path(grafana, provider["options"]["path"])
+        assert folder == MONITORING / "grafana" / "dashboards"
+        assert sorted(folder.glob("*.json")), f"no dashboards in {folder}"
+    # The datasource is the prometheus service on its web port.
+    source = yaml.safe_load(datasources.read_text())["datasources"][0]
+    assert source["url"] == "http://prometheus:9090" and "prometheus" in services
+    data, _, read_only = mount_for(grafana, "/var/lib/grafana/grafana.db")
+    assert data in config["volumes"] and not read_only, "Grafana's state on a named volume"
+    # The admin password comes from the environment, with no default: without it, no config.
+    environment = grafana["environment"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == FEDERATION_ENV["GRAFANA_ADMIN_PASSWORD"]
+    raw = yaml.safe_load((DOCKER / name).read_text())["services"]["grafana"]["environment"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}",
+                        raw["GF_SECURITY_ADMIN_PASSWORD"]), "required, no default"
+    missing = compose_config(name, with_env=False)
+    assert missing.returncode != 0 and "set GRAFANA_ADMIN_PASSWORD" in missing.stderr
 
 
 def test_tls_variant_secures_every_link() -> None:

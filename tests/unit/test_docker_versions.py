@@ -16,8 +16,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 COMPOSE = shutil.which("docker-compose")
-HOSPITAL_ENV = {"SUPERLINK_ADDRESS": "superlink.example.org:9093", "CA_CERT": "/etc/ca.crt",
-                "NODE_KEY": "/etc/hospital-a", "HOSPITAL_DATA": "/srv/fedapp-data"}
+COMPOSE_ENV = {"SUPERLINK_ADDRESS": "superlink.example.org:9093", "CA_CERT": "/etc/ca.crt",
+                "NODE_KEY": "/etc/hospital-a", "HOSPITAL_DATA": "/srv/fedapp-data",
+                "GRAFANA_ADMIN_PASSWORD": "test-only-password"}
 
 
 @pytest.mark.skipif(COMPOSE is None, reason="docker-compose (v1) is not on PATH")
@@ -25,7 +26,7 @@ HOSPITAL_ENV = {"SUPERLINK_ADDRESS": "superlink.example.org:9093", "CA_CERT": "/
 def test_flwr_version_sets_every_flower_container(name: str) -> None:
     """No Flower tag is pinned per service: FLWR_VERSION moves all images and builds."""
     assert COMPOSE is not None
-    env = {**os.environ, **HOSPITAL_ENV, "FLWR_VERSION": "9.8.7"}
+    env = {**os.environ, **COMPOSE_ENV, "FLWR_VERSION": "9.8.7"}
     result = subprocess.run([COMPOSE, "-f", str(DOCKER / name), "config"], env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
