@@ -16,7 +16,9 @@ import torch
 from flwr.common.logger import log
 
 from fedapp.robust.coordinate import coordinate_median
-from fedapp.robust.detection import MAD_SCALE, MEAN_AD_SCALE, DetectionReport, _flag
+from fedapp.robust.detection import MAD_SCALE, MEAN_AD_SCALE
+from fedapp.robust.detection_report import DetectionReport
+from fedapp.robust.detection_report import flag_rows as _flag
 from fedapp.robust.distances import distances_to, pairwise_sq_distances, rows_per_block
 from fedapp.server.screen import Screen
 
