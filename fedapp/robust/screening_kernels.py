@@ -9,8 +9,7 @@ time, and only per-row sums (and the ``n x n`` Gram matrix) leave a block.
 * ``squared_norms`` (pass 1): ``||x_i||^2``, float64 sums of float64 squares, so the
   norm check's suspects are known before any median.
 * ``median_pass`` (pass 2): per block, the coordinate-wise median ``m`` by *selection*
-  (``np.partition`` at ``k = n // 2``; the other middle value of an even ``n`` is the
-  largest of the rows below ``k``), and against it, in the same block: the sign counts
+  (``column_order.select_median``), and against it, in the same block: the sign counts
   ``P_i = #{j: x_ij > m_j}``, ``N_i = #{j: x_ij < m_j}``, the dots ``<x_i, m>``,
   ``||m||^2``, and the Gram matrix ``G += Y_b Y_b^T`` of the rows centered on the median,
   ``Y_b = X_b - m_b`` (float32 products added in float64; float64 throughout when ``n d
@@ -19,18 +18,13 @@ time, and only per-row sums (and the ``n x n`` Gram matrix) leave a block.
   rather than the mean keeps one huge row from shifting every other row far from 0, which
   would leave the float32 products no digits for the distances between honest rows.
   Given suspect rows ``S`` (pass 1's norm check), pass 2 also gives the median of the
-  other rows, ``m'``, with its dots: the block's other rows are sorted (``C``), the ``s =
-  |S|`` suspects too (``U``), and the order statistics of all rows come from merging the
-  two: the ``r``-th smallest of ``C u U`` is ``min_i max(U_(i-1), C_(r-i))`` over the
-  ways to take ``i`` of the ``r + 1`` smallest from ``U`` (``U_(-1) = C_(-1) = -inf``).
-  One sort of ``n - s`` rows then serves both medians, instead of two selections.
+  other rows, with its dots, from the same pass over them
+  (``column_order.merged_medians``).
 * ``clean_median_dots`` (pass 3, only when the copy or sign check suspects rows that the
   norm check did not): the median of the given rows, by selection, and its dots.
 
-Medians are computed as ``coordinate.coordinate_median`` does, ``(v_lo + v_hi) / 2`` in
-the matrix's dtype, so they are the same numbers. Sign counts are exact; dots are
-float32 (float64 for float64 input) products per block, added in float64. Each pass
-reuses one set of block-sized buffers (``Scratch``).
+Sign counts are exact; dots are float32 (float64 for float64 input) products per block,
+added in float64. Each pass reuses one set of block-sized buffers (``Scratch``).
 """
 
 from __future__ import annotations
@@ -40,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedapp.robust.column_order import Scratch, merged_medians, select_median
 from fedapp.robust.distances import BLOCK_ELEMENTS
 
 #: Elements per block: 2 MiB of float32, so a block and its scratch stay in a core's L2
@@ -49,9 +44,6 @@ KERNEL_BLOCK_ELEMENTS = 1 << 19
 SCRATCH_FRACTION = 16
 #: ... but at least MIN_BLOCK_ELEMENTS (256 KiB of float32): small inputs are one block.
 MIN_BLOCK_ELEMENTS = 1 << 16
-#: Suspect rows up to this many are sorted by a comparator network, more by ``np.sort``
-#: (whose cost per column is mostly a fixed overhead).
-NETWORK_ROWS = 6
 _popcount = getattr(np, "bitwise_count", None)  # numpy >= 2.0
 
 
@@ -63,21 +55,6 @@ def column_blocks(n: int, d: int, elements: int | None = None) -> list[slice]:
                        max(MIN_BLOCK_ELEMENTS, (n * d) // SCRATCH_FRACTION))
     columns = max(1, elements // max(n, 1))
     return [slice(j, j + columns) for j in range(0, d, columns)]
-
-
-class Scratch:
-    """Reusable contiguous buffers of one block's size, one per name and dtype."""
-
-    def __init__(self, elements: int) -> None:
-        self.elements = elements
-        self._buffers: dict[tuple[str, np.dtype], np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, int], dtype: np.dtype | type) -> np.ndarray:
-        """A contiguous ``shape`` array (contents undefined) in buffer ``name``."""
-        key = (name, np.dtype(dtype))
-        if key not in self._buffers:
-            self._buffers[key] = np.empty(self.elements, dtype=dtype)
-        return self._buffers[key][: shape[0] * shape[1]].reshape(shape)
 
 
 def _blocks(x: np.ndarray) -> tuple[list[slice], Scratch]:
@@ -133,86 +110,6 @@ def add_gram(gram: np.ndarray, block: np.ndarray, center: np.ndarray | None,
     centered = scratch.get("centered", block.shape, block.dtype)
     np.subtract(block, center, out=centered)
     gram += centered @ centered.T
-
-
-def _middle(values: np.ndarray, exact_hi: bool) -> np.ndarray:
-    """``(v_lo + v_hi) / 2`` of the two middle values of each column (one for an odd
-    count; ``coordinate_median``'s formula). ``exact_hi``: ``values`` is partitioned, with
-    only row ``rows // 2`` in place, so the lower middle of an even count is the largest of
-    the rows before it; else ``values`` is sorted."""
-    rows = values.shape[0]
-    hi = values[rows // 2]
-    if rows % 2:
-        lo = hi
-    elif exact_hi:
-        lo = values[: rows // 2].max(axis=0)
-    else:
-        lo = values[rows // 2 - 1]
-    return (lo + hi) / 2
-
-
-def select_median(block: np.ndarray, scratch: Scratch, rows: Sequence[int] | None = None
-                  ) -> np.ndarray:
-    """The coordinate-wise median of ``block`` (or of its ``rows``) by selection."""
-    count = block.shape[0] if rows is None else len(rows)
-    part = scratch.get("select", (count, block.shape[1]), block.dtype)
-    if rows is None:
-        np.copyto(part, block)
-    else:
-        np.take(block, rows, axis=0, out=part, mode="clip")
-    part.partition(count // 2, axis=0)
-    return _middle(part, exact_hi=True)
-
-
-def sort_columns(rows: np.ndarray) -> None:
-    """Sort every column of ``rows`` ``(s, c)`` in place: for ``s <= NETWORK_ROWS`` by
-    insertion (compare-exchange of adjacent rows, vectorised over the columns), else
-    with ``np.sort``."""
-    s = rows.shape[0]
-    if s > NETWORK_ROWS:
-        rows.sort(axis=0)
-        return
-    low = np.empty_like(rows[0])
-    for i in range(1, s):
-        for j in range(i, 0, -1):
-            np.minimum(rows[j - 1], rows[j], out=low)
-            np.maximum(rows[j - 1], rows[j], out=rows[j])
-            rows[j - 1] = low
-
-
-def union_rank(low: np.ndarray, high: np.ndarray, r: int) -> np.ndarray:
-    """Per column, the ``r``-th smallest (0-based) of the union of two column-sorted
-    blocks ``low`` ``(s, c)`` and ``high`` ``(m, c)``: ``min_i max(low_(i-1), high_(r-i))``
-    over ``i`` in ``[max(0, r + 1 - m), min(s, r + 1)]`` (module docstring)."""
-    s, m = low.shape[0], high.shape[0]
-    best: np.ndarray | None = None
-    for i in range(max(0, r + 1 - m), min(s, r + 1) + 1):
-        if i == 0:
-            term = high[r]
-        elif r - i < 0:
-            term = low[i - 1]
-        else:
-            term = np.maximum(low[i - 1], high[r - i])
-        best = term.copy() if best is None else np.minimum(best, term, out=best)
-    if best is None:
-        raise ValueError(f"rank {r} is not in a union of {s} + {m} rows")
-    return best
-
-
-def merged_medians(block: np.ndarray, clean: Sequence[int], suspects: Sequence[int],
-                   scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
-    """``(median of all rows, median of the clean rows)`` of one block, from one sort of
-    the clean rows and one of the suspects (module docstring)."""
-    n, c = block.shape
-    high = scratch.get("select", (len(clean), c), block.dtype)
-    np.take(block, clean, axis=0, out=high, mode="clip")
-    high.sort(axis=0)
-    low = scratch.get("suspects", (len(suspects), c), block.dtype)
-    np.take(block, suspects, axis=0, out=low, mode="clip")
-    sort_columns(low)
-    lo = union_rank(low, high, (n - 1) // 2)
-    hi = lo if n % 2 else union_rank(low, high, n // 2)
-    return (lo + hi) / 2, _middle(high, exact_hi=False)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedapp.attacks.omniscient import alie, min_max
+from fedapp.robust import column_order as order
 from fedapp.robust import screening_kernels as kernels
 from fedapp.robust.detection import DetectionReport, detect_anomalies, sign_skew
 from fedapp.robust.distances import BLOCK_ELEMENTS
@@ -202,26 +203,46 @@ def test_union_rank_is_the_rank_of_the_merged_columns(pair: tuple[np.ndarray, np
     low, high = pair
     merged = np.sort(np.concatenate([low, high]), axis=0)
     for r in range(len(merged)):
-        np.testing.assert_array_equal(kernels.union_rank(low, high, r), merged[r])
+        np.testing.assert_array_equal(order.union_rank(low, high, r), merged[r])
+        first = max(0, r - len(low))  # the window of high's ranks that rank r can need
+        window = high[first: r + 1]
+        np.testing.assert_array_equal(order.union_rank(low, window, r, first, len(high)),
+                                      merged[r])
 
 
-@pytest.mark.parametrize("s", range(1, kernels.NETWORK_ROWS + 3))
+@pytest.mark.parametrize("s", range(1, order.NETWORK_ROWS + 3))
 def test_sort_columns_sorts_every_column(s: int) -> None:
     rows = np.random.default_rng(s).integers(-2, 3, size=(s, 50)).astype(np.float32)
     expected = np.sort(rows, axis=0)
-    kernels.sort_columns(rows)
+    order.sort_columns(rows)
     np.testing.assert_array_equal(rows, expected)
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 6, 19, 20])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 10, 19, 20, 41])
 def test_medians_by_selection_and_by_merging_equal_numpys(n: int) -> None:
-    x = np.random.default_rng(n).integers(-3, 4, size=(n, 64)).astype(np.float32)
-    scratch = kernels.Scratch(x.size)
-    np.testing.assert_array_equal(kernels.select_median(x, scratch), np.median(x, axis=0))
+    """Every suspect count (extremes after a selection for few, a sort for many), with
+    suspects anywhere among the rows."""
+    rng = np.random.default_rng(n)
+    x = rng.integers(-3, 4, size=(n, 64)).astype(np.float32)
+    x[: n // 3] *= 5  # suspects far out on both sides
+    scratch = order.Scratch(x.size)
+    np.testing.assert_array_equal(order.select_median(x, scratch), np.median(x, axis=0))
     for s in range(1, n // 2 + 1):
-        both, clean = kernels.merged_medians(x, list(range(s, n)), list(range(s)), scratch)
+        suspects = sorted(rng.choice(n, size=s, replace=False).tolist())
+        clean = [i for i in range(n) if i not in suspects]
+        both, med = order.merged_medians(x, clean, suspects, scratch)
         np.testing.assert_array_equal(both, np.median(x, axis=0))
-        np.testing.assert_array_equal(clean, np.median(x[s:], axis=0))
+        np.testing.assert_array_equal(med, np.median(x[clean], axis=0))
+
+
+@given(st.integers(1, 12), st.integers(0, 4), st.booleans(), st.integers(0, 10**6))
+def test_extremes_are_the_sorted_ends_of_each_column(rows: int, t: int, largest: bool,
+                                                      seed: int) -> None:
+    t = min(t, rows)
+    x = np.random.default_rng(seed).integers(-3, 4, size=(rows, 9)).astype(np.float32)
+    ordered = np.sort(x, axis=0)
+    expected = ordered[rows - t:] if largest else ordered[:t]
+    np.testing.assert_array_equal(order.extremes(x, t, largest), expected)
 
 
 def test_blocks_cover_the_columns_and_stay_small() -> None:
