@@ -174,8 +174,9 @@ class RobustStrategy(FedAvg):
             updates = torch.from_numpy(matrix[: len(nodes)])  # a view: no copy
             weights = torch.tensor([m[WEIGHT_KEY] for m in metrics], dtype=torch.float64)
             aggregate = self._aggregate(server_round, stats, nodes, updates, weights)
-            if aggregate is not None:
-                new = unflatten(global_flat + self.server_lr * aggregate, current)
+            if aggregate is not None:  # one model-sized vector more, not three
+                new_flat = np.multiply(aggregate, self.server_lr, dtype=np.float32)
+                new = unflatten(np.add(new_flat, global_flat, out=new_flat), current)
         self.state.arrays, self.state.server_round = new, server_round
         return new, stats.metrics()
 
@@ -264,7 +265,7 @@ class RobustStrategy(FedAvg):
                 "previous global model", server_round, len(nodes), exc)
             return None
         stats.report = result.report
-        return result.aggregate.numpy().astype(np.float32)
+        return result.aggregate.numpy().astype(np.float32, copy=False)
 
     def _screen_round(self, server_round: int, stats: RoundStats, nodes: list[int],
                       updates: torch.Tensor) -> ScreenPlan:
