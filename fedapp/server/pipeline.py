@@ -5,6 +5,11 @@ matrix. Two implementations: ``AggregationPipeline`` (the robust rules of
 ``fedapp.robust``, parameters bound from ``RunConfig``) and
 ``fedapp.privacy.central.CentralDP`` (clipped mean plus Gaussian noise).
 
+``aggregate_screened`` runs an ``Aggregation`` on the rows ``Screen.plan`` keeps: the plain
+weighted mean (rule fedavg, no clipping or pre-aggregation, the default) as one
+matrix-vector product over all rows with per-row coefficients, without copying the
+matrix; any other aggregation on the materialised rows.
+
 The pipeline's one piece of state between rounds (the centered-clipping center, i.e. the
 server momentum of Karimireddy et al. 2021, and the call count that seeds bucketing) lives
 in a ``PipelineState`` that is part of ``fedapp.server.state.ServerState``.
