@@ -107,10 +107,26 @@ def bench_size(n: int, d: int, repeats: int, threads: int, memory: bool) -> dict
                                            float(np.max(np.abs(default_agg - before_agg)))),
         "max_abs_aggregate": float(np.max(np.abs(default_agg))),
     }
+    size["not_run"] = not_run(n, d)
     size["ratios"] = ratios(size)
     if memory:
         size["peak_memory"] = peak_memory(n, d, threads)
     return size
+
+
+def not_run(n: int, d: int) -> dict[str, str]:
+    """The cases left out at this size, and why."""
+    from aggregation_default_cases import BEFORE_MAX_ELEMENTS, MULTIKRUM_MAX_ELEMENTS
+
+    out = {}
+    if n * d > MULTIKRUM_MAX_ELEMENTS:
+        out["flower/MultiKrum"] = ("its compute_distances holds the concatenated rows, their "
+                                   f"stack and their squares: 3 x {n * d * 4 / 1e9:.0f} GB "
+                                   "beyond the replies, more than this machine has")
+    if n * d > BEFORE_MAX_ELEMENTS:
+        out["fedapp/before"] = ("the previous screening copies the matrix several times, "
+                                "partly in float64")
+    return out
 
 
 def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
