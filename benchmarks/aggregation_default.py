@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     if out is not None:
         write_json(out, results)
         log(f"wrote {out}")
-        if out == DEFAULT_OUT:
+        if out.resolve() == DEFAULT_OUT.resolve():
             write_doc(DEFAULT_DOC, text)
             log(f"wrote the table into {DEFAULT_DOC}")
 

@@ -66,7 +66,7 @@ def table(sizes: list[dict[str, Any]]) -> list[str]:
     """Medians (s), ratios and peak memory per size, as markdown lines."""
     header = ["n, d", "floor", "fedapp default on the matrix", "fedapp default end to end",
               "Flower FedAvg", "Flower MultiKrum", "default / floor (matrix, e2e)",
-              "MultiKrum / default", "before (matrix, once)", "peak extra / matrix"]
+              "MultiKrum / default (e2e)", "before (matrix, once)", "peak extra / matrix"]
     rows = []
     for s in sizes:
         med = {k: m["median_s"] for k, m in s["measurements"].items()}
@@ -89,9 +89,13 @@ def target_lines(tg: dict[str, Any]) -> list[str]:
     lines = []
     for name, t in tg.items():
         met = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        value = t.get("value", t.get("fraction_of_matrix"))
-        lines.append(f"- `{name}`: {value if not isinstance(value, float) else round(value, 3)}"
-                     f" ({met})")
+        if "fraction_of_matrix" in t:
+            value = ", ".join(f"{k} {v:.2f}" for k, v in t["fraction_of_matrix"].items())
+        else:
+            value = _fmt(t["value"], ".3f")
+            if t.get("e2e_value") is not None:
+                value += f" (end to end {t['e2e_value']:.2f})"
+        lines.append(f"- `{name}`: {value} ({met})")
     return lines
 
 
