@@ -150,8 +150,9 @@ def median_pass(x: np.ndarray, suspects: Sequence[int] = ()) -> MedianPass:
     coordinate-wise median of all rows and, when ``suspects`` is not empty, dots against
     the median of the others (which must be at least one row)."""
     n, d = x.shape
-    suspects = sorted(set(suspects))
-    clean = [i for i in range(n) if i not in set(suspects)]
+    suspect_set = set(suspects)
+    suspects = sorted(suspect_set)
+    clean = [i for i in range(n) if i not in suspect_set]
     out = MedianPass(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
                      np.zeros((n, n), dtype=np.float64), RowSums.zeros(n),
                      RowSums.zeros(n) if suspects else None)
@@ -174,9 +175,10 @@ def median_pass(x: np.ndarray, suspects: Sequence[int] = ()) -> MedianPass:
 
 def reference_pass(x: np.ndarray, reference: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, RowSums]:
-    """Sign counts, Gram matrix (rows centered on the block's column mean) and dots
-    against a given ``reference`` (cast to the matrix's dtype for the comparisons and
-    dots, as given for ``||m||^2``)."""
+    """Sign counts, Gram matrix and dots against a given ``reference`` (cast to the
+    matrix's dtype for the comparisons and dots, as given for ``||m||^2``). The rows are
+    centered on the block's column mean, as ``pairwise_sq_distances`` does (the screening
+    never passes a reference; this is ``detect_anomalies(..., reference=r)``)."""
     n, d = x.shape
     pos, neg = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     gram = np.zeros((n, n), dtype=np.float64)
