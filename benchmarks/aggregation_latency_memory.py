@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import resource
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,6 +68,12 @@ def _peak_memory_child(rule: str, n: int, d: int, threads: int) -> dict[str, Any
     }[rule]
     call(make_updates(n, 1000))  # warm-up: lazy library set-up is not the rule's memory
     x = make_updates(n, d)
+    return {**peak_of(lambda: call(x)), "inputs_bytes": n * d * 4}
+
+
+def peak_of(call: Callable[[], object]) -> dict[str, Any]:
+    """Peak RSS of ``call()`` beyond what the process holds just before it (module
+    docstring): ``peak_beyond_inputs_bytes``, ``rss_before_bytes`` and the ``method``."""
     gc.collect()
     rss_before = _status_kib("VmRSS")
     ru_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -74,14 +81,14 @@ def _peak_memory_child(rule: str, n: int, d: int, threads: int) -> dict[str, Any
         method = "VmHWM after - VmRSS before (clear_refs reset)"
     else:
         method = "ru_maxrss after - before (lower bound: clear_refs not writable)"
-    result = call(x)
+    result = call()
     hwm_after = _status_kib("VmHWM")
     ru_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     del result
     extra_kib = (hwm_after - rss_before if method.startswith("VmHWM")
                  else max(0, ru_after - ru_before))
     return {"peak_beyond_inputs_bytes": extra_kib * 1024, "rss_before_bytes": rss_before * 1024,
-            "inputs_bytes": n * d * 4, "method": method}
+            "method": method}
 
 
 def peak_memory(n: int, d: int, threads: int) -> dict[str, dict[str, Any]]:

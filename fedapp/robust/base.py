@@ -51,6 +51,12 @@ def check_updates(updates: torch.Tensor, weights: torch.Tensor | None = None) ->
         raise ValueError("updates is empty: at least one row is needed")
     if weights is None:
         return torch.ones(n, dtype=torch.float64)
+    return check_weights(weights, n)
+
+
+def check_weights(weights: torch.Tensor, n: int) -> torch.Tensor:
+    """``weights`` as a float64 ``n``-vector; ``ValueError`` unless it has ``n`` entries,
+    all finite and ``>= 0``, not all zero."""
     w = weights.detach().to(torch.float64).reshape(-1)
     if w.shape[0] != n:
         raise ValueError(f"weights has {w.shape[0]} entries for {n} updates")

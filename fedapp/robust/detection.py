@@ -46,119 +46,48 @@ says which rows look Byzantine and why. Four scores, each aimed at a family of a
   same spirit. The other checks use, as reference, the coordinate-wise median of the rows
   no check suspects (see ``detect_anomalies``).
 
+**Computation** (``scan_rows``, kernels in ``fedapp.robust.screening_kernels``): the
+matrix is read in column blocks, twice. Pass 1 gives the float64 row norms, so the norm
+check is known before any median. Pass 2 selects the coordinate-wise median block by
+block (``np.partition``, not a sort) and, in the same block, counts each row's
+coordinates above and below it, takes its dot with every row (``cos_i`` needs only
+``<u_i, r>``, ``||u_i||`` and ``||r||``) and adds the block to one Gram matrix of the
+rows centered on the median (the nearest-neighbour distances). When the norm check
+suspects rows, pass 2 sorts the other rows once and gets both the median of all rows
+(merged with the sorted suspects) and the median of the others. A third pass (selection
+on the clean rows) runs only when the copy or sign check suspects rows that the norm
+check did not. No copy of the matrix is made; scratch is a few column blocks.
+
 Per-node cosine reputations across rounds, and exclusion, are the server's
 (``fedapp.server.screen``); this module is pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from fedapp.robust.coordinate import coordinate_median
-from fedapp.robust.distances import distances_to, pairwise_sq_distances, rows_per_block
+from fedapp.robust.detection_report import CHECKS, DetectionReport, flag_rows
+from fedapp.robust.distances import distances_to, pairwise_sq_distances
+from fedapp.robust.screening_kernels import (
+    RowSums,
+    clean_median_dots,
+    median_pass,
+    reference_pass,
+    sq_distances,
+    squared_norms,
+)
+
+__all__ = ["CHECKS", "DetectionReport", "Scan", "clip_factors", "clip_to_norm_threshold",
+           "cosine_to", "detect_anomalies", "nearest_ratio", "robust_location_scale",
+           "robust_z_scores", "row_norms", "scan_rows", "sign_skew"]
 
 #: 1 / Phi^-1(3/4): the MAD of a Gaussian times this is its standard deviation.
-CHECKS = ("norm", "cosine", "sign", "copy")  # the four checks, as named in reports
 MAD_SCALE = 1.4826
 #: sqrt(pi / 2): the mean absolute deviation of a Gaussian times this is its std.
 MEAN_AD_SCALE = 1.253314
-
-
-@dataclass(frozen=True)
-class DetectionReport:
-    """Scores of every row and the rows flagged, by row index of the input matrix.
-
-    ``reasons`` maps each flagged row to a readable reason, e.g. ``"norm z=7.3 > 3.5"``,
-    ``"cosine -0.98 < 0.0"`` or ``"sign skew -0.83 beyond +-0.5"`` (joined by ``"; "``);
-    ``checks`` names the checks behind each (``CHECKS``: norm, cosine, sign, copy).
-    ``cosine_reputation`` is empty, or one smoothed cosine per row that the cosine check
-    used instead of ``cosine`` (see ``with_reputation``).
-    """
-
-    flagged: tuple[int, ...]
-    norm_z: tuple[float, ...]
-    cosine: tuple[float, ...]
-    reasons: dict[int, str] = field(default_factory=dict)
-    checks: dict[int, tuple[str, ...]] = field(default_factory=dict)  # CHECKS that flagged
-    norm_threshold: float = 3.5
-    cosine_threshold: float = 0.0
-    sign_skew: tuple[float, ...] = ()
-    sign_threshold: float = 0.5
-    cosine_reputation: tuple[float, ...] = ()
-    nearest_ratio: tuple[float, ...] = ()
-    duplicate_threshold: float = 0.1
-
-    def _cos(self, i: int) -> float:
-        return self.cosine_reputation[i] if self.cosine_reputation else self.cosine[i]
-
-    def severity(self, i: int) -> float:
-        """How far row ``i`` is past the thresholds: ``max(z_i / t_z, (1 - c_i) / (1 - t_cos),
-        |skew_i| / t_skew, t_dup / q_i)`` with ``c_i`` the cosine the check uses and ``q_i``
-        the row's nearest-neighbour ratio. Each term exceeds 1 exactly when its check fires,
-        so flagged rows have severity > 1 and the scales of the checks are comparable."""
-        by_norm = self.norm_z[i] / self.norm_threshold if self.norm_threshold > 0 else 0.0
-        by_cos = (1.0 - self._cos(i)) / max(1.0 - self.cosine_threshold, 1e-12)
-        by_sign = (abs(self.sign_skew[i]) / self.sign_threshold
-                   if self.sign_skew and self.sign_threshold > 0 else 0.0)
-        by_copy = (self.duplicate_threshold / max(self.nearest_ratio[i], 1e-12)
-                   if self.nearest_ratio else 0.0)
-        return max(by_norm, by_cos, by_sign, by_copy)
-
-    def most_severe(self, limit: int | None) -> tuple[int, ...]:
-        """The flagged rows to exclude when at most ``limit`` may go (None: all of them):
-        the ``limit`` with the highest ``severity``, ties to the lower index, in row order.
-
-        Detection flags honest outliers too (non-IID data has them every round); a defense
-        that assumes at most ``f`` Byzantine nodes should not drop more than ``f``, or an
-        attacker who can make honest rows look anomalous removes honest nodes for free."""
-        if limit is None or limit >= len(self.flagged):
-            return self.flagged
-        ranked = sorted(self.flagged, key=lambda i: (-self.severity(i), i))
-        return tuple(sorted(ranked[: max(limit, 0)]))
-
-    def with_reputation(self, cosine_reputation: Sequence[float]) -> DetectionReport:
-        """The same scores, flagged again with each row's smoothed cosine (its node's
-        ``Reputation`` score, this round included) in place of this round's cosine."""
-        if len(cosine_reputation) != len(self.cosine):
-            raise ValueError(f"{len(cosine_reputation)} reputation scores for "
-                             f"{len(self.cosine)} rows")
-        return _flag(self.norm_z, self.cosine, self.sign_skew, self.nearest_ratio,
-                     self.norm_threshold, self.cosine_threshold, self.sign_threshold,
-                     self.duplicate_threshold, tuple(float(c) for c in cosine_reputation))
-
-
-def _flag(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[float, ...],
-          ratio: tuple[float, ...], norm_threshold: float, cosine_threshold: float,
-          sign_threshold: float, duplicate_threshold: float,
-          reputation: tuple[float, ...] = ()) -> DetectionReport:
-    """Apply the four checks to the scores (see the module docstring)."""
-    reasons: dict[int, str] = {}
-    checks: dict[int, tuple[str, ...]] = {}
-    for i in range(len(norm_z)):
-        parts: list[tuple[str, str]] = []
-        if norm_z[i] > norm_threshold:
-            parts.append(("norm", f"norm z={norm_z[i]:.1f} > {norm_threshold}"))
-        if reputation and reputation[i] < cosine_threshold:
-            parts.append(("cosine", f"cosine reputation {reputation[i]:.2f} < "
-                          f"{cosine_threshold} (this round {cosine[i]:.2f})"))
-        elif not reputation and cosine[i] < cosine_threshold:
-            parts.append(("cosine", f"cosine {cosine[i]:.2f} < {cosine_threshold}"))
-        if skew and sign_threshold > 0 and abs(skew[i]) > sign_threshold:
-            parts.append(("sign", f"sign skew {skew[i]:+.2f} beyond +-{sign_threshold}"))
-        if ratio and ratio[i] < duplicate_threshold:
-            parts.append(("copy", f"nearest update at {ratio[i]:.3f} x the typical distance "
-                          f"< {duplicate_threshold}"))
-        if parts:
-            reasons[i] = "; ".join(text for _, text in parts)
-            checks[i] = tuple(check for check, _ in parts)
-    return DetectionReport(flagged=tuple(reasons), norm_z=norm_z, cosine=cosine,
-                           reasons=reasons, checks=checks, norm_threshold=norm_threshold,
-                           cosine_threshold=cosine_threshold, sign_skew=skew,
-                           sign_threshold=sign_threshold, cosine_reputation=reputation,
-                           nearest_ratio=ratio, duplicate_threshold=duplicate_threshold)
 
 
 def robust_z_scores(values: torch.Tensor) -> torch.Tensor:
@@ -190,6 +119,16 @@ def row_norms(updates: torch.Tensor) -> torch.Tensor:
     return distances_to(updates, torch.zeros(updates.shape[1], dtype=updates.dtype))
 
 
+def _cosine(dots: torch.Tensor, norms: torch.Tensor, ref_norm: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dots_i / (norms_i ref_norm)`` clamped to [-1, 1], 0 where undefined; the mask of
+    rows where it is defined."""
+    denom = norms * ref_norm
+    defined = denom > 0
+    cos = torch.where(defined, dots / denom.clamp_min(1e-300), torch.zeros_like(dots))
+    return cos.clamp(-1.0, 1.0), defined
+
+
 def cosine_to(
     updates: torch.Tensor, reference: torch.Tensor, norms: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,27 +139,40 @@ def cosine_to(
     ref = reference.detach().reshape(-1)
     dots = (updates.detach() @ ref.to(updates.dtype)).to(torch.float64)
     norms = row_norms(updates) if norms is None else norms
-    ref_norm = torch.linalg.vector_norm(ref.to(torch.float64))
-    denom = norms * ref_norm
-    defined = denom > 0
-    cos = torch.where(defined, dots / denom.clamp_min(1e-300), torch.zeros_like(dots))
-    return cos.clamp(-1.0, 1.0), defined
+    return _cosine(dots, norms, torch.linalg.vector_norm(ref.to(torch.float64)))
+
+
+def _skew(pos: np.ndarray, neg: np.ndarray) -> torch.Tensor:
+    p, q = torch.from_numpy(pos).to(torch.float64), torch.from_numpy(neg).to(torch.float64)
+    return (p - q) / (p + q).clamp_min(1.0)
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU float32 / float64 tensor as a numpy array without a copy (others: float32)."""
+    t = t.detach()
+    return (t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)).cpu().numpy()
 
 
 def sign_skew(updates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``skew_i = (P_i - N_i) / (P_i + N_i)`` as float64: ``P_i`` (``N_i``) counts the
     coordinates where row ``i`` is above (below) ``reference``; 0 for a row equal to it.
-    Computed in bounded-memory row blocks."""
-    n, d = updates.shape
-    rows = rows_per_block(d)
-    ref = reference.detach().reshape(-1).to(updates.dtype)
-    out = torch.empty(n, dtype=torch.float64)
-    for i in range(0, n, rows):
-        diff = updates[i : i + rows].detach() - ref
-        pos = (diff > 0).sum(dim=1).to(torch.float64)
-        neg = (diff < 0).sum(dim=1).to(torch.float64)
-        out[i : i + rows] = (pos - neg) / (pos + neg).clamp_min(1.0)
-    return out
+    Computed in bounded-memory column blocks."""
+    pos, neg, _, _ = reference_pass(_as_numpy(updates), _as_numpy(reference.reshape(-1)))
+    return _skew(pos, neg)
+
+
+def ratio_to_typical(sq_dist: torch.Tensor) -> torch.Tensor:
+    """``q_i = nn_i / median_j nn_j`` from squared pairwise distances (``nearest_ratio``)."""
+    n = sq_dist.shape[0]
+    if n < 2:
+        return torch.ones(n, dtype=torch.float64)
+    dist = sq_dist.clone().fill_diagonal_(float("inf"))
+    nearest = dist.min(dim=1).values.sqrt()
+    typical = torch.quantile(nearest, 0.5)
+    if float(typical) > 0:
+        return nearest / typical
+    return torch.where(nearest > 0, torch.full_like(nearest, float("inf")),
+                       torch.zeros_like(nearest))
 
 
 def nearest_ratio(updates: torch.Tensor) -> torch.Tensor:
@@ -228,17 +180,69 @@ def nearest_ratio(updates: torch.Tensor) -> torch.Tensor:
     (one Gram matrix, ``pairwise_sq_distances``). Copies have ``q = 0``. When half or more
     of the rows have a copy (median 0), rows with a copy get 0 and the others infinity; a
     single row gets 1."""
-    n = updates.shape[0]
-    if n < 2:
-        return torch.ones(n, dtype=torch.float64)
-    dist = pairwise_sq_distances(updates)
-    dist.fill_diagonal_(float("inf"))
-    nearest = dist.min(dim=1).values.sqrt()
-    typical = torch.quantile(nearest, 0.5)
-    if float(typical) > 0:
-        return nearest / typical
-    return torch.where(nearest > 0, torch.full_like(nearest, float("inf")),
-                       torch.zeros_like(nearest))
+    return ratio_to_typical(pairwise_sq_distances(updates))
+
+
+@dataclass(frozen=True)
+class Scan:
+    """``detect_anomalies``' report, and the rows' norms ``||u_i||`` (float64) it used."""
+
+    report: DetectionReport
+    norms: torch.Tensor
+
+
+def _median_reference(x: np.ndarray, z: torch.Tensor, thresholds: tuple[float, float, float]
+                      ) -> tuple[torch.Tensor, torch.Tensor, RowSums]:
+    """Sign skews to the median of all rows, nearest-neighbour ratios, and the dots of
+    every row with the cosine's reference: the median of the rows no check suspects, or of
+    all rows when those are fewer than half (or all). Pass 2 computes it for the rows the
+    norm check leaves; a third pass only if the copy or sign check suspects others."""
+    norm_threshold, sign_threshold, duplicate_threshold = thresholds
+    n = x.shape[0]
+    early = z > norm_threshold
+    listed = torch.nonzero(early).reshape(-1).tolist()
+    merged = median_pass(x, listed if listed and 2 * (n - len(listed)) >= n else ())
+    skew = _skew(merged.pos, merged.neg)
+    similarity = ratio_to_typical(torch.from_numpy(sq_distances(merged.gram)))
+    suspect = early | (similarity < duplicate_threshold)
+    if sign_threshold > 0:
+        suspect |= skew.abs() > sign_threshold
+    clean = torch.nonzero(~suspect).reshape(-1).tolist()
+    if not 0 < len(clean) < n or 2 * len(clean) < n:
+        return skew, similarity, merged.all_rows
+    if merged.others is not None and torch.equal(suspect, early):
+        return skew, similarity, merged.others
+    return skew, similarity, clean_median_dots(x, clean)
+
+
+def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
+              cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
+              duplicate_threshold: float = 0.1, reference: torch.Tensor | None = None) -> Scan:
+    """``detect_anomalies`` (same arguments), with the row norms for clipping. Two passes
+    over the matrix (``screening_kernels``): the norms, then the median with the sign
+    counts, the Gram matrix and the dots against it; a third only when the copy or sign
+    check suspects rows the norm check did not."""
+    if updates.ndim != 2 or updates.shape[0] == 0:
+        raise ValueError(f"updates must be a non-empty (n, d) tensor, got {tuple(updates.shape)}")
+    if reference is not None and reference.numel() != updates.shape[1]:
+        raise ValueError(f"reference has {reference.numel()} values, updates have "
+                         f"{updates.shape[1]} columns")
+    x = _as_numpy(updates)
+    norms = torch.from_numpy(np.sqrt(squared_norms(x)))
+    z = robust_z_scores(norms)
+    if reference is None:
+        thresholds = (norm_threshold, sign_threshold, duplicate_threshold)
+        skew, similarity, sums = _median_reference(x, z, thresholds)
+    else:
+        pos, neg, gram, sums = reference_pass(x, _as_numpy(reference.reshape(-1)))
+        skew = _skew(pos, neg)
+        similarity = ratio_to_typical(torch.from_numpy(sq_distances(gram)))
+    ref_norm = torch.tensor(sums.ref_sq, dtype=torch.float64).sqrt()
+    cos, _ = _cosine(torch.from_numpy(sums.dots), norms, ref_norm)
+    report = flag_rows(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()),
+                       tuple(similarity.tolist()), norm_threshold, cosine_threshold,
+                       sign_threshold, duplicate_threshold)
+    return Scan(report, norms)
 
 
 def detect_anomalies(
@@ -262,39 +266,25 @@ def detect_anomalies(
     With ``reference`` both use it. ``updates`` is not modified. Raises ``ValueError`` on a
     matrix that is not 2-D or empty, or a reference of the wrong length.
     """
-    if updates.ndim != 2 or updates.shape[0] == 0:
-        raise ValueError(f"updates must be a non-empty (n, d) tensor, got {tuple(updates.shape)}")
-    if reference is not None and reference.numel() != updates.shape[1]:
-        raise ValueError(f"reference has {reference.numel()} values, updates have "
-                         f"{updates.shape[1]} columns")
-    n = updates.shape[0]
-    norms = row_norms(updates)
-    z = robust_z_scores(norms)
-    similarity = nearest_ratio(updates)
-    median_all = coordinate_median(updates).aggregate if reference is None else reference
-    skew = sign_skew(updates, median_all)
-    if reference is None:
-        suspect = (z > norm_threshold) | (similarity < duplicate_threshold)
-        if sign_threshold > 0:
-            suspect |= skew.abs() > sign_threshold
-        clean = torch.nonzero(~suspect).reshape(-1)
-        reference = (coordinate_median(updates[clean]).aggregate
-                     if 0 < len(clean) < n and 2 * len(clean) >= n else median_all)
-    cos, _ = cosine_to(updates, reference, norms)
-    return _flag(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()),
-                 tuple(similarity.tolist()), norm_threshold, cosine_threshold, sign_threshold,
-                 duplicate_threshold)
+    return scan_rows(updates, norm_threshold=norm_threshold, cosine_threshold=cosine_threshold,
+                     sign_threshold=sign_threshold, duplicate_threshold=duplicate_threshold,
+                     reference=reference).report
+
+
+def clip_factors(norms: torch.Tensor, norm_threshold: float) -> torch.Tensor:
+    """Per row (float64), ``bound / ||u_i||`` where the norm exceeds ``bound = med +
+    norm_threshold * 1.4826 * MAD`` of ``norms`` (the MeanAD fallback when ``MAD = 0``;
+    the norm where the z-score equals the threshold), else 1."""
+    med, scale = robust_location_scale(norms)
+    bound = med + norm_threshold * scale
+    return torch.where(norms > bound, bound / norms.clamp_min(1e-300), torch.ones_like(norms))
 
 
 def clip_to_norm_threshold(updates: torch.Tensor, norm_threshold: float) -> torch.Tensor:
     """Scale the rows whose norm z-score exceeds ``norm_threshold`` down to the norm where
-    it equals the threshold, ``med + norm_threshold * 1.4826 * MAD`` (the MeanAD fallback
-    when ``MAD = 0``); other rows are returned unchanged. Bounds what an unexcluded
-    large row can do to a mean without dropping it."""
-    norms = row_norms(updates)
-    med, scale = robust_location_scale(norms)
-    bound = med + norm_threshold * scale
-    factor = torch.where(norms > bound, bound / norms.clamp_min(1e-300), torch.ones_like(norms))
+    it equals the threshold (``clip_factors``); other rows are returned unchanged. Bounds
+    what an unexcluded large row can do to a mean without dropping it."""
+    factor = clip_factors(row_norms(updates), norm_threshold)
     if bool((factor == 1.0).all()):
         return updates
     return updates * factor.to(updates.dtype)[:, None]

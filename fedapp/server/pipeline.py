@@ -5,6 +5,11 @@ matrix. Two implementations: ``AggregationPipeline`` (the robust rules of
 ``fedapp.robust``, parameters bound from ``RunConfig``) and
 ``fedapp.privacy.central.CentralDP`` (clipped mean plus Gaussian noise).
 
+``aggregate_screened`` runs an ``Aggregation`` on the rows ``Screen.plan`` keeps: the plain
+weighted mean (rule fedavg, no clipping or pre-aggregation, the default) as one
+matrix-vector product over all rows with per-row coefficients, without copying the
+matrix; any other aggregation on the materialised rows.
+
 The pipeline's one piece of state between rounds (the centered-clipping center, i.e. the
 server momentum of Karimireddy et al. 2021, and the call count that seeds bucketing) lives
 in a ``PipelineState`` that is part of ``fedapp.server.state.ServerState``.
@@ -12,15 +17,18 @@ in a ``PipelineState`` that is part of ``fedapp.server.state.ServerState``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from fedapp.config import RunConfig
-from fedapp.robust import AGGREGATORS, AggregationResult
+from fedapp.robust import AGGREGATORS, AggregationReport, AggregationResult
+from fedapp.robust.base import check_weights
 from fedapp.robust.preaggregation import bucketing, clip_norm, nearest_neighbor_mixing
 from fedapp.robust.weights import node_weights
+from fedapp.server.screen import ScreenPlan
 
 
 class Aggregation(Protocol):
@@ -102,6 +110,12 @@ class AggregationPipeline:
             f"floor({self.byzantine_fraction} n)")
         return f"{self.rule} (f={f}, weights {self.weighting}{pre})"
 
+    @property
+    def plain_mean(self) -> bool:
+        """Whether this is the weighted mean of the rows as given (rule ``fedavg``, no
+        norm clipping, no pre-aggregation): ``mean_of_rows`` can then stand in for it."""
+        return self.rule == "fedavg" and self.clip_norm <= 0 and self.preaggregation == "none"
+
     def f_for(self, n: int) -> int:
         """The ``f`` used for ``n`` updates: the fixed ``f`` if positive, else
         ``floor(byzantine_fraction * n)``."""
@@ -141,3 +155,38 @@ class AggregationPipeline:
         if self.rule == "centered-clipping":
             self.state.center = result.aggregate.detach().clone()
         return result
+
+    def mean_of_rows(self, updates: torch.Tensor, num_examples: torch.Tensor,
+                     rows: Sequence[int], scales: torch.Tensor | None) -> AggregationResult:
+        """What ``self(updates[rows] * scales[:, None], num_examples[rows])`` returns when
+        ``plain_mean``, without that copy: ``agg = sum_k w_k s_k u_(r_k) / sum_k w_k``
+        (McMahan et al.'s FedAvg with screening's clip factors ``s``), ``w`` the weights
+        of the kept rows (capped against their own median), as one matrix-vector product
+        with a coefficient of 0 for the rows not kept. Each row's coefficient is rounded
+        once (``w_k s_k / sum w``) instead of scaling the row first, so the result agrees
+        to float32 rounding. ``ValueError`` as the pipeline raises it."""
+        if not self.plain_mean:
+            raise ValueError(f"mean_of_rows needs the plain weighted mean, not {self.name}")
+        self.state.calls += 1
+        index = torch.tensor(list(rows), dtype=torch.long)
+        w = node_weights(num_examples[index], self.weighting,  # type: ignore[arg-type]
+                         self.weight_cap)
+        w = check_weights(w, len(index))
+        coef = w / w.sum() if scales is None else w / w.sum() * scales
+        full = torch.zeros(len(updates), dtype=torch.float64).index_copy_(0, index, coef)
+        aggregate = full.to(updates.dtype) @ updates
+        return AggregationResult(aggregate, AggregationReport(
+            "fedavg", selected=tuple(range(len(index)))))
+
+
+def aggregate_screened(aggregation: Aggregation, updates: torch.Tensor, weights: torch.Tensor,
+                       plan: ScreenPlan, *, num_replies: int, num_sampled: int
+                       ) -> AggregationResult:
+    """``aggregation`` on the rows screening keeps (``plan``), as on
+    ``plan.materialise(updates, weights)``, but without copying the matrix when the
+    aggregation is the plain weighted mean (``AggregationPipeline.mean_of_rows``)."""
+    if (plan.changes_rows and isinstance(aggregation, AggregationPipeline)
+            and aggregation.plain_mean):
+        return aggregation.mean_of_rows(updates, weights, plan.keep, plan.scales)
+    x, w, _, _ = plan.materialise(updates, weights)
+    return aggregation(x, w, num_replies=num_replies, num_sampled=num_sampled)

@@ -2,15 +2,19 @@
 
 ``Screen`` is the server's defense in front of the aggregation rule:
 
-1. ``fedapp.robust.detection.detect_anomalies`` scores every row (norm z, cosine to a
-   robust reference, sign skew, copies);
+1. ``fedapp.robust.detection.scan_rows`` (``detect_anomalies`` plus the row norms) scores
+   every row (norm z, cosine to a robust reference, sign skew, copies);
 2. each node's cosine joins its ``Reputation`` (a moving average across rounds, part of the
    server state) and the cosine check is made on the reputation
    (``DetectionReport.with_reputation``): one round's cosine is noise on non-IID data;
 3. in ``exclude`` mode at most ``limit`` flagged rows are dropped (the rule's ``f``), the
    most severe first (all flagged rows when ``limit`` is 0), none if fewer than
-   ``min_keep`` would remain; the rows kept are scaled down to the norm threshold
-   (``clip_to_norm_threshold``), so a large row that was not dropped cannot dominate.
+   ``min_keep`` would remain; the rows kept are scaled down to the norm threshold of the
+   kept rows' norms (``clip_factors``, as ``clip_to_norm_threshold``), so a large row that
+   was not dropped cannot dominate.
+
+``Screen.plan`` decides without copying a row (``ScreenPlan``: the rows kept, their scale
+factors, the rows dropped); ``Screen.__call__`` also materialises the kept, scaled rows.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from flwr.common.logger import log
 
-from fedapp.robust.detection import DetectionReport, clip_to_norm_threshold, detect_anomalies
+from fedapp.robust.detection import DetectionReport, clip_factors, scan_rows
 
 MODES = ("off", "flag", "exclude")
 
@@ -131,6 +135,36 @@ class Screened(NamedTuple):
     dropped: tuple[int, ...]  # row indices excluded
 
 
+class ScreenPlan(NamedTuple):
+    """Screening's decision before any row is copied: the rows that go on (``keep``, in
+    order), the factor each is scaled by (``scales``, float64 per kept row; None when
+    none is scaled), and the rows dropped. ``materialise`` makes the ``Screened`` rows;
+    a weighted mean needs no copy (``fedapp.server.pipeline.aggregate_screened``)."""
+
+    report: DetectionReport
+    keep: tuple[int, ...]
+    scales: torch.Tensor | None
+    dropped: tuple[int, ...]
+
+    @property
+    def changes_rows(self) -> bool:
+        """Whether the rule gets other rows than it was given (some dropped or scaled)."""
+        return bool(self.dropped) or self.scales is not None
+
+    def materialise(self, updates: torch.Tensor, weights: torch.Tensor) -> Screened:
+        """The kept rows, scaled, and their weights: one copy of the kept rows when some
+        are dropped (scaled in place), one scaled copy when only scaling, else none."""
+        if not self.changes_rows:
+            return Screened(updates, weights, self.report, self.dropped)
+        if self.dropped:
+            keep = list(self.keep)
+            updates, weights = updates[keep], weights[keep]
+        if self.scales is not None:
+            factor = self.scales.to(updates.dtype)[:, None]
+            updates = updates.mul_(factor) if self.dropped else updates * factor
+        return Screened(updates, weights, self.report, self.dropped)
+
+
 @dataclass
 class Screen:
     """Detection + reputation + exclusion (module docstring), with its thresholds bound."""
@@ -152,24 +186,30 @@ class Screen:
         """Screen the rows of ``nodes`` (one node id per row). ``limit`` is the most rows
         exclusion may drop (0: every flagged row). ``record=False`` changes no state (an
         adaptive attacker tries candidate rows against the defense as it stands)."""
-        raw = detect_anomalies(updates, norm_threshold=self.norm_threshold,
-                               cosine_threshold=self.cosine_threshold,
-                               sign_threshold=self.sign_threshold,
-                               duplicate_threshold=self.duplicate_threshold)
-        cosines = dict(zip(nodes, raw.cosine, strict=True))
+        return self.plan(nodes, updates, limit=limit, record=record).materialise(updates,
+                                                                                 weights)
+
+    def plan(self, nodes: Sequence[int], updates: torch.Tensor, *, limit: int,
+             record: bool = True) -> ScreenPlan:
+        """What ``__call__`` decides (same arguments), without copying any row."""
+        scan = scan_rows(updates, norm_threshold=self.norm_threshold,
+                         cosine_threshold=self.cosine_threshold,
+                         sign_threshold=self.sign_threshold,
+                         duplicate_threshold=self.duplicate_threshold)
+        cosines = dict(zip(nodes, scan.report.cosine, strict=True))
         preview = self.reputation.preview(cosines)
-        report = raw.with_reputation([preview[n] for n in nodes])
+        report = scan.report.with_reputation([preview[n] for n in nodes])
         if record:
             self.reputation.update(cosines, flagged={nodes[i] for i in report.flagged})
+        every = tuple(range(len(nodes)))
         if self.mode != "exclude":
-            return Screened(updates, weights, report, ())
+            return ScreenPlan(report, every, None, ())
         drop = report.most_severe(limit if limit > 0 else None)
-        keep = [i for i in range(len(nodes)) if i not in set(drop)]
+        keep = tuple(i for i in every if i not in set(drop))
         if drop and len(keep) < max(self.min_keep, 1):
             log(WARNING, "excluding %d flagged updates would leave %d < min-train-nodes; "
                 "aggregating all", len(drop), len(keep))
-            keep, drop = list(range(len(nodes))), ()
-        if drop:
-            updates, weights = updates[keep], weights[keep]
-        return Screened(clip_to_norm_threshold(updates, self.norm_threshold), weights, report,
-                        drop)
+            keep, drop = every, ()
+        factors = clip_factors(scan.norms[list(keep)], self.norm_threshold)
+        scales = None if bool((factors == 1.0).all()) else factors
+        return ScreenPlan(report, keep, scales, drop)

@@ -42,10 +42,10 @@ from flwr.serverapp.strategy import FedAvg
 from fedapp.compression.wire import serialized_bytes
 from fedapp.server import sampling
 from fedapp.server.health import REJECTED, TIMEOUT, Breaker, Reply
-from fedapp.server.pipeline import Aggregation, AggregationPipeline
+from fedapp.server.pipeline import Aggregation, AggregationPipeline, aggregate_screened
 from fedapp.server.replies import evaluation_metrics, record_failure, record_inflated
 from fedapp.server.rounds import LOCAL_DP_METRIC, RoundStats
-from fedapp.server.screen import Reputation, Screen, Screened
+from fedapp.server.screen import Reputation, Screen, Screened, ScreenPlan
 from fedapp.server.state import ServerState
 from fedapp.updates import flatten, is_compressed, reply_update, unflatten
 from fedapp.validation import (
@@ -174,8 +174,9 @@ class RobustStrategy(FedAvg):
             updates = torch.from_numpy(matrix[: len(nodes)])  # a view: no copy
             weights = torch.tensor([m[WEIGHT_KEY] for m in metrics], dtype=torch.float64)
             aggregate = self._aggregate(server_round, stats, nodes, updates, weights)
-            if aggregate is not None:
-                new = unflatten(global_flat + self.server_lr * aggregate, current)
+            if aggregate is not None:  # one model-sized vector more, not three
+                new_flat = np.multiply(aggregate, self.server_lr, dtype=np.float32)
+                new = unflatten(np.add(new_flat, global_flat, out=new_flat), current)
         self.state.arrays, self.state.server_round = new, server_round
         return new, stats.metrics()
 
@@ -248,25 +249,30 @@ class RobustStrategy(FedAvg):
     def _screen_and_aggregate(self, server_round: int, stats: RoundStats, nodes: list[int],
                               updates: torch.Tensor, weights: torch.Tensor
                               ) -> np.ndarray | None:
-        if self.detection != "off":
-            updates, weights = self._screen_round(server_round, stats, nodes, updates, weights)
+        plan = (self._screen_round(server_round, stats, nodes, updates)
+                if self.detection != "off" else None)
+        sent = len(self._sent.get(MessageType.TRAIN, [])) or len(nodes)  # central DP's n
         try:  # f counts the excluded rows too: num_replies is the count before exclusion
-            sent_to = self._sent.get(MessageType.TRAIN, [])  # public: central DP's n
-            result = self.aggregation(updates, weights, num_replies=len(nodes),
-                                      num_sampled=len(sent_to) or len(nodes))
+            if plan is None:
+                result = self.aggregation(updates, weights, num_replies=len(nodes),
+                                          num_sampled=sent)
+            else:  # the kept rows, without a copy for a plain mean
+                result = aggregate_screened(self.aggregation, updates, weights, plan,
+                                            num_replies=len(nodes), num_sampled=sent)
         except ValueError as exc:  # e.g. too few replies for the rule's f after dropouts
             stats.kept_previous = True
             log(WARNING, "round %d: aggregation of %d updates failed (%s); keeping the "
                 "previous global model", server_round, len(nodes), exc)
             return None
         stats.report = result.report
-        return result.aggregate.numpy().astype(np.float32)
+        return result.aggregate.numpy().astype(np.float32, copy=False)
 
     def _screen_round(self, server_round: int, stats: RoundStats, nodes: list[int],
-                      updates: torch.Tensor, weights: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Screen the round's updates, record and log what was flagged."""
-        updates, weights, report, dropped = self.screen(nodes, updates, weights)
+                      updates: torch.Tensor) -> ScreenPlan:
+        """Screen the round's updates (no row copied), record and log what was flagged."""
+        plan = self.screen_updates.plan(nodes, updates,
+                                        limit=self.aggregation.f_for(len(nodes)))
+        report, dropped = plan.report, plan.dropped
         stats.flagged = {nodes[i]: report.reasons[i] for i in report.flagged}
         stats.flagged_checks = {nodes[i]: report.checks[i] for i in report.flagged}
         stats.excluded_nodes = tuple(nodes[i] for i in dropped)
@@ -275,7 +281,7 @@ class RobustStrategy(FedAvg):
         for node, reason in stats.flagged.items():
             log(WARNING, "round %d: node %d flagged (%s), cosine reputation %.2f%s",
                 server_round, node, reason, scores[node], ", excluded" if node in excluded else "")
-        return updates, weights
+        return plan
 
     def screen(self, nodes: list[int], updates: torch.Tensor, weights: torch.Tensor, *,
                record: bool = True) -> Screened:
