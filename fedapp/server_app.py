@@ -6,6 +6,9 @@ The strategy stack and its state come from ``fedapp.server.build``; each round's
 server state is checkpointed (``fedapp.server.checkpoint``). ``resume`` continues a run
 from a checkpoint (``fedapp.server.resume``) at its next round, in the same MLflow run. At
 the end, ``reputation.json`` and ``node_health.json`` (``fedapp.server.health``) join them.
+The server's evaluation runs on the run's ``device`` (``fedapp.device``; with a test set,
+``cuda`` without CUDA stops the run at start-up); the update matrix's aggregation stays
+on the CPU.
 """
 
 from __future__ import annotations
@@ -42,8 +45,6 @@ def main(grid: Grid, context: Context) -> None:
     resumed = find_checkpoint(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test_set = server_test_set(cfg, grid)
-    # The server's evaluation runs on `device` ('cuda' without CUDA stops the run here); the
-    # aggregation of the (n, d) update matrix stays on the CPU.
     device = resolve_device(cfg.device) if test_set is not None else torch.device("cpu")
     task.set_seed(cfg.seed)
     model = task.build_model(cfg.model, dataset_spec(cfg), cfg.hidden_units)
