@@ -5,7 +5,8 @@ the import path is kept lean: torch and Flower's client API only. Dataset
 libraries are imported inside the data loaders, when (and only if) needed, and a
 hospital's parsed file is cached between messages (fedapp.data.local). Local
 training avoids ``torch.optim`` (its first use imports ``torch._dynamo``, seconds per
-process; see ``task.train``) and runs on one torch thread by default. With
+process; see ``task.train``) and runs on one torch thread by default; ``device='cpu'``
+never touches CUDA (``fedapp.device``). With
 ``FEDAPP_COLD_START_LOG=1`` in the SuperNode's environment each handler logs how
 long after its process started it was entered and how long the local data took,
 and when it returned, with wall-clock (epoch) stamps of the process start, the
@@ -34,6 +35,7 @@ from fedapp.config import RunConfig, node_config_of, run_config_of
 from fedapp.data import Split
 from fedapp.data.loading import dataset_spec, load_node_data
 from fedapp.data.local import DataFileError
+from fedapp.device import resolve_device
 from fedapp.node_errors import BUDGET_REFUSED, DATA_ERROR, error_reply
 
 # Mods, outermost first. compression_mod encodes TRAIN replies as update payloads
@@ -147,6 +149,7 @@ def train(msg: Message, context: Context) -> Message:
         cfg, model, train_data, _, seed = _setup(msg, context)
     except DataFileError as exc:
         return _refuse(msg, DATA_ERROR, exc)
+    device = resolve_device(cfg.device)  # 'cuda' without CUDA raises, naming the key
     metrics = MetricRecord({"num-examples": len(train_data)})
     if cfg.dp == "local":  # DP-SGD (Opacus, imported only here); refused past the budget
         from fedapp.privacy import BudgetExhausted, private_round
@@ -156,12 +159,12 @@ def train(msg: Message, context: Context) -> Message:
             budget = node_budget(cfg, node_config_of(context), context.run_id,
                                  int(msg.content["config"]["server-round"]))  # type: ignore[arg-type]
             loss, acc, metrics["dp-epsilon"] = private_round(cfg, model, train_data, seed,
-                                                              context.state, budget)
+                                                              context.state, budget, device)
         except BudgetExhausted as exc:
             return _refuse(msg, BUDGET_REFUSED, exc)
     else:
         loss, acc = task.train(model, train_data, cfg.local_epochs, cfg.batch_size,
-                               cfg.learning_rate, seed)
+                               cfg.learning_rate, seed, device)
     if cfg.train_metrics == "send":
         metrics["train-loss"], metrics["train-accuracy"] = loss, acc
     if cfg.attack != "none":  # simulation only: lets the threat model find its nodes
@@ -176,10 +179,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the node's local validation split (an
     unusable data file is answered with a ``DATA_ERROR`` reply, as in ``train``)."""
     try:
-        _, model, train_data, val_data, _ = _setup(msg, context)
+        cfg, model, train_data, val_data, _ = _setup(msg, context)
     except DataFileError as exc:
         return _refuse(msg, DATA_ERROR, exc)
     data = val_data if len(val_data) else train_data
-    loss, acc = task.evaluate(model, data)
+    loss, acc = task.evaluate(model, data, device=resolve_device(cfg.device))
     metrics = MetricRecord({"num-examples": len(data), "eval-loss": loss, "eval-accuracy": acc})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -6,6 +6,9 @@ The strategy stack and its state come from ``fedapp.server.build``; each round's
 server state is checkpointed (``fedapp.server.checkpoint``). ``resume`` continues a run
 from a checkpoint (``fedapp.server.resume``) at its next round, in the same MLflow run. At
 the end, ``reputation.json`` and ``node_health.json`` (``fedapp.server.health``) join them.
+The server's evaluation runs on the run's ``device`` (``fedapp.device``; with a test set,
+``cuda`` without CUDA stops the run at start-up); the update matrix's aggregation stays
+on the CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedapp import monitoring, task
 from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec
+from fedapp.device import resolve_device
 from fedapp.server import checkpoint
 from fedapp.server.build import build_strategy, load_champion, server_test_set
 from fedapp.server.health import Breaker
@@ -41,6 +45,7 @@ def main(grid: Grid, context: Context) -> None:
     resumed = find_checkpoint(cfg, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test_set = server_test_set(cfg, grid)
+    device = resolve_device(cfg.device) if test_set is not None else torch.device("cpu")
     task.set_seed(cfg.seed)
     model = task.build_model(cfg.model, dataset_spec(cfg), cfg.hidden_units)
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri, cfg.output_path)
@@ -67,7 +72,7 @@ def main(grid: Grid, context: Context) -> None:
         evaluation = None
         if test_set is not None:
             model.load_state_dict(arrays.to_torch_state_dict())
-            loss, acc = task.evaluate(model, test_set)
+            loss, acc = task.evaluate(model, test_set, device=device)
             evaluation = MetricRecord({"server-loss": loss, "server-accuracy": acc})
         row = state.record_round(server_round, dict(evaluation or {}))  # type: ignore[arg-type]
         log(INFO, "%s", round_line(row, cfg.num_server_rounds))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fedapp.data.specs import DatasetSpec, Split
+from fedapp.device import device_of
 
 
 class MLP(nn.Module):
@@ -83,7 +84,7 @@ def _tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: float,
-          seed: int) -> tuple[float, float]:
+          seed: int, device: torch.device | str = "cpu") -> tuple[float, float]:
     """Local SGD with momentum 0.9 and cross-entropy over seeded shuffles; returns mean
     (loss, accuracy) over all examples seen in the last epoch.
 
@@ -92,9 +93,23 @@ def train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: float
     1-4 s that each fresh deployment ClientApp process would pay. The arithmetic is
     ``torch.optim.SGD``'s (momentum buffer ``b = g`` on the first step, then
     ``b = 0.9 b + g``; ``p -= lr * b``), and a test checks the weights equal it bit for bit.
+
+    It runs on ``device`` (``fedapp.device.resolve_device``); the shuffles are drawn on the
+    CPU, so a device sees the same batches, and ``model`` is moved back where it came from.
+    On the CPU the computation is the same as before ``device`` existed, bit for bit.
     """
+    home, device = device_of(model), torch.device(device)
+    model.to(device)
+    try:
+        return _sgd_epochs(model, data, epochs, batch_size, lr, seed, device)
+    finally:
+        model.to(home)
+
+
+def _sgd_epochs(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: float,
+                seed: int, device: torch.device) -> tuple[float, float]:
     momentum = 0.9
-    x, y = _tensors(data)
+    x, y = (t.to(device) for t in _tensors(data))
     gen = set_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     buffers: list[torch.Tensor | None] = [None] * len(params)
@@ -103,7 +118,8 @@ def train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: float
     total_loss, correct = 0.0, 0
     for _ in range(epochs):
         total_loss, correct = 0.0, 0
-        for idx in torch.randperm(len(y), generator=gen).split(batch_size):
+        for batch in torch.randperm(len(y), generator=gen).split(batch_size):
+            idx = batch.to(device)
             for p in params:
                 p.grad = None
             out = model(x[idx])
@@ -125,16 +141,23 @@ def train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: float
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split, batch_size: int = 512) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy on ``data`` (``(nan, nan)`` when empty)."""
+def evaluate(model: nn.Module, data: Split, batch_size: int = 512,
+             device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy on ``data`` (``(nan, nan)`` when empty), computed
+    on ``device``; ``model`` is moved back where it came from."""
     if len(data) == 0:
         return float("nan"), float("nan")
-    x, y = _tensors(data)
+    home, device = device_of(model), torch.device(device)
+    x, y = (t.to(device) for t in _tensors(data))
+    model.to(device)
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        out = model(x[start:start + batch_size])
-        total_loss += float(loss_fn(out, y[start:start + batch_size]))
-        correct += int((out.argmax(1) == y[start:start + batch_size]).sum())
+    try:
+        for start in range(0, len(y), batch_size):
+            out = model(x[start:start + batch_size])
+            total_loss += float(loss_fn(out, y[start:start + batch_size]))
+            correct += int((out.argmax(1) == y[start:start + batch_size]).sum())
+    finally:
+        model.to(home)
     return total_loss / len(y), correct / len(y)

@@ -21,6 +21,8 @@ BUILTIN_DATASETS = ("digits", "breast-cancer")
 HF_PREFIX = "hf:"
 PARTITIONERS = ("iid", "dirichlet", "shard")
 MODELS = ("auto", "mlp", "cnn")
+# Where local training and evaluation run (fedapp.device): auto = CUDA when available.
+DEVICES = ("auto", "cpu", "cuda")
 # Names of the aggregation rules. Kept here (not imported from fedapp.robust) so
 # that parsing the config never imports torch; a test checks the two agree.
 AGGREGATOR_NAMES = (
@@ -141,6 +143,10 @@ class RunConfig:
     server_test_path: str = field(default="", metadata=_key("server-test-path"))
     model: str = field(default="auto", metadata=_key("model", choices=MODELS))
     hidden_units: int = field(default=64, metadata=_key("hidden-units", min=1, max=65536))
+    # The torch device of local training and evaluation (DP-SGD included) and of the server's
+    # evaluation: "auto" (CUDA when available, else CPU), "cpu" (never touches CUDA), or
+    # "cuda" (an error naming this key where CUDA is not available). Aggregation stays on CPU.
+    device: str = field(default="auto", metadata=_key("device", choices=DEVICES))
     seed: int = field(default=42, metadata=_key("seed", min=0))
     output_dir: str = field(default="~/.fedapp/runs", metadata=_key("output-dir"))
     # Server checkpoints after every round (fedapp.server.checkpoint): the newest N are kept

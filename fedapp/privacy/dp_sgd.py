@@ -44,7 +44,8 @@ from flwr.common.logger import log
 from torch import nn
 
 from fedapp.data.specs import Split
-from fedapp.privacy.accounting import ACCOUNTANT
+from fedapp.device import device_of
+from fedapp.privacy.accounting import ACCOUNTANT, History
 from fedapp.privacy.budget import DPState
 
 
@@ -116,8 +117,8 @@ def choose_grad_sample_mode(model: nn.Module, expected_batch_size: float) -> str
 
 def dp_train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: float, seed: int,
              max_grad_norm: float, noise_multiplier: float, delta: float, state: DPState,
-             *, deterministic_noise: bool = False,
-             grad_sample_mode: str = "auto") -> tuple[float, float, float, DPState]:
+             *, deterministic_noise: bool = False, grad_sample_mode: str = "auto",
+             device: torch.device | str = "cpu") -> tuple[float, float, float, DPState]:
     """DP-SGD (momentum 0.9, cross-entropy) on ``data``; ``model`` is trained in place.
 
     Opacus wraps model and optimizer once per call (all ``epochs`` reuse the wrapping) and
@@ -131,6 +132,11 @@ def dp_train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: fl
     ``"hooks"`` is used. The mode changes speed, not the mechanism: every mode clips each
     example's gradient to ``max_grad_norm`` and adds the same noise.
 
+    ``device``: where the steps run (Opacus computes per-example gradients and draws the
+    noise there, from a generator on that device); the Poisson sampling stays on the CPU,
+    and ``model`` is moved back where it came from. On the CPU the computation is the same
+    as before ``device`` existed, bit for bit.
+
     Returns ``(loss, accuracy, epsilon_spent, new_state)``; loss and accuracy are
     means over the examples sampled in the last epoch (``nan`` if none were).
     """
@@ -143,9 +149,8 @@ def dp_train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: fl
         raise ValueError(f"grad_sample_mode={grad_sample_mode!r} is not one of "
                          f"{', '.join(GRAD_SAMPLE_MODES)}")
     torch.manual_seed(seed)
-    secret = seed if deterministic_noise else secrets.randbits(63)
-    sampling = torch.Generator().manual_seed(secret)
-    noise = torch.Generator().manual_seed((secret * 7_919 + 1) % 2**63)
+    home, device = device_of(model), torch.device(device)
+    sampling, noise = _generators(seed, deterministic_noise, device)
     x = torch.from_numpy(data.x.copy())
     y = torch.from_numpy(data.y.copy())
     # make_private derives the sample rate (1 / len(loader)) and its Poisson sampler from
@@ -156,7 +161,23 @@ def dp_train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: fl
     mode = grad_sample_mode
     if mode == "auto":
         mode = choose_grad_sample_mode(model, len(data) / len(loader))
-    model.train()
+    model.to(device).train()
+    try:
+        loss, acc, history = _private_epochs(model, lr, loader, noise_multiplier, max_grad_norm,
+                                             noise, state, mode,
+                                             (x.to(device), y.to(device)), epochs)
+    finally:
+        model.to(home)
+    new_state = state.with_history(history)
+    return loss, acc, new_state.epsilon, new_state
+
+
+def _private_epochs(model: nn.Module, lr: float, loader: torch.utils.data.DataLoader,
+                    noise_multiplier: float, max_grad_norm: float, noise: torch.Generator,
+                    state: DPState, mode: str, xy: tuple[torch.Tensor, torch.Tensor],
+                    epochs: int) -> tuple[float, float, History]:
+    """Wrap ``model`` with Opacus, run the epochs on ``xy`` (on the model's device), unwrap;
+    returns (loss, accuracy, the accountant's history)."""
     with warnings.catch_warnings():
         # Documented above (no secure_mode); and the first layer's input needs no grad.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -165,12 +186,21 @@ def dp_train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: fl
                                         noise, state, mode)
         dp_model, dp_opt, criterion, dp_loader = wrapped
         try:
-            loss, acc = _run_epochs(dp_model, dp_opt, criterion, dp_loader.batch_sampler, x, y,
-                                    epochs)
+            loss, acc = _run_epochs(dp_model, dp_opt, criterion, dp_loader.batch_sampler,
+                                    *xy, epochs)
         finally:
             dp_model.to_standard_module()  # removes Opacus's hooks and per-sample attributes
-    new_state = state.with_history(engine.accountant.history)
-    return loss, acc, new_state.epsilon, new_state
+    return loss, acc, engine.accountant.history  # type: ignore[attr-defined]
+
+
+def _generators(seed: int, deterministic: bool, device: torch.device
+                ) -> tuple[torch.Generator, torch.Generator]:
+    """The Poisson sampling generator (CPU) and the noise generator (on ``device``, where
+    Opacus draws the noise), seeded from the OS's entropy unless ``deterministic``."""
+    secret = seed if deterministic else secrets.randbits(63)
+    sampling = torch.Generator().manual_seed(secret)
+    noise = torch.Generator(device=device).manual_seed((secret * 7_919 + 1) % 2**63)
+    return sampling, noise
 
 
 _Wrapped = tuple[nn.Module, torch.optim.Optimizer, nn.Module, torch.utils.data.DataLoader]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from logging import WARNING
 
+import torch
 from flwr.app import RecordDict
 from flwr.common.logger import log
 from torch import nn
@@ -32,8 +33,8 @@ __all__ = ["BudgetExhausted", "private_round"]
 
 
 def private_round(cfg: RunConfig, model: nn.Module, data: Split, seed: int,
-                  state: RecordDict, budget: NodeBudget | None = None
-                  ) -> tuple[float, float, float]:
+                  state: RecordDict, budget: NodeBudget | None = None,
+                  device: torch.device | str = "cpu") -> tuple[float, float, float]:
     """Train ``model`` in place with DP-SGD for ``local-epochs``; return (loss, acc, epsilon).
 
     The first call plans the whole run (noise calibrated once for
@@ -45,7 +46,8 @@ def private_round(cfg: RunConfig, model: nn.Module, data: Split, seed: int,
     with that error, the server counts a failure, the run goes on. With ``budget`` the
     round is charged to the ledger as pending *before* it trains and settled after, so a
     crash in between leaves it charged (over-counted, never under-counted).
-    The epsilon returned is the run's (what the reply's ``dp-epsilon`` reports).
+    The epsilon returned is the run's (what the reply's ``dp-epsilon`` reports). DP-SGD runs
+    on ``device`` (``fedapp.device.resolve_device``).
     """
     plan = load_state(state) or DPState.plan(
         target_epsilon=cfg.dp_epsilon, delta=cfg.dp_delta, num_examples=len(data),
@@ -62,7 +64,7 @@ def private_round(cfg: RunConfig, model: nn.Module, data: Split, seed: int,
     before = plan.steps_taken
     loss, acc, eps, plan = dp_train(model, data, cfg.local_epochs, cfg.batch_size,
                                     cfg.learning_rate, seed, cfg.dp_max_grad_norm,
-                                    plan.noise_multiplier, cfg.dp_delta, plan)
+                                    plan.noise_multiplier, cfg.dp_delta, plan, device=device)
     store_state(state, plan)
     if budget is not None and entry is not None:
         try:

@@ -5,8 +5,8 @@ directory (its newest valid checkpoint), or ``'latest'``: the newest valid check
 any other run in ``output-dir`` whose run config matches this one. A resumed run must keep
 every key that shapes the server state or the experiment (model, dataset, aggregation,
 screening, DP, seeds, learning rates, ...); only the keys in ``SAFE_TO_CHANGE`` (how many
-rounds, timeouts, node counts, outputs and tracking) may differ, and a resume that changes
-any other key is refused with every such key named.
+rounds, timeouts, node counts, outputs, tracking, the device) may differ, and a resume that
+changes any other key is refused with every such key named.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ SAFE_TO_CHANGE = frozenset({
     "min-train-nodes", "fraction-evaluate", "output-dir", "tracking", "tracking-uri",
     "experiment", "parent-run-id", "registered-model", "promotion-margin", "resume",
     "checkpoint-keep", "health-max-failures", "health-cooldown",
+    "device",  # where training runs (a resume may move to or from a GPU), not the state
 })
 
 
