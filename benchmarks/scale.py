@@ -38,6 +38,25 @@ TARGET = 1.2
 SAMPLING_SIZES = (100, 1_000, 10_000, 100_000)
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One size's repeats as one result: round times pooled, memory peaks the largest,
+    the state and the memory series of the first run that completed; every run's numbers
+    (less its series) under ``runs``."""
+    ok = [r for r in runs if r["error"] is None] or runs[:1]
+    merged = dict(ok[0])
+    merged["round-s"] = [t for r in ok for t in r.get("round-s", [])]
+    for key in ("peak-rss-bytes", "peak-pss-bytes", "steady-peak-rss-bytes",
+                "steady-peak-pss-bytes"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        merged[key] = max(values) if values else None
+    for key in ("wall-s", "first-round-done-s", "steady-cpu-busy"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        merged[key] = statistics.median(values) if values else None
+    merged["error"] = next((r["error"] for r in runs if r["error"]), None)
+    merged["runs"] = [{k: v for k, v in r.items() if k != "samples"} for r in runs]
+    return merged
+
+
 def ratios(results: list[dict[str, Any]]) -> None:
     """Add the median round and each size's ratios to the smallest size's, in place."""
     for r in results:
@@ -127,7 +146,8 @@ def report(result: dict[str, Any], png: str | None) -> str:
         "numbers: `benchmarks/results/scale.json`.", "",
         f"Setting: `dataset='synthetic'` (defaults: about 100 rows per node, 32 features, 10 "
         f"classes), the MLP, {result['sampled']} nodes sampled per round, "
-        f"{result['rounds']} rounds, no federated evaluation, tracking off, "
+        f"{result['rounds']} rounds, {result['repeats']} run(s) per size interleaved (round "
+        "times pooled, memory peaks the largest), no federated evaluation, tracking off, "
         "`client-resources-num-cpus=1` (two Ray actors), every checkpoint kept. A round's "
         "wall time is the interval between its checkpoint and the previous one (round 1, "
         "with Ray's start, has none); memory is the sum over every process under the "
@@ -185,29 +205,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--sampled", type=int, default=20)
+    parser.add_argument("--repeats", type=int, help="runs per size, interleaved (default 2; "
+                        "--quick 1)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--out-dir", type=Path)
     args = parser.parse_args(argv)
     sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 10_000])
     rounds = args.rounds or (2 if args.quick else 10)
+    repeats = args.repeats or (1 if args.quick else 2)
     full = not (args.quick or args.sizes or args.rounds) and args.out_dir is None
     json_path, md_path, png_path = output_paths(
         ["scale.json", "scale.md", "scale.png"],
         [RESULTS / "scale.json", DOCS / "scale.md", DOCS / "scale.png"],
         full=full, out_dir=args.out_dir, prefix="fedapp-scale-")
     start_load = loadavg()
-    results = []
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
     with tempfile.TemporaryDirectory(prefix="fedapp-scale-runs-") as tmp:
-        for nodes in sizes:
-            results.append(measure(nodes, rounds, args.sampled, Path(tmp), args.timeout))
-            r = results[-1]
-            print(f"{nodes} nodes: wall {r['wall-s']:.0f}s, rounds {r.get('round-s')}, "
-                  f"peak RSS {_mb(r['peak-rss-bytes'])} MiB, error {r['error']}", flush=True)
+        for _ in range(repeats):  # every size once per repeat: others' load hits all alike
+            for nodes in sizes:
+                r = measure(nodes, rounds, args.sampled, Path(tmp), args.timeout)
+                runs[nodes].append(r)
+                print(f"{nodes} nodes: wall {r['wall-s']:.0f}s, rounds "
+                      f"{[round(t, 2) for t in r.get('round-s', [])]}, peak RSS "
+                      f"{_mb(r['peak-rss-bytes'])} MiB, error {r['error']}", flush=True)
+    results = [combine(runs[n]) for n in sizes]
     ratios(results)
     sampling = {str(n): server_sampling_ms(n, args.sampled) for n in SAMPLING_SIZES}
     result = {"command": command_line("scale.py", argv),
               "versions": versions("flwr", "torch", "ray"), "load-start": start_load,
               "load-end": loadavg(), "rounds": rounds, "sampled": args.sampled,
+              "repeats": repeats,
               "server-sampling-ms": sampling, "results": results}
     write_json(json_path, result)
     plot(results, png_path)
