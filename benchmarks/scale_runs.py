@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import os
 import signal
 import threading
@@ -240,35 +239,3 @@ def outputs_summary(run_dir: Path, start: float, samples: list[Sample]) -> dict[
         "sampled-total": sum(int(r.get("nodes-sampled", 0)) for r in rows),
     }
 
-
-def server_sampling_ms(nodes: int, sampled: int, rounds: int = 20) -> float:
-    """Median milliseconds of the server's own per-round work over ``nodes`` connected node
-    ids, in this process: ``RobustStrategy.configure_train`` (the wait check, the health
-    pool, the sample, the instructions) with a grid that answers ``nodes`` ids, and each
-    round's outcomes recorded in node health (which grows with the nodes seen)."""
-    from types import SimpleNamespace
-
-    import torch
-    from flwr.app import ArrayRecord, ConfigRecord
-    from flwr.supercore.task_identity import TaskIdentity
-
-    from fedapp.config import RunConfig
-    from fedapp.server.build import build_strategy
-    from fedapp.server.health import Reply
-
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # a ServerApp's
-    ids = list(range(2, nodes + 2))
-    grid = SimpleNamespace(get_node_ids=lambda: ids)
-    cfg = RunConfig(dataset="synthetic", fraction_train=(sampled + 0.5) / nodes,
-                    fraction_evaluate=0.0, min_available_nodes=nodes)
-    robust, _ = build_strategy(cfg)
-    logging.getLogger("flwr").setLevel(logging.WARNING)  # no "Sampled 20 nodes" lines
-    arrays = ArrayRecord(torch.nn.Linear(32, 10).state_dict())
-    times = []
-    for r in range(1, rounds + 1):
-        start = time.perf_counter()
-        sent = [m.metadata.dst_node_id for m in robust.configure_train(
-            r, arrays, ConfigRecord(), grid)]  # type: ignore[arg-type]
-        robust.breaker.record_round(robust.state.health, r, sent, {n: Reply() for n in sent})
-        times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
