@@ -16,6 +16,7 @@ target (issue 17): at 10,000 nodes the median round and the peak memory within 1
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -80,7 +81,21 @@ def main(argv: list[str] | None = None) -> int:
                         "--quick 1)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--out-dir", type=Path)
+    parser.add_argument("--report-only", type=Path, metavar="JSON",
+                        help="rewrite the page and the plot from a results file, run nothing")
     args = parser.parse_args(argv)
+    if args.report_only:
+        result = json.loads(args.report_only.read_text())
+        md_path, png_path = args.report_only.with_suffix(".md"), DOCS / "scale.png"
+        if args.report_only.resolve() == (RESULTS / "scale.json").resolve():
+            md_path = DOCS / "scale.md"
+        else:
+            png_path = args.report_only.with_suffix(".png")
+        plot(result["results"], png_path)
+        md_path.write_text(report(result, png_path.name if md_path.parent == png_path.parent
+                                  else str(png_path)))
+        print(f"wrote {shown(md_path)}, {shown(png_path)}")
+        return 0
     sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 10_000])
     rounds = args.rounds or (2 if args.quick else 10)
     repeats = args.repeats or (1 if args.quick else 2)
