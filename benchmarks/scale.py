@@ -71,6 +71,20 @@ def ratios(results: list[dict[str, Any]]) -> None:
             r[f"{key}-ratio"] = None if a is None or not b else a / b
 
 
+def rewrite_report(json_path: Path) -> int:
+    """The page and the plot again from a results file: the repository's go to docs/, any
+    other beside it."""
+    result = json.loads(json_path.read_text())
+    if json_path.resolve() == (RESULTS / "scale.json").resolve():
+        md_path, png_path = DOCS / "scale.md", DOCS / "scale.png"
+    else:
+        md_path, png_path = json_path.with_suffix(".md"), json_path.with_suffix(".png")
+    plot(result["results"], png_path)
+    md_path.write_text(report(result, png_path.name))
+    print(f"wrote {shown(md_path)}, {shown(png_path)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 nodes, 2 rounds")
@@ -85,17 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="rewrite the page and the plot from a results file, run nothing")
     args = parser.parse_args(argv)
     if args.report_only:
-        result = json.loads(args.report_only.read_text())
-        md_path, png_path = args.report_only.with_suffix(".md"), DOCS / "scale.png"
-        if args.report_only.resolve() == (RESULTS / "scale.json").resolve():
-            md_path = DOCS / "scale.md"
-        else:
-            png_path = args.report_only.with_suffix(".png")
-        plot(result["results"], png_path)
-        md_path.write_text(report(result, png_path.name if md_path.parent == png_path.parent
-                                  else str(png_path)))
-        print(f"wrote {shown(md_path)}, {shown(png_path)}")
-        return 0
+        return rewrite_report(args.report_only)
     sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 10_000])
     rounds = args.rounds or (2 if args.quick else 10)
     repeats = args.repeats or (1 if args.quick else 2)
