@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BUILTIN_DATASETS = ("digits", "breast-cancer")
+SYNTHETIC = "synthetic"  # generated per node (fedapp.data.synthetic)
 HF_PREFIX = "hf:"
 PARTITIONERS = ("iid", "dirichlet", "shard")
 MODELS = ("auto", "mlp", "cnn")
@@ -138,6 +139,20 @@ class RunConfig:
     dirichlet_alpha: float = field(default=0.5, metadata=_key("dirichlet-alpha", min=1e-3))
     shards_per_node: int = field(default=2, metadata=_key("shards-per-node", min=1))
     test_fraction: float = field(default=0.2, metadata=_key("test-fraction", min=0.05, max=0.5))
+    # dataset='synthetic' (fedapp.data.synthetic): each node's rows generated from (seed,
+    # partition-id); label skew from partitioner / dirichlet-alpha / shards-per-node.
+    synthetic_rows: int = field(default=100, metadata=_key("synthetic-rows", min=2))
+    synthetic_rows_spread: float = field(default=0.5, metadata=_key("synthetic-rows-spread",
+                                                                    min=0.0, max=3.0))
+    synthetic_features: int = field(default=32, metadata=_key("synthetic-features", min=1,
+                                                              max=4096))
+    synthetic_classes: int = field(default=10, metadata=_key("synthetic-classes", min=2,
+                                                             max=1000))
+    synthetic_feature_shift: float = field(default=0.5,
+                                           metadata=_key("synthetic-feature-shift", min=0.0))
+    synthetic_model_shift: float = field(default=0.2,
+                                         metadata=_key("synthetic-model-shift", min=0.0))
+    synthetic_test_rows: int = field(default=2000, metadata=_key("synthetic-test-rows", min=1))
     # The server's test file in a deployment (CSV/Parquet, the hospitals' schema); "" = the
     # built-in held-out split in simulation, no server evaluation in a deployment.
     server_test_path: str = field(default="", metadata=_key("server-test-path"))
@@ -194,10 +209,10 @@ class RunConfig:
 
     def _cross_checks(self) -> list[str]:
         errors = []
-        if self.dataset not in BUILTIN_DATASETS and not (
+        if self.dataset not in (*BUILTIN_DATASETS, SYNTHETIC) and not (
             self.dataset.startswith(HF_PREFIX) and len(self.dataset) > len(HF_PREFIX)
         ):
-            allowed = ", ".join(BUILTIN_DATASETS)
+            allowed = ", ".join((*BUILTIN_DATASETS, SYNTHETIC))
             errors.append(
                 f"dataset={self.dataset!r} is not one of: {allowed}, or 'hf:<hub name>'"
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedapp.config import HF_PREFIX, NodeConfig, RunConfig
+from fedapp.config import HF_PREFIX, SYNTHETIC, NodeConfig, RunConfig
 from fedapp.data.specs import DATASET_SPECS, DatasetSpec, Split
 
 
@@ -12,6 +12,10 @@ def dataset_spec(cfg: RunConfig) -> DatasetSpec:
     """Shape and classes of the configured dataset (the hub path downloads metadata)."""
     if cfg.dataset in DATASET_SPECS:
         return DATASET_SPECS[cfg.dataset]
+    if cfg.dataset == SYNTHETIC:
+        from fedapp.data import synthetic
+
+        return synthetic.spec(cfg)
     from fedapp.data import hub
 
     return hub.spec(cfg.dataset.removeprefix(HF_PREFIX), cfg.label_column)
@@ -32,8 +36,9 @@ def load_node_data(cfg: RunConfig, node: NodeConfig) -> tuple[Split, Split]:
 
     With ``data-path`` (a hospital in deployment) the node reads its own file, matched to
     the dataset's columns by name (less ``ignore-columns``); otherwise (simulation) it
-    takes partition ``partition-id`` of the training part of the configured dataset. The
-    server's test rows are never included.
+    takes partition ``partition-id`` of the training part of the configured dataset, or,
+    for ``dataset='synthetic'``, generates node ``partition-id``'s rows (whatever
+    ``num-partitions``). The server's test rows are never included.
     """
     seed = cfg.seed + 7919 * (node.partition_id or 0)
     if node.data_path:
@@ -43,6 +48,10 @@ def load_node_data(cfg: RunConfig, node: NodeConfig) -> tuple[Split, Split]:
                           ignore_columns=node.ignore_columns)
         return holdout(data, cfg.test_fraction, seed)
     assert node.partition_id is not None and node.num_partitions is not None
+    if cfg.dataset == SYNTHETIC:
+        from fedapp.data import synthetic
+
+        return holdout(synthetic.node_split(cfg, node.partition_id), cfg.test_fraction, seed)
     if cfg.dataset.startswith(HF_PREFIX):
         from fedapp.data import hub
 
@@ -64,6 +73,10 @@ def load_node_data(cfg: RunConfig, node: NodeConfig) -> tuple[Split, Split]:
 
 def load_server_test(cfg: RunConfig) -> Split:
     """The held-out test set the ServerApp evaluates the global model on."""
+    if cfg.dataset == SYNTHETIC:
+        from fedapp.data import synthetic
+
+        return synthetic.server_test(cfg)
     if cfg.dataset.startswith(HF_PREFIX):
         from fedapp.data import hub
 

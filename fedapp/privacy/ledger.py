@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedapp.config import NodeConfig, RunConfig
+from fedapp.config import SYNTHETIC, NodeConfig, RunConfig
 from fedapp.privacy.accounting import ACCOUNTANT, History, check_history, epsilon_of
 from fedapp.privacy.budget import BudgetExhausted
 
@@ -257,6 +257,9 @@ def node_budget(cfg: RunConfig, node: NodeConfig, run: int, server_round: int) -
             settings["dirichlet-alpha"] = cfg.dirichlet_alpha
         elif cfg.partitioner == "shard":
             settings["shards-per-node"] = cfg.shards_per_node
+        if cfg.dataset == SYNTHETIC:  # these keys select a generated node's rows too
+            settings.update({k: v for k, v in cfg.to_flower().items()
+                             if k.startswith("synthetic-") and k != "synthetic-test-rows"})
         dataset, describe = partition_identity(cfg.dataset, cfg.partitioner, settings,
                                                node.partition_id, node.num_partitions,
                                                cfg.seed)

@@ -21,6 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 POLL_SECONDS = 1.0
+NAMED = 10  # missing nodes named in a message; more are counted (thousands of hospitals)
 
 
 class NotEnoughNodes(RuntimeError):
@@ -58,7 +59,8 @@ def available_nodes(grid: Grid, wanted: int, needed: int, timeout: float, *,
             log(INFO, "%s: %d nodes connected after waiting %.0fs", what, len(nodes), waited)
         return nodes
     missing = sorted(set(known) - set(nodes))
-    gone = f"; missing since earlier rounds: {missing}" if missing else ""
+    shown = missing if len(missing) <= NAMED else f"{len(missing)} nodes, e.g. {missing[:NAMED]}"
+    gone = f"; missing since earlier rounds: {shown}" if missing else ""
     if len(nodes) < needed:
         raise NotEnoughNodes(
             f"{what}: {len(nodes)} nodes connected after waiting {waited:.0f}s (wait-timeout), "

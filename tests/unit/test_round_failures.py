@@ -119,6 +119,15 @@ def test_too_few_nodes_after_wait_timeout_stop_the_run_naming_who_is_missing() -
                         sleep=lambda s: now.__setitem__(0, now[0] + s))
 
 
+def test_thousands_of_missing_nodes_are_counted_not_listed() -> None:
+    now = [0.0]
+    with pytest.raises(NotEnoughNodes) as err:
+        available_nodes(Grid([1]), 3, 2, 5.0, known=set(range(1, 5001)), clock=lambda: now[0],
+                        sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert "missing since earlier rounds: 4999 nodes, e.g. [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]" \
+        in str(err.value) and len(str(err.value)) < 300
+
+
 def test_nodes_that_connect_while_waiting_are_used() -> None:
     grid = Grid([1])
     def sleep(_: float) -> None:
