@@ -130,8 +130,9 @@ class FederationMetrics:
                         "Sampled nodes that failed (error reply or no reply), by kind.", ("kind",))
         self.bad_ratio = g("fedapp_round_bad_replies_ratio",
                            "Rejected and failed replies / nodes sampled, last round.")
-        self.flagged = c("fedapp_updates_flagged", "Updates flagged by screening, by check.",
-                         ("check",))
+        self.flagged = c("fedapp_updates_flagged",
+                         "Updates flagged by screening, by check (once per check that flagged "
+                         "it).", ("check",))
         self.excluded = c("fedapp_updates_excluded",
                           "Flagged updates excluded from the aggregation, by check.", ("check",))
         self.round_flagged = g("fedapp_round_flagged_updates", "Updates flagged, last round.")

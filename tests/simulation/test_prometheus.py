@@ -1,6 +1,6 @@
 """A real Prometheus scrapes a real `flwr run` and evaluates the repository's alert rules.
 
-Debian's ``prometheus`` binary runs on loopback with a generated config (1 s scrape and
+Debian's ``prometheus`` binary runs on loopback with a generated config (0.5 s scrape and
 rule evaluation) that scrapes the ServerApp's metrics port and loads
 ``monitoring/prometheus/alerts.yml``. The run has a sign-flipping attacker, so screening
 flags it every round and ``FedappNodeFlagged`` must fire. Every process is stopped by PID.
@@ -27,12 +27,12 @@ from tests.flwr_cli import REPO, free_port
 pytestmark = [pytest.mark.simulation, pytest.mark.timeout(480)]
 
 RULES = REPO / "monitoring" / "prometheus" / "alerts.yml"
-ROUNDS, NODES = 7, 5
+ROUNDS, NODES = 12, 5
 
 
 def prometheus_config(target: str, rules: Path) -> str:
     return json.dumps({  # JSON is YAML
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "global": {"scrape_interval": "500ms", "evaluation_interval": "500ms"},
         "rule_files": [str(rules)],
         "scrape_configs": [{"job_name": "fedapp", "static_configs": [{"targets": [target]}]}],
     })
@@ -127,16 +127,19 @@ def test_prometheus_scrapes_the_run_and_fires_the_node_flagged_alert(
     assert run_max("fedapp_upload_bytes_total") == sum(r["bytes-up"] for r in rows[1:])
     assert run_max("fedapp_server_accuracy_ratio") == max(r["server-accuracy"] for r in rows)
     flagged = scalar(base, "sum(max_over_time(fedapp_updates_flagged_total[10m]))")
-    assert flagged == sum(r["flagged"] for r in rows[1:]) >= 3
+    # by check: an update two checks flag counts once for each
+    assert flagged >= sum(r["flagged"] for r in rows[1:]) >= 3
     assert run_max("fedapp_node_flagged_streak_rounds") >= 3
     assert run_max("process_resident_memory_bytes") > 1e6
 
-    # The alert fired for the attacker while the run was live, and Prometheus recorded it.
-    assert alerts, "FedappNodeFlagged never fired"
+    # The alert fired for the attacker while the run was live: Prometheus recorded it in
+    # ALERTS (the API's list of active alerts, polled above, may miss a short run's end).
+    recorded = query(base, 'max_over_time(ALERTS{alertname="FedappNodeFlagged",'
+                           'alertstate="firing"}[10m])')
+    assert recorded, "FedappNodeFlagged never fired"
     streaks = query(base, "max_over_time(fedapp_node_flagged_streak_rounds[10m]) >= 3")
-    assert {a["labels"]["node"] for a in alerts} <= {s["metric"]["node"] for s in streaks}
-    assert query(base, 'max_over_time(ALERTS{alertname="FedappNodeFlagged",'
-                       'alertstate="firing"}[10m])')
+    fired = {a["labels"]["node"] for a in alerts} | {r["metric"]["node"] for r in recorded}
+    assert fired <= {s["metric"]["node"] for s in streaks}
 
     # Bounded labels: per-node series are the federation's nodes, whatever the rounds.
     for name in ("fedapp_node_reputation", "fedapp_node_flagged_streak_rounds"):
