@@ -11,6 +11,8 @@ kept row's coefficient is rounded once instead of the row being scaled first).
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -155,6 +157,10 @@ def test_default_strategy_end_to_end_equals_the_reference(monkeypatch: pytest.Mo
     same flags, exclusions, reputations and (to rounding) models as the reference
     screening followed by the pipeline, and the update matrix is never copied."""
     n, d = 10, 6000
+    # Flower samples the nodes in a random order; exact copies tie in severity, and the
+    # reference broke such ties by float32 rounding that depends on the row order (the new
+    # code takes the lowest row), so the order is fixed here.
+    random.seed(8)
     cfg = RunConfig(min_available_nodes=n, fraction_evaluate=0.0)
     robust, _ = build_strategy(cfg)
     old_screen = Screen("exclude", min_keep=cfg.min_train_nodes,
