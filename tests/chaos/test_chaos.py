@@ -84,10 +84,15 @@ HOSPITALS = [f"hospital-{h}" for h in range(3)]
 # A healthy round of 3 fresh ClientApp processes takes about 25 s on 2 shared cores at load
 # 4; the round timeout leaves twice that.
 ROUND_TIMEOUT = 60.0
-BASE_CONFIG = (
-    "dataset='breast-cancer' local-epochs=1 fraction-evaluate=0.0 min-train-nodes=2 "
-    f"round-timeout={ROUND_TIMEOUT}"
+BASE_CONFIG_NO_TIMEOUT = (
+    "dataset='breast-cancer' local-epochs=1 fraction-evaluate=0.0 min-train-nodes=2"
 )
+BASE_CONFIG = f"{BASE_CONFIG_NO_TIMEOUT} round-timeout={ROUND_TIMEOUT}"
+# The SuperLink lists a silent node offline 2 heartbeat intervals (2 x 30 s) after its last
+# heartbeat, but does not answer the instruction the dead node held: that round ends at its
+# timeout. This one outlasts the offline listing and the restart (the test restarts the node
+# once it is listed offline), so the next round never lists the dead node.
+KILL_ROUND_TIMEOUT = 100.0
 CLIENTAPP_RECEIVED = "Received successfully"
 RESUMED_LINE = re.compile(r"\[fedapp\] resuming from (\S+): round (\d+) of (\d+) done")
 
@@ -286,15 +291,20 @@ def test_killed_supernode_round_goes_on_and_restarted_node_rejoins(
     victim = "hospital-2"
     victim_id = fed.node_ids[victim]
     rounds = 3
+    # One instruction per round (no evaluation): the victim's second one is round 2's.
+    # Counted from before the run: round 2's may arrive before round 1 is seen logged.
+    before = received_count(fed.nodes[victim])
+    # Round 2 outlasts the SuperLink's offline listing and the restart (KILL_ROUND_TIMEOUT),
+    # so round 3 never lists the dead node; it waits for the restarted one
+    # (min-available-nodes=3).
     run = start_run(fed, "sigkill", fed.root / "out-sigkill",
-                    f"{BASE_CONFIG} num-server-rounds={rounds} min-available-nodes=3 "
-                    "wait-timeout=60")  # round 3 waits for the restarted node
+                    f"{BASE_CONFIG_NO_TIMEOUT} round-timeout={KILL_ROUND_TIMEOUT} "
+                    f"num-server-rounds={rounds} min-available-nodes=3 wait-timeout=120")
     try:
         wait_until(lambda: 1 in run.rounds_logged(), 240, "round 1 to be logged",
                    [fed.superlink, run_popen_watch(run)], interval_s=0.5)
-        before = received_count(fed.nodes[victim])
         # Round 2 has begun: kill the victim once it received its instruction.
-        wait_until(lambda: received_count(fed.nodes[victim]) > before, 60,
+        wait_until(lambda: received_count(fed.nodes[victim]) >= before + 2, 60,
                    f"{victim} to receive its round-2 instruction", [fed.nodes[victim]],
                    interval_s=0.2)
         killed_at = time.perf_counter()
