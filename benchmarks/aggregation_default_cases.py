@@ -46,7 +46,7 @@ from fedapp.config import RunConfig
 from fedapp.robust.screening_kernels import column_blocks
 from fedapp.server.build import build_strategy
 from fedapp.server.pipeline import AggregationPipeline, aggregate_screened
-from fedapp.server.screen import Reputation, Screen
+from fedapp.server.screen import Reputation, Screen, exclusion_limit
 from fedapp.server.strategy import RobustStrategy
 
 #: Above this many matrix elements the previous implementation is not timed (it copied
@@ -79,8 +79,9 @@ def default_on_matrix(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     pipeline = AggregationPipeline.from_config(cfg)
     screen = Screen("exclude", cfg.detect_norm_z, cfg.detect_cosine, cfg.detect_sign_skew,
                     cfg.detect_duplicate, min_keep=cfg.min_train_nodes,
+                    cosine_spread=cfg.detect_cosine_spread,
                     reputation=Reputation(cfg.reputation_memory, cfg.detect_cosine))
-    plan = screen.plan(list(range(n)), x, limit=pipeline.f_for(n))
+    plan = screen.plan(list(range(n)), x, limit=exclusion_limit(n))
     return aggregate_screened(pipeline, x, weights, plan, num_replies=n,
                               num_sampled=n).aggregate
 
@@ -94,9 +95,10 @@ def before_on_matrix(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     n = len(x)
     cfg = RunConfig()
     pipeline = AggregationPipeline.from_config(cfg)
-    screen = Screen("exclude", min_keep=cfg.min_train_nodes)
+    screen = Screen("exclude", min_keep=cfg.min_train_nodes,
+                    cosine_spread=cfg.detect_cosine_spread)
     kept, w, _, _ = reference_screen(screen, list(range(n)), x, weights,
-                                     limit=pipeline.f_for(n))
+                                     limit=exclusion_limit(n))
     return pipeline(kept, w, num_replies=n).aggregate
 
 

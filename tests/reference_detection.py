@@ -111,6 +111,7 @@ def detect_anomalies(
     sign_threshold: float = 0.5,
     duplicate_threshold: float = 0.1,
     reference: torch.Tensor | None = None,
+    cosine_spread: float = 0.0,
 ) -> DetectionReport:
     """Score and flag every row (module docstring): norm z-score above ``norm_threshold``,
     sign skew beyond ``+-sign_threshold`` (0 turns it off), nearest-neighbour ratio below
@@ -145,7 +146,7 @@ def detect_anomalies(
     cos, _ = cosine_to(updates, reference, norms)
     return _flag(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()),
                  tuple(similarity.tolist()), norm_threshold, cosine_threshold, sign_threshold,
-                 duplicate_threshold)
+                 duplicate_threshold, cosine_spread=cosine_spread)
 
 
 def clip_to_norm_threshold(updates: torch.Tensor, norm_threshold: float) -> torch.Tensor:
@@ -170,14 +171,15 @@ class ReferenceScreened(NamedTuple):
 
 
 def reference_screen(screen: Screen, nodes: Sequence[int], updates: torch.Tensor,
-                     weights: torch.Tensor, *, limit: int, record: bool = True
+                     weights: torch.Tensor, *, limit: int | None, record: bool = True
                      ) -> ReferenceScreened:
     """``Screen.__call__`` as it was, with ``screen``'s thresholds, mode, ``min_keep`` and
     ``reputation`` (a ``fedapp.server.screen.Screen``)."""
     raw = detect_anomalies(updates, norm_threshold=screen.norm_threshold,
                            cosine_threshold=screen.cosine_threshold,
                            sign_threshold=screen.sign_threshold,
-                           duplicate_threshold=screen.duplicate_threshold)
+                           duplicate_threshold=screen.duplicate_threshold,
+                           cosine_spread=screen.cosine_spread)
     cosines = dict(zip(nodes, raw.cosine, strict=True))
     preview = screen.reputation.preview(cosines)
     report = raw.with_reputation([preview[n] for n in nodes])
@@ -185,7 +187,7 @@ def reference_screen(screen: Screen, nodes: Sequence[int], updates: torch.Tensor
         screen.reputation.update(cosines, flagged={nodes[i] for i in report.flagged})
     if screen.mode != "exclude":
         return ReferenceScreened(updates, weights, report, ())
-    drop = report.most_severe(limit if limit > 0 else None)
+    drop = report.most_severe(limit)
     keep = [i for i in range(len(nodes)) if i not in set(drop)]
     if drop and len(keep) < max(screen.min_keep, 1):
         log(WARNING, "excluding %d flagged updates would leave %d < min-train-nodes; "

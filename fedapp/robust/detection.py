@@ -217,7 +217,8 @@ def _median_reference(x: np.ndarray, z: torch.Tensor, thresholds: tuple[float, f
 
 def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
               cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
-              duplicate_threshold: float = 0.1, reference: torch.Tensor | None = None) -> Scan:
+              duplicate_threshold: float = 0.1, reference: torch.Tensor | None = None,
+              cosine_spread: float = 0.0) -> Scan:
     """``detect_anomalies`` (same arguments), with the row norms for clipping. Two passes
     over the matrix (``screening_kernels``): the norms, then the median with the sign
     counts, the Gram matrix and the dots against it; a third only when the copy or sign
@@ -241,7 +242,7 @@ def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
     cos, _ = _cosine(torch.from_numpy(sums.dots), norms, ref_norm)
     report = flag_rows(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()),
                        tuple(similarity.tolist()), norm_threshold, cosine_threshold,
-                       sign_threshold, duplicate_threshold)
+                       sign_threshold, duplicate_threshold, cosine_spread=cosine_spread)
     return Scan(report, norms)
 
 
@@ -253,11 +254,13 @@ def detect_anomalies(
     sign_threshold: float = 0.5,
     duplicate_threshold: float = 0.1,
     reference: torch.Tensor | None = None,
+    cosine_spread: float = 0.0,
 ) -> DetectionReport:
     """Score and flag every row (module docstring): norm z-score above ``norm_threshold``,
     sign skew beyond ``+-sign_threshold`` (0 turns it off), nearest-neighbour ratio below
     ``duplicate_threshold`` (0 turns it off), cosine to the reference below
-    ``cosine_threshold``.
+    ``cosine_threshold`` and, with ``cosine_spread = k > 0``, ``k`` robust stds below the
+    round's median cosine (``detection_report.cosine_cut``).
 
     Without ``reference`` the sign skew is taken to the coordinate-wise median of all rows
     and the cosine to the coordinate-wise median of the rows the other three checks leave
@@ -268,7 +271,7 @@ def detect_anomalies(
     """
     return scan_rows(updates, norm_threshold=norm_threshold, cosine_threshold=cosine_threshold,
                      sign_threshold=sign_threshold, duplicate_threshold=duplicate_threshold,
-                     reference=reference).report
+                     reference=reference, cosine_spread=cosine_spread).report
 
 
 def clip_factors(norms: torch.Tensor, norm_threshold: float) -> torch.Tensor:

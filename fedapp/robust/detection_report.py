@@ -7,6 +7,7 @@ report can be flagged again with other cosines (``DetectionReport.with_reputatio
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ class DetectionReport:
     cosine_reputation: tuple[float, ...] = ()
     nearest_ratio: tuple[float, ...] = ()
     duplicate_threshold: float = 0.1
+    cosine_spread: float = 0.0  # margin in robust stds below the round's median (cosine_cut)
+    cosine_cut: float = 0.0  # the cosine check's effective threshold this round
 
     def _cos(self, i: int) -> float:
         return self.cosine_reputation[i] if self.cosine_reputation else self.cosine[i]
@@ -46,7 +49,7 @@ class DetectionReport:
         the row's nearest-neighbour ratio. Each term exceeds 1 exactly when its check fires,
         so flagged rows have severity > 1 and the scales of the checks are comparable."""
         by_norm = self.norm_z[i] / self.norm_threshold if self.norm_threshold > 0 else 0.0
-        by_cos = (1.0 - self._cos(i)) / max(1.0 - self.cosine_threshold, 1e-12)
+        by_cos = (1.0 - self._cos(i)) / max(1.0 - self.cosine_cut, 1e-12)
         by_sign = (abs(self.sign_skew[i]) / self.sign_threshold
                    if self.sign_skew and self.sign_threshold > 0 else 0.0)
         by_copy = (self.duplicate_threshold / max(self.nearest_ratio[i], 1e-12)
@@ -57,9 +60,9 @@ class DetectionReport:
         """The flagged rows to exclude when at most ``limit`` may go (None: all of them):
         the ``limit`` with the highest ``severity``, ties to the lower index, in row order.
 
-        Detection flags honest outliers too (non-IID data has them every round); a defense
-        that assumes at most ``f`` Byzantine nodes should not drop more than ``f``, or an
-        attacker who can make honest rows look anomalous removes honest nodes for free."""
+        Detection flags honest outliers too (non-IID data has them every round), so the
+        server never drops half of a round or more (``fedapp.server.screen.exclusion_limit``):
+        the rows kept are a strict majority, whatever was flagged."""
         if limit is None or limit >= len(self.flagged):
             return self.flagged
         ranked = sorted(self.flagged, key=lambda i: (-self.severity(i), i))
@@ -72,26 +75,50 @@ class DetectionReport:
             raise ValueError(f"{len(cosine_reputation)} reputation scores for "
                              f"{len(self.cosine)} rows")
         return flag_rows(self.norm_z, self.cosine, self.sign_skew, self.nearest_ratio,
-                     self.norm_threshold, self.cosine_threshold, self.sign_threshold,
-                     self.duplicate_threshold, tuple(float(c) for c in cosine_reputation))
+                         self.norm_threshold, self.cosine_threshold, self.sign_threshold,
+                         self.duplicate_threshold, tuple(float(c) for c in cosine_reputation),
+                         cosine_spread=self.cosine_spread)
+
+
+def cosine_cut(values: Sequence[float], threshold: float, spread: float) -> float:
+    """The cosine check's threshold for one round: ``min(t, med - k * s)`` with ``t`` the
+    fixed threshold, ``med`` the median of the round's cosines (or reputations), ``s =
+    1.4826 * MAD`` their robust standard deviation (Hampel's; ``1.253314 * MeanAD`` when
+    the MAD is 0) and ``k = spread``; ``t`` alone when ``k <= 0`` or fewer than 3 values.
+
+    A fixed ``t = 0`` flags every honest node whose smoothed cosine dips just below 0 on
+    skewed data, where honest cosines spread widely around a small positive median; the
+    margin asks a node to be an outlier of the round too. With fewer than half of the
+    nodes attacking, ``med`` and ``s`` are those of the honest majority's range."""
+    if spread <= 0 or len(values) < 3:
+        return threshold
+    med = statistics.median(values)
+    dev = [abs(v - med) for v in values]
+    scale = 1.4826 * statistics.median(dev) or 1.253314 * statistics.fmean(dev)
+    return min(threshold, med - spread * scale)
 
 
 def flag_rows(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[float, ...],
-          ratio: tuple[float, ...], norm_threshold: float, cosine_threshold: float,
-          sign_threshold: float, duplicate_threshold: float,
-          reputation: tuple[float, ...] = ()) -> DetectionReport:
-    """Apply the four checks to the scores (see the module docstring)."""
+              ratio: tuple[float, ...], norm_threshold: float, cosine_threshold: float,
+              sign_threshold: float, duplicate_threshold: float,
+              reputation: tuple[float, ...] = (), *, cosine_spread: float = 0.0
+              ) -> DetectionReport:
+    """Apply the four checks to the scores (see the module docstring); the cosine check
+    against ``cosine_cut`` of the cosines it uses (the reputations when given)."""
     reasons: dict[int, str] = {}
     checks: dict[int, tuple[str, ...]] = {}
+    used = reputation or cosine
+    cut = cosine_cut(used, cosine_threshold, cosine_spread)
+    cut_text = (f"{cosine_threshold}" if cut == cosine_threshold else
+                f"{cut:.2f} ({cosine_spread:g} robust stds below the round's median)")
     for i in range(len(norm_z)):
         parts: list[tuple[str, str]] = []
         if norm_z[i] > norm_threshold:
             parts.append(("norm", f"norm z={norm_z[i]:.1f} > {norm_threshold}"))
-        if reputation and reputation[i] < cosine_threshold:
-            parts.append(("cosine", f"cosine reputation {reputation[i]:.2f} < "
-                          f"{cosine_threshold} (this round {cosine[i]:.2f})"))
-        elif not reputation and cosine[i] < cosine_threshold:
-            parts.append(("cosine", f"cosine {cosine[i]:.2f} < {cosine_threshold}"))
+        if used[i] < cut:
+            what = "cosine reputation" if reputation else "cosine"
+            now = f" (this round {cosine[i]:.2f})" if reputation else ""
+            parts.append(("cosine", f"{what} {used[i]:.2f} < {cut_text}{now}"))
         if skew and sign_threshold > 0 and abs(skew[i]) > sign_threshold:
             parts.append(("sign", f"sign skew {skew[i]:+.2f} beyond +-{sign_threshold}"))
         if ratio and ratio[i] < duplicate_threshold:
@@ -104,4 +131,5 @@ def flag_rows(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[
                            reasons=reasons, checks=checks, norm_threshold=norm_threshold,
                            cosine_threshold=cosine_threshold, sign_skew=skew,
                            sign_threshold=sign_threshold, cosine_reputation=reputation,
-                           nearest_ratio=ratio, duplicate_threshold=duplicate_threshold)
+                           nearest_ratio=ratio, duplicate_threshold=duplicate_threshold,
+                           cosine_spread=cosine_spread, cosine_cut=cut)

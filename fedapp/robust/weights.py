@@ -1,10 +1,21 @@
 """Aggregation weights that self-reported example counts cannot game.
 
 FedAvg weights each node by the number of examples it *says* it trained on. A
-Byzantine node can report 10^9 and own the average. Here a reported count buys
-at most ``cap`` times the median count: with fewer than half of the nodes lying,
-the (lower) median lies between two honest counts, so no liar's weight exceeds
-``cap`` times an honest node's count.
+Byzantine node can report 10^9 and own the average. Here (``capped_weights``):
+
+* a count far above the others (``count_outliers``: robust z-score of ``log(1 + c)``
+  above 3.5, and above ``cap`` times the reference) weighs as the reference ``m``;
+* every other count buys at most ``cap * m``;
+* ``m`` is the lower median of the counts that are not outliers, so liars who report
+  huge counts do not lift it: with fewer than half of the nodes lying, ``m`` lies
+  within the honest counts (at most their ``1 / (2 (1 - f))`` quantile for a liar
+  fraction ``f``: the 71st percentile at 30%).
+
+Remaining influence of a liar: a blatant one weighs ``m`` (a typical hospital), one
+that stays under the outlier cut at most ``cap * m``; so ``f n`` liars hold at most a
+share ``f cap m / (f cap m + sum of honest weights)`` of the weight, never more than
+``cap`` honest-median hospitals each. A hospital that really is far larger than the
+others is weighed as a typical one: set ``weighting='num-examples'`` knowingly.
 """
 
 from __future__ import annotations
@@ -20,6 +31,9 @@ import torch
 #: while an inflated count gains a liar at most a factor 2 over a typical node.
 #: Use ``"uniform"`` when even that is too much.
 DEFAULT_CAP = 2.0
+#: Robust z-score of ``log(1 + count)`` above which a count is an outlier (Iglewicz &
+#: Hoaglin's cut-off for modified z-scores, as the norm check's).
+COUNT_Z = 3.5
 
 WeightMode = Literal["capped", "uniform", "num-examples"]
 
@@ -40,24 +54,54 @@ def uniform_weights(n: int) -> torch.Tensor:
     return torch.ones(n, dtype=torch.float64)
 
 
+def _log_z(counts: torch.Tensor) -> torch.Tensor:
+    """Robust z-scores of ``log(1 + c)``: ``(v - med) / (1.4826 MAD)``, the MeanAD
+    fallback when the MAD is 0, zeros when that is 0 too."""
+    v = torch.log1p(counts)
+    med = torch.quantile(v, 0.5)
+    dev = (v - med).abs()
+    scale = 1.4826 * torch.quantile(dev, 0.5)
+    if float(scale) <= 0.0:
+        scale = 1.253314 * dev.mean()
+    return (v - med) / scale if float(scale) > 0.0 else torch.zeros_like(v)
+
+
+def count_outliers(num_examples: Sequence[float] | torch.Tensor, cap: float = DEFAULT_CAP
+                   ) -> tuple[tuple[int, ...], float]:
+    """``(outliers, m)``: the indices of the counts far above the others, and the reference
+    ``m``, the lower median of the other counts (module docstring). An outlier has a
+    robust z-score of ``log(1 + c)`` above ``COUNT_Z`` *and* ``c > cap * m``: counts
+    that merely differ a little from many equal ones are not outliers."""
+    counts = _as_counts(num_examples)
+    high = _log_z(counts) > COUNT_Z
+    if bool(high.all()):
+        high = torch.zeros_like(high)
+    ref = float(torch.median(counts[~high]))  # lower median for an even count
+    outliers = tuple(int(i) for i in torch.nonzero(high & (counts > cap * ref)).reshape(-1))
+    return outliers, ref
+
+
 def capped_weights(
     num_examples: Sequence[float] | torch.Tensor, cap: float = DEFAULT_CAP
 ) -> torch.Tensor:
-    """``w_i = min(c_i, cap * med)`` with ``c`` the reported counts, ``med`` their lower median.
+    """``w_i = min(c_i, m)`` for the outlier counts, ``min(c_i, cap * m)`` for the others
+    (``count_outliers``: ``m`` is the lower median of the counts that are not outliers).
 
-    Capping never moves the lower median (values at or below it are unchanged and
-    the others stay at or above it, as ``cap >= 1``), so on the returned weights
-    ``max_i w_i <= cap * median(w)`` holds exactly. Returns float64 weights, not
-    normalised. Raises ``ValueError`` for ``cap < 1``, negative or non-finite
-    counts, or a median count of 0.
+    No weight exceeds ``cap * m``, and the outliers' weights stay at or below ``m``.
+    Returns float64 weights, not normalised. Raises ``ValueError`` for ``cap < 1``,
+    negative or non-finite counts, or a reference count of 0.
     """
     if not (math.isfinite(cap) and cap >= 1.0):
         raise ValueError(f"cap must be a finite number >= 1, got cap={cap}")
     counts = _as_counts(num_examples)
-    med = float(torch.median(counts))  # lower median for an even count
-    if med <= 0.0:
-        raise ValueError(f"median num-examples is {med}: at least half of the nodes report no data")
-    return counts.clamp(max=cap * med)
+    outliers, ref = count_outliers(counts, cap)
+    if ref <= 0.0:
+        raise ValueError(f"median num-examples is {ref}: at least half of the nodes report no data")
+    weights = counts.clamp(max=cap * ref)
+    if outliers:
+        index = torch.tensor(outliers)
+        weights[index] = counts[index].clamp(max=ref)
+    return weights
 
 
 def node_weights(
@@ -83,10 +127,11 @@ def node_weights(
 
 def inflated_counts(num_examples: Sequence[float], cap: float = DEFAULT_CAP
                     ) -> list[tuple[int, float]]:
-    """``(i, cap * med)`` for every reported count ``c_i > cap * med`` (``med``: the lower
-    median, as in ``capped_weights``): the counts a node inflated, or a hospital far larger
-    than the others; ``capped_weights`` would weigh them as ``cap * med``."""
+    """``(i, w_i)`` for every reported count that ``capped_weights`` lowers to ``w_i``: the
+    outliers (to the reference ``m``) and the counts above ``cap * m``. The counts a node
+    inflated, or a hospital far larger than the others."""
     if not num_examples:
         return []
-    bound = cap * float(torch.median(_as_counts(num_examples)))
-    return [(i, bound) for i, c in enumerate(num_examples) if c > bound]
+    weights = capped_weights(num_examples, cap)
+    return [(i, float(w)) for i, (c, w) in enumerate(zip(num_examples, weights.tolist(),
+                                                         strict=True)) if w < c]

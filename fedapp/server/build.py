@@ -70,6 +70,7 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
         cosine_threshold=cfg.detect_cosine,
         sign_threshold=cfg.detect_sign_skew,
         duplicate_threshold=cfg.detect_duplicate,
+        cosine_spread=cfg.detect_cosine_spread,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_train_nodes,

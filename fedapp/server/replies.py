@@ -34,12 +34,14 @@ def record_failure(server_round: int, stats: RoundStats, node: int, msg: Message
 
 def record_inflated(server_round: int, stats: RoundStats, nodes: list[int],
                     metrics: list[dict[str, float]], weight_cap: float) -> None:
-    """Count and log every reported ``num-examples`` above ``weight_cap`` x the median."""
+    """Count and log every reported ``num-examples`` that the capped weights lower
+    (``fedapp.robust.weights``: outliers to the reference, others to ``weight_cap`` x it)."""
     counts = [m[WEIGHT_KEY] for m in metrics]
-    for i, cap in inflated_counts(counts, weight_cap):
+    for i, weight in inflated_counts(counts, weight_cap):
         stats.inflated += 1
-        log(WARNING, "round %d: node %d reported num-examples=%g, more than weight-cap "
-            "%g x the round's median (%g)", server_round, nodes[i], counts[i], weight_cap, cap)
+        log(WARNING, "round %d: node %d reported num-examples=%g; weighed as %g (weight-cap "
+            "%g, outlier counts weigh as the median of the others)", server_round, nodes[i],
+            counts[i], weight, weight_cap)
 
 
 def evaluation_metrics(server_round: int, replies: Iterable[Message],

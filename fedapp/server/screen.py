@@ -7,9 +7,10 @@
 2. each node's cosine joins its ``Reputation`` (a moving average across rounds, part of the
    server state) and the cosine check is made on the reputation
    (``DetectionReport.with_reputation``): one round's cosine is noise on non-IID data;
-3. in ``exclude`` mode at most ``limit`` flagged rows are dropped (the rule's ``f``), the
-   most severe first (all flagged rows when ``limit`` is 0), none if fewer than
-   ``min_keep`` would remain; the rows kept are scaled down to the norm threshold of the
+3. in ``exclude`` mode at most ``limit`` flagged rows are dropped, the most severe first
+   (``exclusion_limit``: fewer than half of the round's rows, whatever the Byzantine
+   fraction; all flagged rows when ``limit`` is None), none if fewer than ``min_keep``
+   would remain; the rows kept are scaled down to the norm threshold of the
    kept rows' norms (``clip_factors``, as ``clip_to_norm_threshold``), so a large row that
    was not dropped cannot dominate.
 
@@ -30,6 +31,15 @@ from flwr.common.logger import log
 from fedapp.robust.detection import DetectionReport, clip_factors, scan_rows
 
 MODES = ("off", "flag", "exclude")
+
+
+def exclusion_limit(n: int) -> int:
+    """The most of ``n`` rows exclusion drops: ``floor((n - 1) / 2)``, so the rows kept are
+    always a strict majority. It follows how many rows the checks flag, not an assumed
+    Byzantine fraction (an operator cannot know it): with fewer than half of the nodes
+    Byzantine, every flagged attacker can go, and no flagging, honest outliers included,
+    can leave the rule a minority of the round."""
+    return max(n - 1, 0) // 2
 
 
 @dataclass
@@ -175,6 +185,7 @@ class Screen:
     sign_threshold: float = 0.5
     duplicate_threshold: float = 0.1
     min_keep: int = 1
+    cosine_spread: float = 0.0
     reputation: Reputation = field(default_factory=Reputation)
 
     def __post_init__(self) -> None:
@@ -182,20 +193,21 @@ class Screen:
             raise ValueError(f"detection={self.mode!r} is not one of: {', '.join(MODES)}")
 
     def __call__(self, nodes: Sequence[int], updates: torch.Tensor, weights: torch.Tensor, *,
-                 limit: int, record: bool = True) -> Screened:
+                 limit: int | None, record: bool = True) -> Screened:
         """Screen the rows of ``nodes`` (one node id per row). ``limit`` is the most rows
-        exclusion may drop (0: every flagged row). ``record=False`` changes no state (an
+        exclusion may drop (None: every flagged row). ``record=False`` changes no state (an
         adaptive attacker tries candidate rows against the defense as it stands)."""
         return self.plan(nodes, updates, limit=limit, record=record).materialise(updates,
                                                                                  weights)
 
-    def plan(self, nodes: Sequence[int], updates: torch.Tensor, *, limit: int,
+    def plan(self, nodes: Sequence[int], updates: torch.Tensor, *, limit: int | None,
              record: bool = True) -> ScreenPlan:
         """What ``__call__`` decides (same arguments), without copying any row."""
         scan = scan_rows(updates, norm_threshold=self.norm_threshold,
                          cosine_threshold=self.cosine_threshold,
                          sign_threshold=self.sign_threshold,
-                         duplicate_threshold=self.duplicate_threshold)
+                         duplicate_threshold=self.duplicate_threshold,
+                         cosine_spread=self.cosine_spread)
         cosines = dict(zip(nodes, scan.report.cosine, strict=True))
         preview = self.reputation.preview(cosines)
         report = scan.report.with_reputation([preview[n] for n in nodes])
@@ -204,7 +216,7 @@ class Screen:
         every = tuple(range(len(nodes)))
         if self.mode != "exclude":
             return ScreenPlan(report, every, None, ())
-        drop = report.most_severe(limit if limit > 0 else None)
+        drop = report.most_severe(limit)
         keep = tuple(i for i in every if i not in set(drop))
         if drop and len(keep) < max(self.min_keep, 1):
             log(WARNING, "excluding %d flagged updates would leave %d < min-train-nodes; "

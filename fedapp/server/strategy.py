@@ -45,7 +45,7 @@ from fedapp.server.health import REJECTED, TIMEOUT, Breaker, Reply
 from fedapp.server.pipeline import Aggregation, AggregationPipeline, aggregate_screened
 from fedapp.server.replies import evaluation_metrics, record_failure, record_inflated
 from fedapp.server.rounds import LOCAL_DP_METRIC, RoundStats
-from fedapp.server.screen import Reputation, Screen, Screened, ScreenPlan
+from fedapp.server.screen import Reputation, Screen, Screened, ScreenPlan, exclusion_limit
 from fedapp.server.state import ServerState
 from fedapp.updates import flatten, is_compressed, reply_update, unflatten
 from fedapp.validation import (
@@ -70,7 +70,8 @@ class RobustStrategy(FedAvg):
     def __init__(self, *, aggregation: Aggregation | None = None, server_lr: float = 1.0,
                  detection: str = "off", norm_threshold: float = 3.5,
                  cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
-                 duplicate_threshold: float = 0.1, reputation_memory: float = 0.9,
+                 duplicate_threshold: float = 0.1, cosine_spread: float = 0.0,
+                 reputation_memory: float = 0.9,
                  state: ServerState | None = None, wait_timeout: float = 300.0,
                  weight_cap: float = 2.0, health_max_failures: int = 3,
                  health_cooldown: int = 5, **fedavg_kwargs: object) -> None:
@@ -83,6 +84,7 @@ class RobustStrategy(FedAvg):
         self.screen_updates = Screen(detection, norm_threshold, cosine_threshold,
                                      sign_threshold, duplicate_threshold,
                                      min_keep=self.min_train_nodes,
+                                     cosine_spread=cosine_spread,
                                      reputation=self.state.reputation)
         self.wait_timeout = wait_timeout
         self.weight_cap = weight_cap
@@ -270,8 +272,7 @@ class RobustStrategy(FedAvg):
     def _screen_round(self, server_round: int, stats: RoundStats, nodes: list[int],
                       updates: torch.Tensor) -> ScreenPlan:
         """Screen the round's updates (no row copied), record and log what was flagged."""
-        plan = self.screen_updates.plan(nodes, updates,
-                                        limit=self.aggregation.f_for(len(nodes)))
+        plan = self.screen_updates.plan(nodes, updates, limit=exclusion_limit(len(nodes)))
         report, dropped = plan.report, plan.dropped
         stats.flagged = {nodes[i]: report.reasons[i] for i in report.flagged}
         stats.flagged_checks = {nodes[i]: report.checks[i] for i in report.flagged}
@@ -285,10 +286,10 @@ class RobustStrategy(FedAvg):
 
     def screen(self, nodes: list[int], updates: torch.Tensor, weights: torch.Tensor, *,
                record: bool = True) -> Screened:
-        """``Screen`` with exclusion limited to the aggregation's ``f`` for these rows;
+        """``Screen`` with exclusion limited to ``exclusion_limit`` of these rows;
         ``record=False`` changes no state (see ``fedapp.server.screen``)."""
         return self.screen_updates(nodes, updates, weights,
-                                   limit=self.aggregation.f_for(len(nodes)), record=record)
+                                   limit=exclusion_limit(len(nodes)), record=record)
 
     def aggregate_evaluate(self, server_round: int,
                            replies: Iterable[Message]) -> MetricRecord | None:

@@ -199,3 +199,26 @@ def test_reputation_rejects_bad_input() -> None:
         Reputation(memory=1.0)
     with pytest.raises(ValueError):
         Reputation(threshold=2.0)
+
+
+def test_cosine_cut_asks_for_an_outlier_of_the_round_too() -> None:
+    from fedapp.robust.detection_report import cosine_cut
+
+    honest = [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2, -0.01]  # wide, small median
+    med, mad = 0.1, 0.05  # by hand: median and MAD of the nine
+    assert cosine_cut(honest, 0.0, 3.0) == pytest.approx(min(0.0, med - 3 * 1.4826 * mad))
+    assert cosine_cut(honest, 0.0, 0.0) == 0.0  # no margin: the fixed threshold
+    assert cosine_cut([0.9, 0.91, 0.92], 0.0, 3.0) == 0.0  # never above the threshold
+    assert cosine_cut([0.1, -0.5], 0.0, 3.0) == 0.0  # too few values for a spread
+
+
+def test_a_slightly_negative_honest_reputation_is_not_flagged_a_sign_flipper_is() -> None:
+    report = DetectionReport(flagged=(), norm_z=(0.0,) * 10, cosine=(0.0,) * 10)
+    reps = [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2, -0.01, -0.6]
+    fixed = report.with_reputation(reps)
+    assert fixed.flagged == (8, 9)  # threshold 0, no margin: the honest -0.01 goes too
+    margin = DetectionReport(flagged=(), norm_z=(0.0,) * 10, cosine=(0.0,) * 10,
+                             cosine_spread=3.0).with_reputation(reps)
+    assert margin.flagged == (9,)
+    assert margin.cosine_cut < -0.1 and "robust stds below the round's median" in (
+        margin.reasons[9])

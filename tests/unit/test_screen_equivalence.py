@@ -24,7 +24,7 @@ from fedapp.privacy.central import CentralDP
 from fedapp.robust.detection_report import DetectionReport
 from fedapp.server.build import build_strategy
 from fedapp.server.pipeline import AggregationPipeline, aggregate_screened
-from fedapp.server.screen import Reputation, Screen, ScreenPlan
+from fedapp.server.screen import Reputation, Screen, ScreenPlan, exclusion_limit
 from fedapp.updates import flatten
 from tests.reference_detection import reference_screen
 from tests.unit.test_strategy import StubGrid, reply
@@ -66,9 +66,9 @@ def close(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize(("mode", "limit", "min_keep"),
-                         [("exclude", 2, 2), ("exclude", 0, 2), ("exclude", 1, 2),
-                          ("exclude", 0, 12), ("flag", 2, 2)])
-def test_screen_equals_the_reference_round_after_round(mode: str, limit: int,
+                         [("exclude", 2, 2), ("exclude", None, 2), ("exclude", 1, 2),
+                          ("exclude", None, 12), ("flag", 2, 2)])
+def test_screen_equals_the_reference_round_after_round(mode: str, limit: int | None,
                                                         min_keep: int) -> None:
     n, d = 12, 4000
     new = Screen(mode, min_keep=min_keep, reputation=Reputation(memory=0.5))
@@ -112,9 +112,9 @@ def pipelines() -> dict[str, object]:
 
 
 @pytest.mark.parametrize("name", list(pipelines()))
-@pytest.mark.parametrize("limit", [0, 1])
-def test_aggregating_the_plan_equals_aggregating_the_materialised_rows(name: str,
-                                                                       limit: int) -> None:
+@pytest.mark.parametrize("limit", [None, 1])
+def test_aggregating_the_plan_equals_aggregating_the_materialised_rows(
+        name: str, limit: int | None) -> None:
     n, d = 12, 3000
     x = rounds_of_updates(n, d, 2, seed=4)[1]
     counts = torch.tensor([50.0] * (n - 1) + [1e6], dtype=torch.float64)  # one inflated
@@ -164,6 +164,7 @@ def test_default_strategy_end_to_end_equals_the_reference(monkeypatch: pytest.Mo
     cfg = RunConfig(min_available_nodes=n, fraction_evaluate=0.0)
     robust, _ = build_strategy(cfg)
     old_screen = Screen("exclude", min_keep=cfg.min_train_nodes,
+                        cosine_spread=cfg.detect_cosine_spread,
                         reputation=Reputation(memory=cfg.reputation_memory))
     monkeypatch.setattr(ScreenPlan, "materialise", lambda *a: pytest.fail("matrix copied"))
     global_flat = np.linspace(-1, 1, d, dtype=np.float32)
@@ -180,7 +181,7 @@ def test_default_strategy_end_to_end_equals_the_reference(monkeypatch: pytest.Mo
         weights = torch.tensor(counts, dtype=torch.float64)
         pipe = AggregationPipeline.from_config(cfg)
         kept, w, report, dropped = reference_screen(old_screen, nodes, rows, weights,
-                                                    limit=pipe.f_for(n))
+                                                    limit=exclusion_limit(n))
         expected = global_flat + cfg.server_lr * pipe(kept, w, num_replies=n).aggregate.numpy()
         stats = robust.history[r]
         assert stats.flagged == {nodes[i]: report.reasons[i] for i in report.flagged}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -180,11 +181,11 @@ def test_detection_flags_outlier_and_exclude_mode_drops_it(mode: str) -> None:
         assert (new - base).min() > 50  # flagged but still averaged in
 
 
-def test_exclusion_drops_at_most_the_rules_f_most_severe_flagged_updates() -> None:
+def test_exclusion_drops_every_flagged_update_whatever_the_byzantine_fraction() -> None:
     from fedapp.server.pipeline import AggregationPipeline
 
-    # Three rows are flagged (norm z huge for two, moderate for the third); with f = 1 of 8
-    # (byzantine-fraction 0.125) only the most severe one is excluded.
+    # Two rows are flagged (norm z huge); byzantine-fraction 0.125 (f = 1 of 8) does not
+    # limit exclusion: up to 3 of 8 (fewer than half) may go, so both are excluded.
     strategy = RobustStrategy(min_train_nodes=2, min_available_nodes=8, fraction_evaluate=0.0,
                               detection="exclude", sign_threshold=0.0,
                               aggregation=AggregationPipeline(byzantine_fraction=0.125))
@@ -193,6 +194,23 @@ def test_exclusion_drops_at_most_the_rules_f_most_severe_flagged_updates() -> No
     deltas = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 40.0, 500.0]
     _, metrics = strategy.aggregate_train(1, [reply(m, shifted(d))
                                               for m, d in zip(msgs, deltas, strict=True)])
-    assert metrics["flagged"] == 2 and metrics["excluded"] == 1
+    assert metrics["flagged"] == 2 and metrics["excluded"] == 2
     stats = strategy.history[1]
     assert set(stats.flagged) == {msgs[6].metadata.dst_node_id, msgs[7].metadata.dst_node_id}
+    assert set(stats.excluded_nodes) == set(stats.flagged)
+
+
+def test_exclusion_keeps_a_strict_majority() -> None:
+    from fedapp.server.screen import Screen, exclusion_limit
+
+    assert [exclusion_limit(n) for n in (1, 2, 3, 4, 5, 10, 20, 21)] == [0, 0, 1, 1, 2, 4, 9, 10]
+    # 4 of 10 rows far out (norm), 3 more copies of one row: 7 flagged, 4 may go.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 300, generator=gen)
+    x[:4] *= 50.0
+    x[4:7] = x[4]
+    plan = Screen("exclude", min_keep=2).plan(list(range(10)), x, limit=exclusion_limit(10))
+    assert len(plan.report.flagged) == 7 and len(plan.dropped) == 4
+    # The most severe go: the exact copies (ratio 0), then the largest norm z.
+    z = plan.report.norm_z
+    assert set(plan.dropped) == {4, 5, 6, max(range(4), key=lambda i: z[i])}
