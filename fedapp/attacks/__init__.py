@@ -5,9 +5,10 @@ Two places run attacks, and never unless ``attack`` is configured:
 * **node side**, in the ClientApp of the designated malicious nodes
   (``fedapp.attacks.mod``): the ``"data"`` kind (``label-flip``) on the local labels, the
   ``"model"`` kind (``fedapp.attacks.node``) on the node's update;
-* **server side**, the ``"omniscient"`` kind (``fedapp.attacks.omniscient``), played by
-  the ``fedapp.attacks.threat_model.ThreatModel`` strategy wrapper: colluders that see
-  every honest update.
+* **server side**, the ``"omniscient"`` kind (``fedapp.attacks.omniscient``, with the
+  benchmarks' ``published`` attacks), played by the
+  ``fedapp.attacks.threat_model.ThreatModel`` strategy wrapper: colluders that see every
+  honest update.
 
 Each attack takes its parameters from the run config in one place, ``attack_params``:
 ``attack-scale`` sets the one scale keyword the attack has (``SCALE_KEYWORD``; 0 keeps the
@@ -39,6 +40,8 @@ ATTACKS: dict[str, str] = {
     "min-max-noisy": "omniscient",
     "alie-adaptive": "omniscient",
     "ipm-adaptive": "omniscient",
+    "mimic": "omniscient",
+    "fang": "omniscient",
 }
 
 #: The keyword of each attack that ``attack-scale`` sets, when positive.
@@ -48,6 +51,7 @@ SCALE_KEYWORD: dict[str, str] = {
     "alie": "z",
     "ipm": "epsilon",
     "min-max-noisy": "noise",
+    "fang": "b",
 }
 
 #: Attacks that take ``attack-perturbation`` (Shejwalkar & Houmansadr's direction).
