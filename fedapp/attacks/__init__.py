@@ -3,8 +3,9 @@
 Two places run attacks, and never unless ``attack`` is configured:
 
 * **node side**, in the ClientApp of the designated malicious nodes
-  (``fedapp.attacks.mod``): the ``"data"`` kind (``label-flip``) on the local labels, the
-  ``"model"`` kind (``fedapp.attacks.node``) on the node's update;
+  (``fedapp.attacks.mod``): the ``"data"`` kind (``label-flip``; ``label-flip-inflated``
+  also overstates its ``num-examples``, ``node.inflate_examples``) on the local labels,
+  the ``"model"`` kind (``fedapp.attacks.node``) on the node's update;
 * **server side**, the ``"omniscient"`` kind (``fedapp.attacks.omniscient``, with the
   benchmarks' ``published`` attacks), played by the
   ``fedapp.attacks.threat_model.ThreatModel`` strategy wrapper: colluders that see every
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 ATTACKS: dict[str, str] = {
     "none": "none",
     "label-flip": "data",
+    "label-flip-inflated": "data",
     "sign-flip": "model",
     "gaussian": "model",
     "scaling": "model",
@@ -51,6 +53,7 @@ SCALE_KEYWORD: dict[str, str] = {
     "alie": "z",
     "ipm": "epsilon",
     "min-max-noisy": "noise",
+    "label-flip-inflated": "claimed",
     "fang": "b",
 }
 
