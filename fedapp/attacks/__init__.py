@@ -7,9 +7,9 @@ Two places run attacks, and never unless ``attack`` is configured:
   also overstates its ``num-examples``, ``node.inflate_examples``) on the local labels,
   the ``"model"`` kind (``fedapp.attacks.node``) on the node's update;
 * **server side**, the ``"omniscient"`` kind (``fedapp.attacks.omniscient``, with the
-  benchmarks' ``published`` attacks), played by the
-  ``fedapp.attacks.threat_model.ThreatModel`` strategy wrapper: colluders that see every
-  honest update.
+  benchmarks' ``published`` attacks and the ``evasive`` ones aimed at fedapp's own checks),
+  played by the ``fedapp.attacks.threat_model.ThreatModel`` strategy wrapper: colluders
+  that see every honest update.
 
 Each attack takes its parameters from the run config in one place, ``attack_params``:
 ``attack-scale`` sets the one scale keyword the attack has (``SCALE_KEYWORD``; 0 keeps the
@@ -44,6 +44,9 @@ ATTACKS: dict[str, str] = {
     "ipm-adaptive": "omniscient",
     "mimic": "omniscient",
     "fang": "omniscient",
+    "alie-noisy-adaptive": "omniscient",
+    "sign-balanced": "omniscient",
+    "sleeper": "omniscient",
 }
 
 #: The keyword of each attack that ``attack-scale`` sets, when positive.
@@ -55,6 +58,8 @@ SCALE_KEYWORD: dict[str, str] = {
     "min-max-noisy": "noise",
     "label-flip-inflated": "claimed",
     "fang": "b",
+    "alie-noisy-adaptive": "noise",
+    "sign-balanced": "z",
 }
 
 #: Attacks that take ``attack-perturbation`` (Shejwalkar & Houmansadr's direction).

@@ -270,12 +270,13 @@ _OWN: dict[str, Callable[..., torch.Tensor]] = {
 
 def __getattr__(name: str) -> dict[str, Callable[..., torch.Tensor]]:
     """``OMNISCIENT_ATTACKS``, every omniscient attack by name as ``f(honest, num_byzantine,
-    **params)``: this module's and ``fedapp.attacks.published``'s. That builds
+    **params)``: this module's, ``fedapp.attacks.published``'s and ``.evasive``'s. Those build
     on this module, so the registry is assembled on first use (PEP 562), not imported."""
     if name != "OMNISCIENT_ATTACKS":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from fedapp.attacks.evasive import EVASIVE_ATTACKS
     from fedapp.attacks.published import PUBLISHED_ATTACKS
 
-    registry = {**_OWN, **PUBLISHED_ATTACKS}
+    registry = {**_OWN, **PUBLISHED_ATTACKS, **EVASIVE_ATTACKS}
     globals()[name] = registry
     return registry

@@ -34,10 +34,9 @@ metrics gain ``byzantine-replaced``, the number of replies replaced.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable
 from copy import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -49,15 +48,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedapp.attacks import ATTACKS, attack_params, malicious_ids
-from fedapp.attacks.omniscient import OMNISCIENT_ATTACKS
+from fedapp.attacks.crafter import ADAPTIVE, Crafter, crafter
 from fedapp.attacks.simulation import SimulationOnlyError, is_simulation
 from fedapp.config import RunConfig
-from fedapp.robust import AGGREGATORS
 from fedapp.server.wrappers import StrategyWrapper
 from fedapp.updates import flatten, reply_update, unflatten
 from fedapp.validation import ReplyRejected, array_specs
 
-ADAPTIVE = ("alie-adaptive", "ipm-adaptive")
+__all__ = ["ADAPTIVE", "REPLACED_METRIC", "AttackRound", "ThreatModel"]
+
 REPLACED_METRIC = "byzantine-replaced"  # added to the round's train metrics
 
 
@@ -69,42 +68,6 @@ class AttackRound:
     replaced: tuple[int, ...] = ()  # node ids whose replies were replaced
     honest: int = 0  # honest updates the attackers saw
     note: str = ""
-
-
-@dataclass
-class _Crafter:
-    fn: Callable[..., torch.Tensor]
-    params: dict[str, Any] = field(default_factory=dict)
-    aggregator: Callable[..., Any] | None = None
-
-    def __call__(self, honest: torch.Tensor, num_byzantine: int) -> torch.Tensor:
-        if self.aggregator is None:
-            return self.fn(honest, num_byzantine, **self.params)
-        return self.fn(honest, num_byzantine, self.aggregator, **self.params)
-
-
-def _crafter(attack: str, params: dict[str, Any]) -> _Crafter:
-    """Bind and check an omniscient attack's parameters once, at construction."""
-    fn = OMNISCIENT_ATTACKS[attack]
-    params = dict(params)
-    aggregator = None
-    if attack in ADAPTIVE:
-        name = params.pop("aggregator", None)
-        if name is None:
-            raise ValueError(f"attack {attack!r} needs aggregator=<rule name or callable>: the "
-                             f"pure rule it adapts to, one of {sorted(AGGREGATORS)}")
-        if isinstance(name, str) and name not in AGGREGATORS:
-            raise ValueError(f"aggregator={name!r} is not one of {sorted(AGGREGATORS)}")
-        aggregator = AGGREGATORS[name] if isinstance(name, str) else name
-        params.update(params.pop("aggregator_params", None) or {})
-    args = (torch.zeros(1, 1), 1) + ((aggregator,) if aggregator is not None else ())
-    try:
-        inspect.signature(fn).bind(*args, **params)
-    except TypeError as exc:
-        allowed = [p for p in inspect.signature(fn).parameters][2:]
-        raise ValueError(f"attack {attack!r}: bad parameters {sorted(params)} ({exc}); "
-                         f"allowed: {allowed}") from exc
-    return _Crafter(fn, params, aggregator)
 
 
 def _rebuild(msg: Message, arrays: ArrayRecord | None = None,
@@ -149,7 +112,8 @@ class ThreatModel(StrategyWrapper):
     ``aggregator=`` (a name in ``fedapp.robust.AGGREGATORS`` or a pure rule) and
     ``aggregator_params=`` (e.g. ``{"f": 2}``). Do not pass the strategy's own
     ``aggregate_fn`` if it is stateful (momentum, round counters): the adaptive
-    search calls it once per grid point.
+    search calls it once per grid point. An attack that takes ``server_round``
+    (``sleeper``) gets the round from ``aggregate_train``.
     """
 
     def __init__(self, strategy: Strategy, attack: str, fraction: float, seed: int, *,
@@ -167,7 +131,7 @@ class ThreatModel(StrategyWrapper):
         self.seed = seed
         self.partition_metric = partition_metric
         if self.kind == "omniscient":
-            self._craft: _Crafter | None = _crafter(attack, params)
+            self._craft: Crafter | None = crafter(attack, params)
         elif params:
             raise ValueError(f"{self.kind} attack {attack!r} runs in the ClientApp; the "
                              f"threat model takes no parameters for it, got {sorted(params)}")
@@ -253,7 +217,7 @@ class ThreatModel(StrategyWrapper):
                 server_round, record.note)
             return self.strategy.aggregate_train(server_round, replies)
         honest = torch.from_numpy(np.stack(rows))
-        crafted = self._craft(honest, len(malicious)).numpy()
+        crafted = self._craft(honest, len(malicious), server_round).numpy()
         for k, i in enumerate(malicious):
             arrays = unflatten(global_flat + crafted[k].astype(np.float32), self._global)
             replies[i] = _rebuild(replies[i], arrays)

@@ -36,7 +36,7 @@ DETECTION_MODES = ("off", "flag", "exclude")
 ATTACK_NAMES = (
     "none", "label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max",
     "min-sum", "min-max-noisy", "alie-adaptive", "ipm-adaptive", "label-flip-inflated",
-    "mimic", "fang",
+    "mimic", "fang", "alie-noisy-adaptive", "sign-balanced", "sleeper",
 )
 PERTURBATIONS = ("unit", "sign", "std")
 INITIAL_MODELS = ("fresh", "champion")
