@@ -53,7 +53,7 @@ from fedapp.attacks.simulation import SimulationOnlyError, is_simulation
 from fedapp.config import RunConfig
 from fedapp.server.wrappers import StrategyWrapper
 from fedapp.updates import flatten, reply_update, unflatten
-from fedapp.validation import ReplyRejected, array_specs
+from fedapp.validation import WEIGHT_KEY, ReplyRejected, array_specs, check_metrics
 
 __all__ = ["ADAPTIVE", "REPLACED_METRIC", "AttackRound", "ThreatModel"]
 
@@ -101,6 +101,15 @@ def _metric(msg: Message, key: str) -> int | None:
     return None
 
 
+def _weight(msg: Message) -> float:
+    """The reply's reported ``num-examples`` as the strategy will read it (1 where it will
+    reject the metrics: then the row does not reach the aggregation at all)."""
+    try:
+        return check_metrics(msg.content)[WEIGHT_KEY]
+    except ReplyRejected:
+        return 1.0
+
+
 class ThreatModel(StrategyWrapper):
     """Wrap ``strategy``; in simulation, replace the malicious nodes' train replies.
 
@@ -112,8 +121,9 @@ class ThreatModel(StrategyWrapper):
     ``aggregator=`` (a name in ``fedapp.robust.AGGREGATORS`` or a pure rule) and
     ``aggregator_params=`` (e.g. ``{"f": 2}``). Do not pass the strategy's own
     ``aggregate_fn`` if it is stateful (momentum, round counters): the adaptive
-    search calls it once per grid point. An attack that takes ``server_round``
-    (``sleeper``) gets the round from ``aggregate_train``.
+    search calls it once per grid point (``fedapp.server.build.adaptive_target`` runs a copy
+    of fedapp's whole defense instead). An attack that takes ``server_round`` (``sleeper``)
+    gets the round from ``aggregate_train``.
     """
 
     def __init__(self, strategy: Strategy, attack: str, fraction: float, seed: int, *,
@@ -138,7 +148,9 @@ class ThreatModel(StrategyWrapper):
         else:
             self._craft = None
         self.designated: set[int] | None = None  # node ids, or partition ids
-        self.row_nodes: list[int] = []  # see aggregate_train
+        self.row_nodes: list[int] = []  # see _honest_rows
+        self.row_weights: list[float] = []
+        self.row_positions: list[int] = []
         self.malicious_nodes: set[int] = set()  # the designated nodes among the last replies
         self.history: dict[int, AttackRound] = {}
         self._global: ArrayRecord | None = None
@@ -196,20 +208,8 @@ class ThreatModel(StrategyWrapper):
         if self._craft is None:
             return self.strategy.aggregate_train(server_round, replies)
         record = self.history[server_round] = AttackRound(server_round)
-        specs = array_specs(self._global)
         global_flat = flatten(self._global)
-        rows, honest_nodes = [], []
-        for i, msg in enumerate(replies):
-            if i in malicious or msg.has_error():
-                continue
-            try:
-                rows.append(reply_update(msg.content, specs, global_flat)[0])
-            except ReplyRejected:
-                continue  # the inner strategy deals with it; attackers ignore it
-            honest_nodes.append(msg.metadata.src_node_id)
-        # The node of every row an adaptive attacker's aggregator sees: honest rows first,
-        # then the crafted ones (a defense with per-node state needs to know whose row is whose).
-        self.row_nodes = honest_nodes + [replies[i].metadata.src_node_id for i in malicious]
+        rows = self._honest_rows(replies, malicious, global_flat)
         record.honest = len(rows)
         if not malicious or not rows:
             record.note = "no malicious reply" if not malicious else "no honest update to use"
@@ -229,6 +229,34 @@ class ThreatModel(StrategyWrapper):
         if metrics is not None:
             metrics[REPLACED_METRIC] = len(record.replaced)
         return arrays, metrics
+
+    def _honest_rows(self, replies: list[Message], malicious: list[int],
+                     global_flat: np.ndarray) -> list[np.ndarray]:
+        """The honest updates the attackers see (replies without error, not ``malicious``,
+        that validate), and what an adaptive attacker's aggregator needs to know of every
+        row it is handed, honest rows first, then the crafted ones: the node
+        (``row_nodes``; a defense with per-node state needs to know whose row is whose), the
+        reported ``num-examples`` (``row_weights``) and the position among ``replies``
+        (``row_positions``: the order in which the strategy will see the rows)."""
+        assert self._global is not None
+        specs = array_specs(self._global)
+        rows: list[np.ndarray] = []
+        positions: list[int] = []
+        weights: list[float] = []
+        for i, msg in enumerate(replies):
+            if i in malicious or msg.has_error():
+                continue
+            try:
+                update, metrics = reply_update(msg.content, specs, global_flat)
+            except ReplyRejected:
+                continue  # the inner strategy deals with it; attackers ignore it
+            rows.append(update)
+            positions.append(i)
+            weights.append(metrics[WEIGHT_KEY])
+        self.row_positions = positions + list(malicious)
+        self.row_nodes = [replies[i].metadata.src_node_id for i in self.row_positions]
+        self.row_weights = weights + [_weight(replies[i]) for i in malicious]
+        return rows
 
     def _malicious(self, server_round: int, replies: list[Message]) -> list[int]:
         """Indices of the replies (without error) that come from designated nodes."""

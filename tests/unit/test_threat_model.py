@@ -227,6 +227,20 @@ def test_the_sleeper_gets_the_round_and_wakes_after_its_delay() -> None:
         np.testing.assert_allclose(np.stack(sent), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_the_rows_an_adaptive_attacker_hands_on_say_whose_weight_and_where() -> None:
+    model, _ = make("ipm", epsilon=1.0)
+    deltas = {n: 1.0 for n in NODES[:5]}
+    examples = {n: 10 * (i + 1) for i, n in enumerate(NODES[:5])}
+    replies, _ = run_round(model, sim_grid(), deltas, **{"num-examples": examples})
+    bad = malicious_ids(NODES[:5], 0.4, 3)
+    order = [r.metadata.src_node_id for r in replies]
+    expected = ([i for i, n in enumerate(order) if n not in bad]
+                + [i for i, n in enumerate(order) if n in bad])
+    assert model.row_positions == expected
+    assert model.row_nodes == [order[i] for i in expected]
+    assert model.row_weights == [float(examples[order[i]]) for i in expected]
+
+
 @pytest.mark.parametrize("attack", sorted(set(ATTACKS) - {"none"}))
 def test_every_attack_runs_from_the_run_config(attack: str) -> None:
     from fedapp.robust import weighted_mean
