@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from fedapp.attacks.noise import jitter, spread
+from fedapp.attacks.noise import jitter, spread, spread_radius
 from fedapp.attacks.omniscient import ALIE_Z_GRID, _check, _repeat, adaptive_search, alie, alie_z
 from fedapp.robust.base import Aggregator
 from fedapp.robust.distances import distances_to
@@ -54,8 +54,8 @@ def alie_noisy_adaptive(honest: torch.Tensor, num_byzantine: int, aggregator: Ag
     defense: screening with the current reputations, then the stateful pipeline.
     """
     _check(honest, num_byzantine)
-    spread(honest[:1], honest, noise)  # checks noise before the search
-    return adaptive_search(lambda z: alie_noisy(honest, num_byzantine, z=z, noise=noise),
+    radius = spread_radius(honest, noise)  # once, not per z: alie_noisy(z=z, noise=noise)
+    return adaptive_search(lambda z: jitter(alie(honest, num_byzantine, z=z), honest, radius),
                            honest, scales, aggregator, **aggregator_params)[1]
 
 

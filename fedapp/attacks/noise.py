@@ -39,12 +39,17 @@ def jitter(rows: torch.Tensor, honest: torch.Tensor, radius: float) -> torch.Ten
     return (rows.to(torch.float64) + radius * e).to(torch.float32)
 
 
-def spread(rows: torch.Tensor, honest: torch.Tensor, noise: float) -> torch.Tensor:
-    """``jitter(rows, honest, noise * typical_distance(honest))``: the copies made distinct by
-    a share ``noise`` of the typical nearest-neighbour distance; ``rows`` itself for
-    ``noise = 0`` or one honest row. ``ValueError`` unless ``noise`` is finite and >= 0."""
+def spread_radius(honest: torch.Tensor, noise: float) -> float:
+    """``noise * typical_distance(honest)``: how far ``spread`` moves each copy.
+    ``ValueError`` unless ``noise`` is finite and >= 0."""
     if noise < 0 or not math.isfinite(noise):
         raise ValueError(f"noise must be finite and >= 0, got {noise}")
-    if honest.shape[0] < 2 or noise == 0:
-        return rows
-    return jitter(rows, honest, noise * typical_distance(honest))
+    return noise * typical_distance(honest) if noise > 0 else 0.0
+
+
+def spread(rows: torch.Tensor, honest: torch.Tensor, noise: float) -> torch.Tensor:
+    """``jitter(rows, honest, spread_radius(honest, noise))``: the copies made distinct by a
+    share ``noise`` of the typical nearest-neighbour distance; ``rows`` itself when that is
+    0 (``noise = 0`` or one honest row)."""
+    radius = spread_radius(honest, noise)
+    return jitter(rows, honest, radius) if radius > 0 else rows
