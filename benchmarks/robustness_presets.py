@@ -15,9 +15,10 @@ LOCAL_EPOCHS = 5
 LEARNING_RATE = 0.05
 BATCH_SIZE = 16
 FRACTIONS = (0.2, 0.3)
-NODE_SIDE = ("label-flip", "sign-flip", "gaussian", "scaling")
+NODE_SIDE = ("label-flip", "sign-flip", "gaussian", "scaling", "label-flip-inflated")
 OMNISCIENT = ("alie", "ipm", "min-max", "min-sum", "alie-adaptive", "ipm-adaptive",
-              "min-max-noisy")
+              "min-max-noisy", "mimic", "fang", "alie-noisy-adaptive", "sign-balanced",
+              "sleeper")
 ATTACK_COLUMNS = ("none", *NODE_SIDE, *OMNISCIENT)
 # Our rows: run-config overrides of RunConfig. Every robust rule is told the true fraction of
 # Byzantine nodes: ours as byzantine-fraction, Flower's as the count f it takes.

@@ -3,11 +3,13 @@
 Two places run attacks, and never unless ``attack`` is configured:
 
 * **node side**, in the ClientApp of the designated malicious nodes
-  (``fedapp.attacks.mod``): the ``"data"`` kind (``label-flip``) on the local labels, the
-  ``"model"`` kind (``fedapp.attacks.node``) on the node's update;
-* **server side**, the ``"omniscient"`` kind (``fedapp.attacks.omniscient``), played by
-  the ``fedapp.attacks.threat_model.ThreatModel`` strategy wrapper: colluders that see
-  every honest update.
+  (``fedapp.attacks.mod``): the ``"data"`` kind (``label-flip``; ``label-flip-inflated``
+  also overstates its ``num-examples``, ``node.inflate_examples``) on the local labels,
+  the ``"model"`` kind (``fedapp.attacks.node``) on the node's update;
+* **server side**, the ``"omniscient"`` kind (``fedapp.attacks.omniscient``, with the
+  benchmarks' ``published`` attacks and the ``evasive`` ones aimed at fedapp's own checks),
+  played by the ``fedapp.attacks.threat_model.ThreatModel`` strategy wrapper: colluders
+  that see every honest update.
 
 Each attack takes its parameters from the run config in one place, ``attack_params``:
 ``attack-scale`` sets the one scale keyword the attack has (``SCALE_KEYWORD``; 0 keeps the
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 ATTACKS: dict[str, str] = {
     "none": "none",
     "label-flip": "data",
+    "label-flip-inflated": "data",
     "sign-flip": "model",
     "gaussian": "model",
     "scaling": "model",
@@ -39,6 +42,11 @@ ATTACKS: dict[str, str] = {
     "min-max-noisy": "omniscient",
     "alie-adaptive": "omniscient",
     "ipm-adaptive": "omniscient",
+    "mimic": "omniscient",
+    "fang": "omniscient",
+    "alie-noisy-adaptive": "omniscient",
+    "sign-balanced": "omniscient",
+    "sleeper": "omniscient",
 }
 
 #: The keyword of each attack that ``attack-scale`` sets, when positive.
@@ -48,6 +56,10 @@ SCALE_KEYWORD: dict[str, str] = {
     "alie": "z",
     "ipm": "epsilon",
     "min-max-noisy": "noise",
+    "label-flip-inflated": "claimed",
+    "fang": "b",
+    "alie-noisy-adaptive": "noise",
+    "sign-balanced": "z",
 }
 
 #: Attacks that take ``attack-perturbation`` (Shejwalkar & Houmansadr's direction).

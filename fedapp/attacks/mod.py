@@ -6,7 +6,9 @@ then replaces its update ``u = w_local - w_global`` with ``attack(u)`` and repli
 ``w_global + attack(u)``. It sits *inside* the compression mod (later in the mod list)
 so the attack acts on the dense update and compression encodes the poisoned one, as a
 real attacker's node would. Label flipping changes the training data instead
-(``training_data``, called by the train handler). Which partitions are malicious is
+(``training_data``, called by the train handler); under ``label-flip-inflated`` the mod
+also overstates the reply's ``num-examples`` (``fedapp.attacks.node.inflate_examples``).
+Which partitions are malicious is
 ``malicious_ids(range(num-partitions), attack-fraction, seed)``: the same call the
 server-side threat model makes.
 
@@ -24,7 +26,10 @@ from fedapp.attacks import ATTACKS, attack_params, malicious_ids
 from fedapp.config import NodeConfig, RunConfig, node_config_of, run_config_of
 from fedapp.data.specs import Split
 from fedapp.updates import flatten, unflatten, update_of
+from fedapp.validation import WEIGHT_KEY
 
+# Data attacks whose reply also overstates its number of training examples.
+INFLATED = ("label-flip-inflated",)
 # Train-reply metric by which the server-side threat model finds the malicious
 # partitions; it strips the metric before the strategy sees the replies.
 PARTITION_METRIC = "partition-id"
@@ -58,16 +63,19 @@ def training_data(cfg: RunConfig, node: NodeConfig, data: Split, num_classes: in
 
 
 def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Replace a malicious node's TRAIN reply update by the configured model attack."""
+    """Replace a malicious node's TRAIN reply update by the configured model attack, or
+    overstate its ``num-examples`` under an ``INFLATED`` data attack."""
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
     cfg = run_config_of(context)
-    if ATTACKS[cfg.attack] != "model":
+    if ATTACKS[cfg.attack] != "model" and cfg.attack not in INFLATED:
         return call_next(msg, context)
     malicious = is_malicious(cfg, node_config_of(context))
     reply = call_next(msg, context)
     if not malicious or reply.has_error():
         return reply
+    if cfg.attack in INFLATED:
+        return inflate_reply(reply, cfg)
     import torch
 
     from fedapp.attacks.node import MODEL_ATTACKS
@@ -86,4 +94,16 @@ def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     poisoned = torch.cat([attack(piece, **params)
                           for piece in torch.split(torch.from_numpy(update), sizes)])
     reply.content["arrays"] = unflatten(flatten(sent) + poisoned.numpy(), sent)
+    return reply
+
+
+def inflate_reply(reply: Message, cfg: RunConfig) -> Message:
+    """``reply`` with its ``num-examples`` metric replaced by
+    ``inflate_examples(num-examples, **attack_params(cfg))`` (the reply is changed)."""
+    from fedapp.attacks.node import inflate_examples
+
+    for record in reply.content.metric_records.values():
+        value = record.get(WEIGHT_KEY)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            record[WEIGHT_KEY] = inflate_examples(int(value), **attack_params(cfg))
     return reply

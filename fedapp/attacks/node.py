@@ -1,7 +1,8 @@
 """Node-side Byzantine attacks, for simulation only: pure functions, each with its paper.
 
 They run in the ClientApp of the designated malicious nodes (``fedapp.attacks.mod``):
-``label_flip`` on the local labels before training (the ``"data"`` kind); ``sign_flip``,
+``label_flip`` on the local labels before training (the ``"data"`` kind; with
+``label-flip-inflated`` the reply also reports ``inflate_examples``' count); ``sign_flip``,
 ``gaussian_noise``, ``scale`` on the node's update (local weights minus the global weights
 it received) before the reply leaves (the ``"model"`` kind). Their defaults are the
 defaults of the run config's ``attack-scale = 0``.
@@ -70,6 +71,21 @@ def scale(update: torch.Tensor, factor: float = 10.0) -> torch.Tensor:
     if not math.isfinite(factor):
         raise ValueError(f"factor must be finite, got {factor}")
     return update * factor
+
+
+def inflate_examples(num_examples: int, claimed: float = 1_000_000) -> int:
+    """Inflated sample count: report ``max(num_examples, floor(claimed))`` training examples
+    (default 10^6) instead of the true ``num_examples``.
+
+    FedAvg weights each update by the count its node reports, so a node that overstates it
+    takes the weight of many honest ones: Portnoy, Tirosh, Hendler, "Towards Federated
+    Learning with Byzantine-Robust Client Weighting" (https://arxiv.org/abs/2004.04986),
+    who bound it by truncating the weights (as fedapp's ``weighting = "capped"`` does).
+    Raises ``ValueError`` unless ``claimed >= 1`` is finite.
+    """
+    if not (math.isfinite(claimed) and claimed >= 1):
+        raise ValueError(f"claimed must be finite and >= 1, got {claimed}")
+    return max(int(num_examples), int(claimed))
 
 
 #: Node-side update attacks by name, as ``f(update, **params)``.

@@ -19,6 +19,7 @@ from statistics import NormalDist
 
 import torch
 
+from fedapp.attacks.noise import spread
 from fedapp.robust.base import Aggregator
 from fedapp.robust.distances import distances_to, pairwise_sq_distances, rows_per_block
 
@@ -192,25 +193,15 @@ def min_max_noisy(honest: torch.Tensor, num_byzantine: int, *, perturbation: str
                   noise: float = 0.5, tol: float = 1e-6) -> torch.Tensor:
     """Min-Max whose copies are made distinct: ``m + e_k`` for colluder ``k``, with ``e_k`` an
     independent Gaussian direction of norm ``noise * median_i nn_i`` (``nn_i`` the distance
-    from honest row ``i`` to its nearest other honest row).
+    from honest row ``i`` to its nearest other honest row; ``spread``).
 
     Not from the papers, which send one row: this is the attacker who knows that a defense
     flags copies (``fedapp.robust.detection``, the copy check flags rows ten times closer to another
     than updates typically are) and spends some of its distance budget on looking
     independent. The noise is seeded by the honest rows, so a run is reproducible.
     """
-    rows = min_max(honest, num_byzantine, perturbation=perturbation, tol=tol)
-    if noise < 0 or not math.isfinite(noise):
-        raise ValueError(f"noise must be finite and >= 0, got {noise}")
-    if honest.shape[0] < 2 or noise == 0:
-        return rows
-    dist = pairwise_sq_distances(honest)
-    dist.fill_diagonal_(float("inf"))
-    typical = float(torch.quantile(dist.min(dim=1).values.sqrt(), 0.5))
-    seed = int(torch.sum(honest.to(torch.float64) * 1e6).item()) % 2**31
-    e = torch.randn(rows.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    e = e / torch.linalg.vector_norm(e, dim=1, keepdim=True).clamp_min(1e-300)
-    return (rows.to(torch.float64) + noise * typical * e).to(torch.float32)
+    return spread(min_max(honest, num_byzantine, perturbation=perturbation, tol=tol), honest,
+                  noise)
 
 
 def adaptive_search(
@@ -266,8 +257,7 @@ def ipm_adaptive(honest: torch.Tensor, num_byzantine: int, aggregator: Aggregato
                            aggregator, **aggregator_params)[1]
 
 
-#: Omniscient attacks by name, as ``f(honest, num_byzantine, **params)``.
-OMNISCIENT_ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
+_OWN: dict[str, Callable[..., torch.Tensor]] = {
     "alie": alie,
     "ipm": ipm,
     "min-max": min_max,
@@ -276,3 +266,17 @@ OMNISCIENT_ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
     "alie-adaptive": alie_adaptive,
     "ipm-adaptive": ipm_adaptive,
 }
+
+
+def __getattr__(name: str) -> dict[str, Callable[..., torch.Tensor]]:
+    """``OMNISCIENT_ATTACKS``, every omniscient attack by name as ``f(honest, num_byzantine,
+    **params)``: this module's, ``fedapp.attacks.published``'s and ``.evasive``'s. Those build
+    on this module, so the registry is assembled on first use (PEP 562), not imported."""
+    if name != "OMNISCIENT_ATTACKS":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from fedapp.attacks.evasive import EVASIVE_ATTACKS
+    from fedapp.attacks.published import PUBLISHED_ATTACKS
+
+    registry = {**_OWN, **PUBLISHED_ATTACKS, **EVASIVE_ATTACKS}
+    globals()[name] = registry
+    return registry

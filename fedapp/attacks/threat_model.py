@@ -34,10 +34,9 @@ metrics gain ``byzantine-replaced``, the number of replies replaced.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable
 from copy import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -49,15 +48,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedapp.attacks import ATTACKS, attack_params, malicious_ids
-from fedapp.attacks.omniscient import OMNISCIENT_ATTACKS
+from fedapp.attacks.crafter import ADAPTIVE, Crafter, crafter
 from fedapp.attacks.simulation import SimulationOnlyError, is_simulation
 from fedapp.config import RunConfig
-from fedapp.robust import AGGREGATORS
 from fedapp.server.wrappers import StrategyWrapper
 from fedapp.updates import flatten, reply_update, unflatten
-from fedapp.validation import ReplyRejected, array_specs
+from fedapp.validation import WEIGHT_KEY, ReplyRejected, array_specs, check_metrics
 
-ADAPTIVE = ("alie-adaptive", "ipm-adaptive")
+__all__ = ["ADAPTIVE", "REPLACED_METRIC", "AttackRound", "ThreatModel"]
+
 REPLACED_METRIC = "byzantine-replaced"  # added to the round's train metrics
 
 
@@ -69,42 +68,6 @@ class AttackRound:
     replaced: tuple[int, ...] = ()  # node ids whose replies were replaced
     honest: int = 0  # honest updates the attackers saw
     note: str = ""
-
-
-@dataclass
-class _Crafter:
-    fn: Callable[..., torch.Tensor]
-    params: dict[str, Any] = field(default_factory=dict)
-    aggregator: Callable[..., Any] | None = None
-
-    def __call__(self, honest: torch.Tensor, num_byzantine: int) -> torch.Tensor:
-        if self.aggregator is None:
-            return self.fn(honest, num_byzantine, **self.params)
-        return self.fn(honest, num_byzantine, self.aggregator, **self.params)
-
-
-def _crafter(attack: str, params: dict[str, Any]) -> _Crafter:
-    """Bind and check an omniscient attack's parameters once, at construction."""
-    fn = OMNISCIENT_ATTACKS[attack]
-    params = dict(params)
-    aggregator = None
-    if attack in ADAPTIVE:
-        name = params.pop("aggregator", None)
-        if name is None:
-            raise ValueError(f"attack {attack!r} needs aggregator=<rule name or callable>: the "
-                             f"pure rule it adapts to, one of {sorted(AGGREGATORS)}")
-        if isinstance(name, str) and name not in AGGREGATORS:
-            raise ValueError(f"aggregator={name!r} is not one of {sorted(AGGREGATORS)}")
-        aggregator = AGGREGATORS[name] if isinstance(name, str) else name
-        params.update(params.pop("aggregator_params", None) or {})
-    args = (torch.zeros(1, 1), 1) + ((aggregator,) if aggregator is not None else ())
-    try:
-        inspect.signature(fn).bind(*args, **params)
-    except TypeError as exc:
-        allowed = [p for p in inspect.signature(fn).parameters][2:]
-        raise ValueError(f"attack {attack!r}: bad parameters {sorted(params)} ({exc}); "
-                         f"allowed: {allowed}") from exc
-    return _Crafter(fn, params, aggregator)
 
 
 def _rebuild(msg: Message, arrays: ArrayRecord | None = None,
@@ -138,6 +101,15 @@ def _metric(msg: Message, key: str) -> int | None:
     return None
 
 
+def _weight(msg: Message) -> float:
+    """The reply's reported ``num-examples`` as the strategy will read it (1 where it will
+    reject the metrics: then the row does not reach the aggregation at all)."""
+    try:
+        return check_metrics(msg.content)[WEIGHT_KEY]
+    except ReplyRejected:
+        return 1.0
+
+
 class ThreatModel(StrategyWrapper):
     """Wrap ``strategy``; in simulation, replace the malicious nodes' train replies.
 
@@ -149,7 +121,9 @@ class ThreatModel(StrategyWrapper):
     ``aggregator=`` (a name in ``fedapp.robust.AGGREGATORS`` or a pure rule) and
     ``aggregator_params=`` (e.g. ``{"f": 2}``). Do not pass the strategy's own
     ``aggregate_fn`` if it is stateful (momentum, round counters): the adaptive
-    search calls it once per grid point.
+    search calls it once per grid point (``fedapp.server.build.adaptive_target`` runs a copy
+    of fedapp's whole defense instead). An attack that takes ``server_round`` (``sleeper``)
+    gets the round from ``aggregate_train``.
     """
 
     def __init__(self, strategy: Strategy, attack: str, fraction: float, seed: int, *,
@@ -167,14 +141,16 @@ class ThreatModel(StrategyWrapper):
         self.seed = seed
         self.partition_metric = partition_metric
         if self.kind == "omniscient":
-            self._craft: _Crafter | None = _crafter(attack, params)
+            self._craft: Crafter | None = crafter(attack, params)
         elif params:
             raise ValueError(f"{self.kind} attack {attack!r} runs in the ClientApp; the "
                              f"threat model takes no parameters for it, got {sorted(params)}")
         else:
             self._craft = None
         self.designated: set[int] | None = None  # node ids, or partition ids
-        self.row_nodes: list[int] = []  # see aggregate_train
+        self.row_nodes: list[int] = []  # see _honest_rows
+        self.row_weights: list[float] = []
+        self.row_positions: list[int] = []
         self.malicious_nodes: set[int] = set()  # the designated nodes among the last replies
         self.history: dict[int, AttackRound] = {}
         self._global: ArrayRecord | None = None
@@ -232,20 +208,8 @@ class ThreatModel(StrategyWrapper):
         if self._craft is None:
             return self.strategy.aggregate_train(server_round, replies)
         record = self.history[server_round] = AttackRound(server_round)
-        specs = array_specs(self._global)
         global_flat = flatten(self._global)
-        rows, honest_nodes = [], []
-        for i, msg in enumerate(replies):
-            if i in malicious or msg.has_error():
-                continue
-            try:
-                rows.append(reply_update(msg.content, specs, global_flat)[0])
-            except ReplyRejected:
-                continue  # the inner strategy deals with it; attackers ignore it
-            honest_nodes.append(msg.metadata.src_node_id)
-        # The node of every row an adaptive attacker's aggregator sees: honest rows first,
-        # then the crafted ones (a defense with per-node state needs to know whose row is whose).
-        self.row_nodes = honest_nodes + [replies[i].metadata.src_node_id for i in malicious]
+        rows = self._honest_rows(replies, malicious, global_flat)
         record.honest = len(rows)
         if not malicious or not rows:
             record.note = "no malicious reply" if not malicious else "no honest update to use"
@@ -253,7 +217,7 @@ class ThreatModel(StrategyWrapper):
                 server_round, record.note)
             return self.strategy.aggregate_train(server_round, replies)
         honest = torch.from_numpy(np.stack(rows))
-        crafted = self._craft(honest, len(malicious)).numpy()
+        crafted = self._craft(honest, len(malicious), server_round).numpy()
         for k, i in enumerate(malicious):
             arrays = unflatten(global_flat + crafted[k].astype(np.float32), self._global)
             replies[i] = _rebuild(replies[i], arrays)
@@ -265,6 +229,34 @@ class ThreatModel(StrategyWrapper):
         if metrics is not None:
             metrics[REPLACED_METRIC] = len(record.replaced)
         return arrays, metrics
+
+    def _honest_rows(self, replies: list[Message], malicious: list[int],
+                     global_flat: np.ndarray) -> list[np.ndarray]:
+        """The honest updates the attackers see (replies without error, not ``malicious``,
+        that validate), and what an adaptive attacker's aggregator needs to know of every
+        row it is handed, honest rows first, then the crafted ones: the node
+        (``row_nodes``; a defense with per-node state needs to know whose row is whose), the
+        reported ``num-examples`` (``row_weights``) and the position among ``replies``
+        (``row_positions``: the order in which the strategy will see the rows)."""
+        assert self._global is not None
+        specs = array_specs(self._global)
+        rows: list[np.ndarray] = []
+        positions: list[int] = []
+        weights: list[float] = []
+        for i, msg in enumerate(replies):
+            if i in malicious or msg.has_error():
+                continue
+            try:
+                update, metrics = reply_update(msg.content, specs, global_flat)
+            except ReplyRejected:
+                continue  # the inner strategy deals with it; attackers ignore it
+            rows.append(update)
+            positions.append(i)
+            weights.append(metrics[WEIGHT_KEY])
+        self.row_positions = positions + list(malicious)
+        self.row_nodes = [replies[i].metadata.src_node_id for i in self.row_positions]
+        self.row_weights = weights + [_weight(replies[i]) for i in malicious]
+        return rows
 
     def _malicious(self, server_round: int, replies: list[Message]) -> list[int]:
         """Indices of the replies (without error) that come from designated nodes."""

@@ -35,7 +35,8 @@ DETECTION_MODES = ("off", "flag", "exclude")
 # Attack names (fedapp.attacks.ATTACKS; a test checks they agree). Simulation only.
 ATTACK_NAMES = (
     "none", "label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max",
-    "min-sum", "min-max-noisy", "alie-adaptive", "ipm-adaptive",
+    "min-sum", "min-max-noisy", "alie-adaptive", "ipm-adaptive", "label-flip-inflated",
+    "mimic", "fang", "alie-noisy-adaptive", "sign-balanced", "sleeper",
 )
 PERTURBATIONS = ("unit", "sign", "std")
 INITIAL_MODELS = ("fresh", "champion")

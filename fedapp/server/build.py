@@ -13,6 +13,7 @@ against: the whole defense as it stands.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from logging import INFO, WARNING
 
@@ -89,7 +90,9 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
         from fedapp.attacks.threat_model import ThreatModel
 
         threats: list[ThreatModel] = []  # the wrapper, once built, says whose row is whose
-        target = adaptive_target(cfg, robust, lambda: threats[0].row_nodes)
+        target = adaptive_target(cfg, robust, lambda: threats[0].row_nodes,
+                                 row_weights=lambda: threats[0].row_weights,
+                                 row_positions=lambda: threats[0].row_positions)
         threats.append(ThreatModel.from_config(stack, cfg, target=target,
                                                partition_metric=PARTITION_METRIC))
         stack = threats[0]
@@ -97,23 +100,44 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
 
 
 def adaptive_target(cfg: RunConfig, robust: RobustStrategy,
-                    row_nodes: Callable[[], list[int]]) -> Callable[..., AggregationResult]:
+                    row_nodes: Callable[[], list[int]], *,
+                    row_weights: Callable[[], list[float]] | None = None,
+                    row_positions: Callable[[], list[int]] | None = None
+                    ) -> Callable[..., AggregationResult]:
     """The rule an adaptive attacker searches against: the whole defense as it stands, i.e.
     ``robust.screen`` (detection with the current reputations, exclusion; no state changes)
-    and then the configured pipeline. ``row_nodes()`` gives the node of every row it is
-    handed (``ThreatModel.row_nodes``): the reputations are per node."""
+    and then a deep copy of the strategy's own ``robust.aggregation`` with its current state
+    (centered clipping's center, the call count that seeds bucketing; central DP's noise
+    generator too, so that attacker foresees the noise: an upper bound). Every trial thus
+    aggregates as the real round will, and the real state is never touched.
+
+    For the rows it is handed (``ThreatModel``: honest rows first, then the crafted ones)
+    ``row_nodes()`` gives each row's node (the reputations are per node), ``row_weights()``
+    each row's reported ``num-examples`` (default: uniform, for a caller that does not know
+    them) and ``row_positions()`` each row's position among the round's replies: the rows are
+    put in that order first, the order the strategy sees them in (bucketing's shuffle
+    depends on it). ``num_sampled`` is the number of rows (the round's sample when no
+    sampled node failed)."""
 
     def rule(updates: torch.Tensor) -> AggregationResult:
-        nodes = row_nodes()
-        if len(nodes) != len(updates):
-            raise RuntimeError(f"{len(nodes)} node ids for {len(updates)} rows")
-        ones = torch.ones(len(updates), dtype=torch.float64)
+        nodes = list(row_nodes())
+        n = len(updates)
+        if len(nodes) != n:
+            raise RuntimeError(f"{len(nodes)} node ids for {n} rows")
+        weights = (torch.ones(n, dtype=torch.float64) if row_weights is None
+                   else torch.tensor(row_weights(), dtype=torch.float64))
+        if row_positions is not None:
+            order = sorted(range(n), key=row_positions().__getitem__)
+            if order != list(range(n)):
+                index = torch.tensor(order)
+                updates, weights = updates[index], weights[index]
+                nodes = [nodes[i] for i in order]
         if robust.detection == "off":
-            x, w = updates, ones
+            x, w = updates, weights
         else:
-            x, w, _, _ = robust.screen(list(nodes), updates, ones, record=False)
-        pipeline = AggregationPipeline.from_config(cfg)  # fresh: no momentum state
-        return pipeline(x, w, num_replies=len(updates))
+            x, w, _, _ = robust.screen(nodes, updates, weights, record=False)
+        aggregation = copy.deepcopy(robust.aggregation)  # its state as it stands, not shared
+        return aggregation(x, w, num_replies=n, num_sampled=n)
 
     rule.__name__ = f"defense ({cfg.anomaly_detection} + {cfg.aggregator})"
     return rule

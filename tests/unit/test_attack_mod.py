@@ -17,8 +17,10 @@ from flwr.app import (
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedapp.attacks import malicious_ids
-from fedapp.attacks.mod import AttackRefused, attack_mod, is_malicious
-from fedapp.config import NodeConfig, RunConfig
+from fedapp.attacks.mod import AttackRefused, attack_mod, is_malicious, training_data
+from fedapp.attacks.node import inflate_examples
+from fedapp.config import NodeConfig, RunConfig, node_config_of
+from fedapp.data.specs import Split
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 W = np.array([1.0, 2.0, 3.0], dtype=np.float32)
@@ -60,6 +62,30 @@ def test_scaling_uses_attack_scale_and_evaluate_is_untouched() -> None:
                                .content["arrays"]["w"].numpy(), W + 2.0)
     evaluate = attack_mod(train_message(MessageType.EVALUATE), ctx, honest_step)
     np.testing.assert_allclose(evaluate.content["arrays"]["w"].numpy(), W + 0.5)
+
+
+@pytest.mark.parametrize("scale,claimed", [(0.0, 1_000_000), (5000.0, 5000)])
+def test_label_flip_inflated_flips_labels_and_overstates_num_examples(scale: float,
+                                                                     claimed: int) -> None:
+    cfg = RunConfig(attack="label-flip-inflated", attack_fraction=0.4, attack_scale=scale)
+    bad = malicious_ids(range(5), 0.4, cfg.seed)
+    data = Split(np.zeros((3, 2), np.float32), np.array([0, 1, 2]))
+    for pid in range(5):
+        ctx = context(cfg, {"partition-id": pid, "num-partitions": 5})
+        reply = attack_mod(train_message(), ctx, honest_step)
+        assert reply.content["metrics"]["num-examples"] == (claimed if pid in bad else 4)
+        np.testing.assert_allclose(reply.content["arrays"]["w"].numpy(), W + 0.5)
+        flipped = training_data(cfg, node_config_of(ctx), data, 3).y.tolist()
+        assert flipped == ([2, 1, 0] if pid in bad else [0, 1, 2])
+    evaluate = attack_mod(train_message(MessageType.EVALUATE), ctx, honest_step)
+    assert evaluate.content["metrics"]["num-examples"] == 4
+
+
+def test_inflate_examples_never_lowers_a_count() -> None:
+    assert inflate_examples(30) == 1_000_000
+    assert inflate_examples(30, 12.7) == 30 and inflate_examples(3, 12.7) == 12
+    with pytest.raises(ValueError, match="claimed"):
+        inflate_examples(3, 0.5)
 
 
 def test_attacks_are_refused_in_deployment() -> None:

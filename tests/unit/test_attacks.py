@@ -36,12 +36,14 @@ def honest_matrix(n: int = 6, d: int = 5, seed: int = 0) -> torch.Tensor:
 
 
 def test_registry_names_and_kinds() -> None:
-    assert list(ATTACKS) == ["none", "label-flip", "sign-flip", "gaussian", "scaling", "alie",
-                             "ipm", "min-max", "min-sum", "min-max-noisy", "alie-adaptive",
-                             "ipm-adaptive"]
+    assert list(ATTACKS) == ["none", "label-flip", "label-flip-inflated", "sign-flip",
+                             "gaussian", "scaling", "alie", "ipm", "min-max", "min-sum",
+                             "min-max-noisy", "alie-adaptive", "ipm-adaptive", "mimic", "fang",
+                             "alie-noisy-adaptive", "sign-balanced", "sleeper"]
     assert set(OMNISCIENT_ATTACKS) == {k for k, v in ATTACKS.items() if v == "omniscient"}
     assert set(MODEL_ATTACKS) == {k for k, v in ATTACKS.items() if v == "model"}
-    assert {k for k, v in ATTACKS.items() if v == "data"} == {"label-flip"}
+    assert {k for k, v in ATTACKS.items() if v == "data"} == {"label-flip",
+                                                               "label-flip-inflated"}
 
 
 def test_label_flip_maps_y_to_c_minus_1_minus_y() -> None:

@@ -8,13 +8,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedapp.attacks import malicious_ids
+from fedapp.attacks import ATTACKS, malicious_ids
 from fedapp.attacks.simulation import SimulationOnlyError, is_simulation
 from fedapp.attacks.threat_model import ThreatModel
+from fedapp.config import RunConfig
 from fedapp.updates import flatten
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -131,6 +133,8 @@ def test_designation_is_stable_across_rounds() -> None:
     ("alie", {}), ("ipm", {"epsilon": 0.5}), ("min-max", {"perturbation": "std"}),
     ("min-sum", {}), ("min-max-noisy", {"noise": 1.0}), ("alie-adaptive", {"aggregator": "median"}),
     ("ipm-adaptive", {"aggregator": "trimmed-mean", "aggregator_params": {"f": 1}}),
+    ("mimic", {}), ("fang", {"b": 1.5}), ("alie-noisy-adaptive", {"aggregator": "median"}),
+    ("sign-balanced", {"z": 1.0}), ("sleeper", {"aggregator": "median", "delay": 0}),
 ])
 @pytest.mark.parametrize("flower", [
     FedAvg, FedMedian, lambda **kw: FedTrimmedAvg(beta=0.2, **kw),
@@ -207,6 +211,54 @@ def test_node_side_attacks_pass_replies_through() -> None:
     assert model.malicious_nodes == {NODES[p] for p in malicious_ids(range(5), 0.4, 3)}
 
 
+def test_the_sleeper_gets_the_round_and_wakes_after_its_delay() -> None:
+    from fedapp.attacks.evasive import alie_noisy_adaptive, honest_looking
+    from fedapp.robust import weighted_mean
+
+    model, spy = make("sleeper", aggregator="fedavg", delay=1)
+    deltas = {n: float(i + 1) for i, n in enumerate(NODES[:5])}
+    bad = malicious_ids(NODES[:5], 0.4, 3)
+    honest = torch.tensor([[deltas[n]] * BASE.size for n in NODES[:5] if n not in bad])
+    for server_round, expected in [(1, honest_looking(honest, 2)),
+                                   (2, alie_noisy_adaptive(honest, 2, weighted_mean))]:
+        run_round(model, sim_grid(), deltas, server_round)
+        sent = [flatten(m.content["arrays"]) - BASE for m in spy.seen
+                if m.metadata.src_node_id in bad]
+        np.testing.assert_allclose(np.stack(sent), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_rows_an_adaptive_attacker_hands_on_say_whose_weight_and_where() -> None:
+    model, _ = make("ipm", epsilon=1.0)
+    deltas = {n: 1.0 for n in NODES[:5]}
+    examples = {n: 10 * (i + 1) for i, n in enumerate(NODES[:5])}
+    replies, _ = run_round(model, sim_grid(), deltas, **{"num-examples": examples})
+    bad = malicious_ids(NODES[:5], 0.4, 3)
+    order = [r.metadata.src_node_id for r in replies]
+    expected = ([i for i, n in enumerate(order) if n not in bad]
+                + [i for i, n in enumerate(order) if n in bad])
+    assert model.row_positions == expected
+    assert model.row_nodes == [order[i] for i in expected]
+    assert model.row_weights == [float(examples[order[i]]) for i in expected]
+
+
+@pytest.mark.parametrize("attack", sorted(set(ATTACKS) - {"none"}))
+def test_every_attack_runs_from_the_run_config(attack: str) -> None:
+    from fedapp.robust import weighted_mean
+
+    cfg = RunConfig.from_flower({**RunConfig().to_flower(), "attack": attack,
+                                 "attack-scale": 1.5, "attack-fraction": 0.4})
+    assert cfg.attack == attack
+    inner = Spy(min_available_nodes=5, fraction_evaluate=0.0)
+    model = ThreatModel.from_config(inner, cfg, target=weighted_mean,
+                                    partition_metric="partition-id")
+    partitions = {"partition-id": {n: p for p, n in enumerate(NODES[:5])}}
+    deltas = {n: 0.1 * i - 0.2 for i, n in enumerate(NODES[:5])}
+    _, (arrays, _) = run_round(model, sim_grid(), deltas, 6, **partitions)
+    assert np.isfinite(flatten(arrays)).all()
+    replaced = model.history[6].replaced if ATTACKS[attack] == "omniscient" else ()
+    assert len(replaced) == (2 if ATTACKS[attack] == "omniscient" else 0)
+
+
 def test_no_honest_update_leaves_replies_unchanged() -> None:
     model, spy = make("ipm", fraction=1.0)
     replies, _ = run_round(model, sim_grid(), {n: 1.0 for n in NODES[:5]})
@@ -241,6 +293,9 @@ def test_the_simulation_engines_grid_is_recognised() -> None:
     ("ipm", 0.2, {"z": 1.0}, "bad parameters"),
     ("alie-adaptive", 0.2, {}, "needs aggregator"),
     ("alie-adaptive", 0.2, {"aggregator": "nope"}, "not one of"),
+    ("fang", 0.2, {"z": 1.0}, "bad parameters"),
+    ("sleeper", 0.2, {"delay": 2}, "needs aggregator"),
+    ("sleeper", 0.2, {"aggregator": "median", "server_round": 3}, "the round's"),
     ("scaling", 0.2, {"factor": 10.0}, "runs in the ClientApp"),
 ])
 def test_bad_configurations_fail_at_construction(attack: str, fraction: float, params: dict,
