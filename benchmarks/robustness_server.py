@@ -2,7 +2,7 @@
 
 ``benchmarks/robustness.py`` (``robustness_cells.build_app``) packages this module with
 ``fedapp`` as a Flower App whose ServerApp is ``robustness_server:app`` and whose ClientApp
-is fedapp's, unchanged. One ``flwr run`` (simulation, 20+ nodes) then plays a list of
+is fedapp's, unchanged. One ``flwr run`` (simulation, 10-40 nodes) then plays a list of
 scenarios one after the other, each a complete ``Strategy.start`` from the same seeded
 initial model on Flower's engine: our ``RobustStrategy`` configurations and Flower's
 built-in FedAvg, MultiKrum, FedMedian, FedTrimmedAvg and Bulyan, all wrapped by the same
