@@ -162,7 +162,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fractions = list(results["summary"]["grid"])
-    fig, axes = plt.subplots(1, len(fractions), figsize=(4.5 * len(fractions) + 1, 4.2),
+    fig, axes = plt.subplots(1, len(fractions), figsize=(max(4.5 * len(fractions) + 1, 8), 4.4),
                              squeeze=False, sharey=True)
     names = {"ours": f"ours ({results.get('recommended')})",
              "flower": "best Flower built-in", "oracle": "oracle"}
@@ -189,8 +189,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[0][0].set_ylabel("worst case, % of clean FedAvg")
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=5,
                fontsize=7, frameon=False)
-    fig.suptitle("Worst case over attacks per configuration (bar: mean over seeds; "
-                 "MK/Med/TM: which built-in)", fontsize=10)
+    fig.suptitle("Worst case over attacks per configuration\n(bar: mean over seeds; "
+                 "MK / Med / TM / Bul: which Flower built-in is the best there)", fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
