@@ -1,43 +1,69 @@
 """The cells of ``robustness.py``: the Flower App, the scenario groups, the Flower runs.
 
-One ``flwr run`` plays every row of one (fraction, node-side attack) group: the App is
-fedapp (ClientApp unchanged) with ``benchmarks/robustness_server.py`` as its ServerApp,
-which reads ``<output-dir>/scenarios.json`` and appends one JSON line per finished
-scenario to ``<output-dir>/results.jsonl``. The server side is self-contained: it imports
-only fedapp and Flower, so nothing else from ``benchmarks/`` is copied into the App.
-A group's directory is kept under ``--workdir``, so a failed or interrupted group resumes
-from the scenarios already in its ``results.jsonl``.
+A cell of the grid is (nodes n, Dirichlet alpha, Byzantine fraction, seed); each plays the
+chosen rows x attacks. One ``flwr run`` plays every scenario of one group: (n, alpha, seed,
+fraction, run-level attack), the run-level attack being a node-side one (the ClientApps of
+the Byzantine nodes play it) or the first omniscient one (the server-side wrapper then plays
+each omniscient attack per scenario); the clean scenarios of every fraction share one run per
+(n, alpha, seed). The App is fedapp (ClientApp unchanged) with
+``benchmarks/robustness_server.py`` as its ServerApp, which reads
+``<output-dir>/scenarios.json`` and appends one JSON line per finished scenario to
+``<output-dir>/results.jsonl``; it imports only fedapp and Flower.
+
+Resumption (``--workdir``): a group's directory keeps its results; they are reused only when
+the App's code (every file of fedapp and the ServerApp) and the group's run config are those
+of this invocation (``key.json``), and per scenario only when its row's configuration is
+unchanged. Otherwise they are moved aside as ``results.stale-N.jsonl`` and played again.
+
+Two kinds of scenario are played once and shared (``share``): a clean run of a row that does
+not depend on the fraction (``FRACTION_FREE``), and the oracle under attack (it averages the
+honest nodes only, so what the attackers send does not change it: one attack stands for all).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import re
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _superlink import private_superlink  # benchmarks/ is on sys.path
-from common import REPO, loadavg
-from robustness_presets import NODE_SIDE, OURS, SEED
+from common import REPO
+from robustness_presets import FRACTION_FREE, NODE_SIDE, OMNISCIENT, ORACLE, OURS, REFERENCE
 
-from fedapp.sweep import flwr_cli as runner
 
-Group = tuple[float, str, list[dict[str, Any]]]  # (fraction, run-level attack, scenarios)
+@dataclass(frozen=True)
+class Grid:
+    """The settings every row x attack is played in: the product of these."""
+
+    nodes: tuple[int, ...]
+    alphas: tuple[float, ...]
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
 
 
 @dataclass
-class Progress:
-    """Cells finished so far, of all the invocation's cells (for the progress lines)."""
+class Group:
+    """One Flower run: a setting, its run-level attack and fraction, and its scenarios."""
 
-    total: int
-    done: int = 0
+    nodes: int
+    alpha: float
+    seed: int
+    fraction: float  # the run config's attack-fraction (unused by a clean run)
+    run_attack: str
+    scenarios: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        attack = "omniscient" if self.run_attack in OMNISCIENT else self.run_attack
+        what = "clean" if attack == "none" else f"f{self.fraction}-{attack}"
+        return f"n{self.nodes}-a{self.alpha}-s{self.seed}/{what}"
 
 
-def build_app(dest: Path) -> Path:
-    """A Flower App: fedapp + this benchmark's ServerApp, fedapp's ClientApp unchanged."""
+def build_app(dest: Path) -> tuple[Path, str]:
+    """A Flower App (fedapp + this benchmark's ServerApp, fedapp's ClientApp unchanged) and
+    the digest of its files."""
     app = dest / "robustness-app"
     shutil.rmtree(app, ignore_errors=True)
     shutil.copytree(REPO / "fedapp", app / "fedapp",
@@ -50,100 +76,93 @@ def build_app(dest: Path) -> Path:
         raise RuntimeError("pyproject.toml has no single `serverapp = ...` component line")
     (app / "pyproject.toml").write_text(pyproject.replace('name = "fedapp"',
                                                           'name = "fedapp-robustness"', 1))
-    return app
+    digest = hashlib.sha256()
+    for path in sorted(p for p in app.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(app)).encode() + b"\0" + path.read_bytes())
+    return app, digest.hexdigest()
 
 
-def groups(rows: list[str], attacks: list[str], fractions: list[float]) -> list[Group]:
-    """(fraction, run-level attack, scenarios) per Flower run."""
+def _scenario(g: Group, row: str, attack: str, fraction: float) -> dict[str, Any]:
+    return {"id": f"{row}|{attack}|{fraction}", "row": row, "attack": attack,
+            "fraction": fraction, "nodes": g.nodes, "alpha": g.alpha, "seed": g.seed,
+            "config": OURS.get(row, {})}
+
+
+def _attacked_rows(rows: list[str], attack: str, oracle_attack: str | None,
+                   attack_fedavg: bool) -> list[str]:
+    """The rows that play ``attack``: the oracle only its one attack, FedAvg (the reference)
+    only when asked."""
+    return [r for r in rows if (r != ORACLE or attack == oracle_attack)
+            and (r != REFERENCE or attack_fedavg)]
+
+
+def setting_groups(rows: list[str], attacks: list[str], fractions: tuple[float, ...],
+                   setting: tuple[int, float, int], attack_fedavg: bool) -> list[Group]:
+    """The Flower runs of one (nodes, alpha, seed): the clean run, then per fraction the
+    omniscient run and one run per node-side attack."""
+    n, alpha, seed = setting
+    attacked = [a for a in attacks if a != "none"]
+    omniscient = [a for a in attacked if a in OMNISCIENT]
+    oracle_attack = (omniscient or attacked or [None])[0]
     out = []
-    for fraction in fractions:
-        by_run: dict[str, list[str]] = {}
-        for attack in attacks:
-            run_attack = attack if attack in NODE_SIDE or attack == "none" else "alie"
-            by_run.setdefault(run_attack, []).append(attack)
-        for run_attack, cols in by_run.items():
-            scenarios = [{"id": f"{row}|{attack}|{fraction}", "row": row, "attack": attack,
-                          "fraction": fraction, "config": OURS.get(row, {})}
-                         for attack in cols for row in rows]
-            out.append((fraction, run_attack, scenarios))
-    # The omniscient attacks (the strongest) first, so partial results say the most.
-    return sorted(out, key=lambda g: (g[1] != "alie", g[0]))
+    if "none" in attacks:
+        clean = Group(n, alpha, seed, fractions[0], "none")
+        clean.scenarios = [_scenario(clean, r, "none", f) for f in fractions for r in rows
+                           if r not in FRACTION_FREE or f == fractions[0]]
+        out.append(clean)
+    for f in fractions:
+        if omniscient:
+            g = Group(n, alpha, seed, f, OMNISCIENT[0])
+            g.scenarios = [_scenario(g, r, a, f) for a in omniscient
+                           for r in _attacked_rows(rows, a, oracle_attack, attack_fedavg)]
+            out.append(g)
+        for a in (a for a in attacked if a in NODE_SIDE):
+            g = Group(n, alpha, seed, f, a)
+            g.scenarios = [_scenario(g, r, a, f)
+                           for r in _attacked_rows(rows, a, oracle_attack, attack_fedavg)]
+            out.append(g)
+    return [g for g in out if g.scenarios]
 
 
-def run_config(fraction: float, run_attack: str, out: Path,
-               settings: dict[str, Any]) -> dict[str, Any]:
+def groups(rows: list[str], attacks: list[str], grid: Grid,
+           attack_fedavg: bool = False) -> list[Group]:
+    """Every Flower run of the grid: the smallest federations first, seed by seed, so that
+    partial results cover whole settings."""
+    return [g for seed in grid.seeds for n in grid.nodes for alpha in grid.alphas
+            for g in setting_groups(rows, attacks, grid.fractions, (n, alpha, seed),
+                                    attack_fedavg)]
+
+
+def run_config(g: Group, out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The run config of one group's ``flwr run``."""
-    return {"attack": run_attack, "attack-fraction": fraction, "output-dir": str(out),
+    return {"attack": g.run_attack, "attack-fraction": g.fraction, "output-dir": str(out),
             "num-server-rounds": settings["rounds"], "local-epochs": settings["local-epochs"],
             "model": settings["model"], "learning-rate": settings["learning-rate"],
             "batch-size": settings["batch-size"],
-            "partitioner": "dirichlet", "dirichlet-alpha": 0.5,
-            "seed": SEED, "tracking": False, "fraction-evaluate": 0.0,
-            "min-available-nodes": settings["nodes"], "min-train-nodes": settings["nodes"]}
+            "partitioner": "dirichlet", "dirichlet-alpha": g.alpha,
+            "seed": g.seed, "tracking": False, "fraction-evaluate": 0.0,
+            "min-available-nodes": g.nodes, "min-train-nodes": g.nodes}
 
 
-def reporter(results_file: Path, fraction: float, progress: Progress,
-             ) -> Callable[[str], None]:
-    """A callback printing one line per cell newly finished in ``results_file``."""
-    seen: set[str] = set()
-
-    def report(_: str = "") -> None:
-        if not results_file.exists():
-            return
-        for line in results_file.read_text().splitlines():
-            row = json.loads(line)
-            if row["id"] in seen:
-                continue
-            seen.add(row["id"])
-            progress.done += 1
-            print(f"  [{progress.done}/{progress.total}] {row['row']:<16} "
-                  f"{row['attack']:<14} f={fraction}: acc {row['final-accuracy']:.4f} "
-                  f"({row['seconds']:.0f}s, load {loadavg()})", flush=True)
-
-    return report
-
-
-def run_group(app: Path, env: dict[str, str], workdir: Path, group: Group,
-              settings: dict[str, Any], timeout: float,
-              progress: Progress) -> list[dict[str, Any]]:
-    """One group's Flower run (retried once), resuming from its finished cells; its cells."""
-    fraction, run_attack, scenarios = group
-    out = workdir / f"f{fraction}-{run_attack}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scenarios.json").write_text(json.dumps({"num-nodes": settings["nodes"],
-                                                    "scenarios": scenarios}))
-    results_file = out / "results.jsonl"
-    cfg = run_config(fraction, run_attack, out, settings)
-    federation = f"num-supernodes={settings['nodes']} client-resources-num-cpus=1"
-    report = reporter(results_file, fraction, progress)
-    report()
-    for attempt in (1, 2):
-        try:
-            runner.run_and_check(app, cfg, federation_config=federation, env=env,
-                                 timeout=timeout, on_poll=report)
-            break
-        except (runner.RunFailed, TimeoutError) as exc:
-            print(f"  run for {run_attack} at {fraction} failed (attempt {attempt}): {exc}",
-                  flush=True)
-            if attempt == 2:
-                raise
-    report()
-    return [json.loads(line) for line in results_file.read_text().splitlines()]
-
-
-def run_cells(plan: list[Group], settings: dict[str, Any], workdir: Path | None,
-              timeout: float) -> list[dict[str, Any]]:
-    """Every group's cells, on a private managed SuperLink. The groups' files go to
-    ``workdir`` when given (and the SuperLink's temporary directory is kept too), else
-    to that temporary directory, removed at the end."""
-    progress = Progress(total=sum(len(s) for _, _, s in plan))
-    cells: list[dict[str, Any]] = []
-    with private_superlink(keep=workdir is not None) as (env, tmp):
-        work = workdir or tmp
-        work.mkdir(parents=True, exist_ok=True)
-        app = build_app(work)
-        for group in plan:
-            print(f"Flower run: attack={group[1]} fraction={group[0]}, "
-                  f"{len(group[2])} scenarios", flush=True)
-            cells += run_group(app, env, work, group, settings, timeout, progress)
-    return cells
+def share(cells: list[dict[str, Any]], rows: list[str], attacks: list[str],
+          fractions: tuple[float, ...]) -> list[dict[str, Any]]:
+    """``cells`` plus copies (marked ``copied-from``) of the scenarios played once for
+    several cells: the clean runs of ``FRACTION_FREE`` rows for every fraction, and the
+    oracle's attacked run for every attack."""
+    out = list(cells)
+    have = {(c["nodes"], c["alpha"], c["seed"], c["row"], c["attack"], c["fraction"])
+            for c in cells}
+    for c in cells:
+        if c["attack"] == "none" and c["row"] in FRACTION_FREE:
+            targets = [("none", f) for f in fractions]
+        elif c["row"] == ORACLE and c["attack"] != "none":
+            targets = [(a, c["fraction"]) for a in attacks if a != "none"]
+        else:
+            continue
+        for attack, f in targets:
+            key = (c["nodes"], c["alpha"], c["seed"], c["row"], attack, f)
+            if key not in have:
+                have.add(key)
+                out.append({**c, "id": f"{c['row']}|{attack}|{f}", "attack": attack,
+                            "fraction": f, "copied-from": c["id"]})
+    return out

@@ -1,236 +1,259 @@
-"""The report of ``robustness.py``: the summary tables, the findings, ``docs/robustness.md``
-and its plot, from the cells (no Flower, no torch)."""
+"""The numbers of ``robustness.py``'s report, from the cells (no Flower, no torch, no plot).
+
+A configuration is (nodes n, Dirichlet alpha, Byzantine fraction); a cell is a configuration
+and a seed. Per cell and row: the worst case over the attacks played and its ratio to clean
+Flower FedAvg of the same (n, alpha, seed) ("retained"), and the row's clean accuracy minus
+that FedAvg's. Per configuration: those as mean and min over the seeds. Per row and fraction:
+the worst case over the grid (the configuration with the lowest mean; the lowest seed of
+all). The recommendation is our row with the best worst case over the whole grid, measured
+against the targets (``robustness_presets.target``); the findings check the targets.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+import statistics
+from collections.abc import Iterable
 from typing import Any
 
-from common import md_table, shown
-from robustness_presets import BASELINE, DEFAULT_ROW, FLOWER, LABELS, ORACLE, OURS, SEED
+from robustness_presets import DEFAULT_ROW, FLOWER, LABELS, ORACLE, OURS, REFERENCE, target
 
-# How the recommended row defends, and the oracle's bound: fixed text of the report.
-DEFENSE_NOTES = [
-    "How `anomaly-detection=exclude` defends (`fedapp/robust/detection.py`, "
-    "`fedapp/server/screen.py`): "
-    "every update is scored four ways, and at most f flagged updates, the most severe, "
-    "are left out; the rest are scaled down to the norm threshold.",
-    "",
-    "- norm: robust z-score of the update's norm above 3.5 (scaling, Gaussian noise);",
-    "- copies: nearest other update ten times closer than updates typically are "
-    "(colluders sending one crafted update: ALIE, IPM, min-max, min-sum);",
-    "- sign skew: above the coordinate-wise median on 3 coordinates for every 1 below, "
-    "or the reverse (shifts by a multiple of the coordinate-wise std: ALIE);",
-    "- cosine reputation: the node's cosines to the median of the unsuspected updates, "
-    "averaged over rounds (memory 0.9), below 0 (sign flipping, IPM, min-max / min-sum "
-    "along the mean). One round's cosine is noise on this non-IID data: honest updates "
-    "are nearly orthogonal to each other.",
-    "",
-    "An oracle that knows the Byzantine nodes and averages the others (the best any "
-    "defense can do here: the attackers' own data is lost) reaches 91.7% at 20% and 89.2% "
-    "at 30% (in-process replica of these runs, same seeds and training).",
-    "",
-]
+Key = tuple[int, float, float]  # (nodes, alpha, fraction)
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+def config_name(key: Key) -> str:
+    """'n20-a0.1-f0.2': a configuration as a JSON key."""
+    return f"n{key[0]}-a{key[1]}-f{key[2]}"
 
 
-def _byzantine(f: str) -> str:
-    """'20% Byzantine' for the fraction key '0.2'."""
-    return f"{round(100 * float(f))}% Byzantine"
+def mean_min(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """The mean and the min of the values that are not None (None, None if none are)."""
+    vals = [v for v in values if v is not None]
+    return (statistics.fmean(vals), min(vals)) if vals else (None, None)
 
 
-# ---------------------------------------------------------------- summary
-
-
-def _row_summary(cols: dict[str, float | None], reference: float | None) -> dict[str, Any]:
-    """One row at one fraction: its accuracies, worst case and the ratios to clean FedAvg."""
-    attacked = {a: v for a, v in cols.items() if a != "none" and v is not None}
-    worst = min(attacked.values()) if attacked else None
+def seed_summary(acc: dict[str, float | None], reference: float | None) -> dict[str, Any]:
+    """One row in one cell: worst case over the attacks (not 'none'), its attack, retained
+    (worst over ``reference``, clean FedAvg) and clean accuracy minus ``reference``."""
+    attacked = {a: v for a, v in acc.items() if a != "none" and v is not None}
     worst_attack = min(attacked, key=attacked.__getitem__, default=None)
-    return {"accuracy": cols, "worst": worst, "worst-attack": worst_attack,
-            "retained-worst": (worst / reference
-                               if worst is not None and reference else None),
-            "clean-minus-fedavg": (cols["none"] - reference
-                                   if cols.get("none") is not None and reference
-                                   else None)}
+    worst = attacked.get(worst_attack) if worst_attack else None
+    clean = acc.get("none")
+    return {"worst": worst, "worst-attack": worst_attack,
+            "retained": worst / reference if worst is not None and reference else None,
+            "clean-delta": (clean - reference
+                            if clean is not None and reference is not None else None)}
 
 
-def summarise(cells: list[dict[str, Any]], rows: list[str], attacks: list[str],
-              fractions: list[float]) -> dict[str, Any]:
-    """Clean FedAvg's accuracy (mean over the fractions) and, per fraction, every row's
-    summary."""
-    acc = {(c["row"], c["attack"], c["fraction"]): c["final-accuracy"] for c in cells}
-    clean = [acc[(BASELINE[0], "none", f)] for f in fractions if (BASELINE[0], "none", f) in acc]
-    reference = sum(clean) / len(clean) if clean else None
-    tables = {str(f): {row: _row_summary({a: acc.get((row, a, f)) for a in attacks}, reference)
-                       for row in rows}
-              for f in fractions}
-    return {"clean-fedavg-accuracy": reference, "tables": tables}
+def config_summary(per_seed: dict[int, dict[str, Any]],
+                   acc: dict[int, dict[str, float | None]]) -> dict[str, Any]:
+    """One row in one configuration, over the seeds: worst case and retained as mean and min,
+    clean delta as mean, every attack's mean accuracy, the worst attack of each seed."""
+    seeds = sorted(per_seed)
+    worst_mean, worst_min = mean_min(per_seed[s]["worst"] for s in seeds)
+    ret_mean, ret_min = mean_min(per_seed[s]["retained"] for s in seeds)
+    attacks = sorted({a for s in seeds for a in acc[s]})
+    return {"worst-mean": worst_mean, "worst-min": worst_min,
+            "retained-mean": ret_mean, "retained-min": ret_min,
+            "clean-delta-mean": mean_min(per_seed[s]["clean-delta"] for s in seeds)[0],
+            "worst-attacks": {str(s): per_seed[s]["worst-attack"] for s in seeds},
+            "accuracy": {a: mean_min(acc[s].get(a) for s in seeds)[0] for a in attacks},
+            "seeds": seeds}
+
+
+def summarise(cells: list[dict[str, Any]], rows: list[str],
+              attacks: list[str]) -> dict[str, Any]:
+    """Every configuration's row summaries (``configs``) and the worst case over the grid
+    per fraction and row (``grid``)."""
+    acc = {(c["nodes"], c["alpha"], c["fraction"], c["seed"], c["row"], c["attack"]):
+           c["final-accuracy"] for c in cells}
+    keys = sorted({(c["nodes"], c["alpha"], c["fraction"]) for c in cells})
+    seeds = sorted({c["seed"] for c in cells})
+    configs: dict[str, Any] = {}
+    for key in keys:
+        table = {}
+        for row in rows:
+            by_seed = {s: {a: acc.get((*key, s, row, a)) for a in attacks} for s in seeds
+                       if (*key, s, REFERENCE, "none") in acc}
+            per_seed = {s: seed_summary(v, acc[(*key, s, REFERENCE, "none")])
+                        for s, v in by_seed.items()}
+            table[row] = config_summary(per_seed, by_seed)
+        configs[config_name(key)] = {"nodes": key[0], "alpha": key[1], "fraction": key[2],
+                                     "rows": table}
+    return {"configs": configs, "grid": grid_worst(configs, rows)}
+
+
+def _lowest(configs: dict[str, Any], row: str, field: str) -> tuple[float | None, str | None]:
+    """The lowest ``field`` of ``row`` over ``configs`` and the configuration it is in."""
+    vals = {k: c["rows"][row][field] for k, c in configs.items()
+            if c["rows"][row][field] is not None}
+    where = min(vals, key=vals.__getitem__, default=None)
+    return (vals[where] if where else None), where
+
+
+def grid_worst(configs: dict[str, Any], rows: list[str]) -> dict[str, Any]:
+    """Per fraction and row: the lowest retained (mean over seeds) over the configurations
+    and where, the lowest retained of any seed, the lowest clean delta and where."""
+    out: dict[str, Any] = {}
+    for f in sorted({c["fraction"] for c in configs.values()}):
+        at = {k: c for k, c in configs.items() if c["fraction"] == f}
+        out[str(f)] = {}
+        for row in rows:
+            ret, where = _lowest(at, row, "retained-mean")
+            ret_min, where_min = _lowest(at, row, "retained-min")
+            delta, delta_where = _lowest(at, row, "clean-delta-mean")
+            out[str(f)][row] = {"retained-mean": ret, "where": where,
+                                "retained-min": ret_min, "where-min": where_min,
+                                "clean-delta-mean": delta, "clean-delta-where": delta_where}
+    return out
+
+
+def margin(grid: dict[str, Any], row: str) -> float:
+    """How far ``row``'s worst case over the grid is above the target, at the fraction where
+    it is the least (mean over seeds; -inf if a fraction has none)."""
+    vals = [t[row]["retained-mean"] - target(float(f)) if t[row]["retained-mean"] is not None
+            else float("-inf") for f, t in grid.items()]
+    return min(vals, default=float("-inf"))
 
 
 def recommend(summary: dict[str, Any], rows: list[str]) -> str | None:
-    """The row of the shipped default (``DEFAULT_ROW``) when it ran; otherwise our row with
-    the best worst case at the lowest fraction (ties go to the next fraction)."""
-    if DEFAULT_ROW in rows:
-        return DEFAULT_ROW
+    """Our row with the largest ``margin`` over the whole grid (ties: the larger mean of the
+    fractions' worst cases); None when none of ours ran."""
+    grid = summary["grid"]
     ours = [r for r in rows if r in OURS]
-    if not ours:
-        return None
-    fractions = sorted(summary["tables"], key=float)
 
-    def key(r: str) -> tuple[float, ...]:
-        return tuple(summary["tables"][f][r]["worst"] or 0.0 for f in fractions)
-    return max(ours, key=key)
+    def key(r: str) -> tuple[float, float]:
+        vals = [t[r]["retained-mean"] or 0.0 for t in grid.values()]
+        return margin(grid, r), statistics.fmean(vals) if vals else 0.0
+    return max(ours, key=key, default=None)
+
+
+def best_flower(table: dict[str, Any]) -> str | None:
+    """The Flower built-in with the best worst case (retained, mean over seeds) in one
+    configuration's ``rows``."""
+    vals = {r: t["retained-mean"] for r, t in table.items()
+            if r in FLOWER and t["retained-mean"] is not None}
+    return max(vals, key=vals.__getitem__, default=None)
 
 
 # ---------------------------------------------------------------- findings
 
 
-def _target_finding(f: str, table: dict[str, Any], rows: list[str], rec: str) -> str:
-    """The recommended row's worst case against the target and Flower's best built-in."""
-    flower_worst = {r: table[r]["worst"] for r in rows if r in FLOWER and
-                    table[r]["worst"] is not None}
-    best_flower = max(flower_worst, key=flower_worst.__getitem__, default=None)
-    target = 0.95 if abs(float(f) - 0.2) < 1e-9 else 0.90
-    t = table[rec]
-    met = t["retained-worst"] >= target
-    beats = best_flower is None or t["worst"] > flower_worst[best_flower]
-    return (f"{_byzantine(f)}: `{rec}` keeps "
-            f"{_pct(t['retained-worst'])}% of clean FedAvg in the worst case "
-            f"({t['worst-attack']}), target {round(100 * target)}%: "
-            f"{'met' if met else 'missed'}; best Flower built-in "
-            f"{LABELS.get(best_flower, best_flower)} keeps "
-            f"{_pct(table[best_flower]['retained-worst']) if best_flower else '-'}% "
-            f"({'beaten' if beats else 'not beaten'}).")
+def pct(v: float | None) -> str:
+    """A share as a percentage with one decimal ('-' for None)."""
+    return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _broken_finding(f: str, table: dict[str, Any], rows: list[str],
-                    attacks: list[str]) -> str | None:
-    """The attacks under which no aggregator keeps 50% accuracy, if any."""
-    real = [r for r in rows if r != ORACLE]
-    broken = [a for a in attacks if a != "none" and all(
-        table[r]["accuracy"][a] is not None and table[r]["accuracy"][a] < 0.5 for r in real)]
-    if not broken:
+def byzantine(f: str | float) -> str:
+    """'20% Byzantine' for the fraction 0.2 (or its key '0.2')."""
+    return f"{round(100 * float(f))}% Byzantine"
+
+
+def where(configs: dict[str, Any], name: str | None) -> str:
+    """'n=20, alpha=0.1' for a configuration's name."""
+    if name is None:
+        return "-"
+    c = configs[name]
+    return f"n={c['nodes']}, alpha={c['alpha']}"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def target_finding(f: str, summary: dict[str, Any], rec: str) -> str:
+    """The recommended row's worst case over attacks and the grid against the target."""
+    t, configs, goal = summary["grid"][f][rec], summary["configs"], target(float(f))
+    if t["retained-mean"] is None:
+        return f"{byzantine(f)}: `{rec}` has no attacked results."
+    return (f"{byzantine(f)}, worst case over attacks and the grid: `{rec}` keeps "
+            f"{pct(t['retained-mean'])}% of clean FedAvg as the mean over seeds (at "
+            f"{where(configs, t['where'])}) and {pct(t['retained-min'])}% for the worst "
+            f"seed (at {where(configs, t['where-min'])}); target {round(100 * goal)}%: "
+            f"{_met(t['retained-mean'] >= goal)} (mean), "
+            f"{_met(t['retained-min'] >= goal)} (min).")
+
+
+def flower_finding(f: str, summary: dict[str, Any], rec: str) -> str:
+    """Whether the recommended row is above the best Flower built-in in every configuration
+    at fraction ``f`` (worst case, mean over seeds), and the misses."""
+    configs = {k: c for k, c in summary["configs"].items() if str(c["fraction"]) == f}
+    misses, count = [], 0
+    for name, c in configs.items():
+        best = best_flower(c["rows"])
+        ours = c["rows"][rec]["retained-mean"]
+        if best is None or ours is None:
+            continue
+        count += 1
+        theirs = c["rows"][best]["retained-mean"]
+        if ours <= theirs:
+            misses.append(f"{where(configs, name)} ({pct(ours)}% vs "
+                          f"{LABELS.get(best, best)} {pct(theirs)}%)")
+    if not count:
+        return f"{byzantine(f)}: no configuration with both `{rec}` and a Flower built-in."
+    grid = summary["grid"][f]
+    flower = {r: grid[r]["retained-mean"] for r in grid
+              if r in FLOWER and grid[r]["retained-mean"] is not None}
+    top = max(flower, key=flower.__getitem__, default=None)
+    overall = (f"; over the grid the best built-in is {LABELS.get(top, top)} with "
+               f"{pct(flower[top])}%" if top else "")
+    return (f"{byzantine(f)}: `{rec}` is above the best Flower built-in in "
+            f"{count - len(misses)} of {count} configurations (worst case, mean over seeds): "
+            f"{_met(not misses)}" + (f"; not at {'; '.join(misses)}" if misses else "")
+            + overall + ".")
+
+
+def clean_finding(summary: dict[str, Any], rec: str) -> str:
+    """Whether the recommended row's clean accuracy is within 1 point of (or above) clean
+    FedAvg in every configuration, as the mean over seeds."""
+    configs = summary["configs"]
+    deltas = {k: c["rows"][rec]["clean-delta-mean"] for k, c in configs.items()
+              if c["rows"][rec]["clean-delta-mean"] is not None}
+    misses = [f"{where(configs, k)}, {byzantine(configs[k]['fraction'])} "
+              f"({100 * d:+.1f} pt)" for k, d in deltas.items() if d < -0.01 - 1e-9]
+    low = min(deltas, key=deltas.__getitem__, default=None)
+    lowest = (f"; lowest {100 * deltas[low]:+.1f} pt at {where(configs, low)}, "
+              f"{byzantine(configs[low]['fraction'])}" if low else "")
+    return (f"No attack: `{rec}`'s clean accuracy is within 1 pt of clean FedAvg (or above) "
+            f"in {len(deltas) - len(misses)} of {len(deltas)} configurations (mean over "
+            f"seeds): {_met(not misses)}" + (f"; not at {'; '.join(misses)}" if misses else "")
+            + lowest + ".")
+
+
+def oracle_finding(f: str, summary: dict[str, Any], rec: str) -> str | None:
+    """The oracle's worst case over the grid and how much of it the recommended row keeps."""
+    grid = summary["grid"][f]
+    if ORACLE not in grid or not grid[ORACLE]["retained-mean"] or \
+            grid[rec]["retained-mean"] is None:
         return None
-    best = {a: max(real, key=lambda r, a=a: table[r]["accuracy"][a]) for a in broken}
-    return (f"{_byzantine(f)}: no aggregator in the table keeps 50% "
-            "accuracy under " + ", ".join(
-                f"{a} (best {LABELS.get(best[a], best[a])}, "
-                f"{_pct(table[best[a]]['accuracy'][a])}%)" for a in broken) + ".")
+    o = grid[ORACLE]["retained-mean"]
+    return (f"{byzantine(f)}: the oracle (FedAvg over the honest nodes only) keeps {pct(o)}% "
+            f"in its worst configuration ({where(summary['configs'], grid[ORACLE]['where'])}); "
+            f"`{rec}`'s worst case is {pct(grid[rec]['retained-mean'] / o)}% of that.")
 
 
-def _fraction_findings(f: str, table: dict[str, Any], rows: list[str], rec: str | None,
-                       attacks: list[str]) -> list[str]:
-    out = []
-    if rec is not None and table[rec]["retained-worst"] is not None:
-        out.append(_target_finding(f, table, rows, rec))
-    if rec is not None and table[rec]["clean-minus-fedavg"] is not None:
-        d = 100 * table[rec]["clean-minus-fedavg"]
-        out.append(f"{round(100 * float(f))}% setting, no attack: `{rec}` is {d:+.1f} pt "
-                   f"from clean FedAvg (target: within 1 pt): "
-                   f"{'met' if abs(d) <= 1.0 or d > 0 else 'missed'}.")
-    if rec is not None and ORACLE in rows and table[ORACLE]["worst"]:
-        o, t = table[ORACLE], table[rec]
-        out.append(f"{_byzantine(f)}: the oracle (FedAvg over the honest "
-                   f"nodes only) has {_pct(o['worst'])}% in its worst case; `{rec}` "
-                   f"reaches {_pct(t['worst'] / o['worst'])}% of that.")
-    broken = _broken_finding(f, table, rows, attacks)
-    return out if broken is None else [*out, broken]
+def recommendation_finding(summary: dict[str, Any], rows: list[str], rec: str) -> str:
+    """Which of our rows the grid recommends, by how much, and whether it is the default."""
+    ours = [r for r in rows if r in OURS]
+    margins = ", ".join(f"`{r}` " + (f"{100 * m:+.1f} pt" if math.isfinite(m) else
+                                     "n/a (a fraction without attacked results)")
+                        for r, m in ((r, margin(summary["grid"], r)) for r in ours))
+    default = ("it is the shipped default" if rec == DEFAULT_ROW else
+               f"the shipped default is `{DEFAULT_ROW}`" +
+               ("" if DEFAULT_ROW in rows else ", which did not run"))
+    return (f"Recommended by the worst case over the whole grid (every configuration, seed "
+            f"and fraction, against each fraction's target): `{rec}`; {default}. Margin over "
+            f"the target where it is the smallest: {margins}.")
 
 
 def findings(results: dict[str, Any]) -> list[str]:
-    """The report's findings, fraction by fraction."""
-    rec = results.get("recommended")
-    return [line for f, table in results["summary"]["tables"].items()
-            for line in _fraction_findings(f, table, results["rows"], rec, results["attacks"])]
-
-
-# ---------------------------------------------------------------- outputs
-
-
-def _intro(results: dict[str, Any], json_path: Path) -> list[str]:
-    """Title, provenance, setting and our rows' configurations."""
-    settings, versions = results["settings"], results["versions"]
-    ref = results["summary"]["clean-fedavg-accuracy"]
-    return [
-        "# Robustness: accuracy under attack, ours vs Flower's built-in strategies",
-        "",
-        f"Generated by `{results['command']}` on {results['date']} "
-        f"({results['machine']['cpus']} cores, flwr {versions['flwr']}, "
-        f"torch {versions['torch']}); raw results in `{shown(json_path)}`. "
-        f"Total {results['wall-seconds'] / 60:.0f} min of the last invocation: a killed run "
-        "resumes from its finished cells (`--workdir`), and cells are only reused when the "
-        "code they ran is unchanged.",
-        "",
-        f"Setting: {results['dataset']}, model `{settings['model']}`, "
-        f"{settings['nodes']} simulated nodes (Dirichlet alpha = 0.5), "
-        f"{settings['rounds']} rounds x {settings['local-epochs']} local "
-        f"epochs, seed {SEED}, every node trains every round. Each cell is one complete run on "
-        "Flower's simulation engine; the number is the final accuracy (%) on the server's "
-        "held-out test split. Every robust rule is told the true share of Byzantine nodes: "
-        "Flower's MultiKrum and Bulyan get the count f = fraction x n, FedTrimmedAvg "
-        "beta = fraction, ours `byzantine-fraction` = fraction (f = floor(fraction x the "
-        "updates that reach the rule), after anomaly exclusion). Flower's Bulyan needs "
-        "n >= 4f + 3, so it runs with f = min(f, (n - 3) / 4). The adaptive attacks search "
-        "their scale against the defense in use: for our rows the whole pipeline (anomaly "
-        "exclusion, pre-aggregation, rule). Clean FedAvg (Flower's, no attack) reaches "
-        f"**{_pct(ref)}%**; \"retained\" is the worst case over that.",
-        "",
-        "Our rows: " + "; ".join(f"`{r}` = {', '.join(f'{k}={v}' for k, v in OURS[r].items())}"
-                                 for r in results["rows"] if r in OURS) + ".",
-        "",
-    ]
-
-
-def _fraction_table(f: str, table: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    """One fraction's section: every row's accuracy per attack, worst case, retained."""
-    nodes, attacks = results["settings"]["nodes"], results["attacks"]
-    rows = []
-    for row in results["rows"]:
-        t = table[row]
-        name = LABELS.get(row, f"**{row}**" if row == results.get("recommended") else row)
-        rows.append([name, *(_pct(t["accuracy"][a]) for a in attacks),
-                     f"{_pct(t['worst'])} ({t['worst-attack']})",
-                     f"{_pct(t['retained-worst'])}%"])
-    return [f"## {_byzantine(f)} ({round(float(f) * nodes)} of {nodes} nodes)", "",
-            *md_table(["aggregator", *attacks, "worst", "retained"], rows, numeric=True), ""]
-
-
-def write_doc(results: dict[str, Any], path: Path, png: Path, json_path: Path) -> None:
-    """``docs/robustness.md`` (or its stand-in at ``path``)."""
-    lines = [*_intro(results, json_path), *DEFENSE_NOTES]
-    for f, table in results["summary"]["tables"].items():
-        lines += _fraction_table(f, table, results)
-    lines += ["## Findings", ""] + [f"- {x}" for x in results["findings"]] + [
-        "", f"![worst case per aggregator]({png.name})", ""]
-    path.write_text("\n".join(lines))
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    """Worst-case accuracy per row and fraction, against clean FedAvg and 95% of it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s, rows = results["summary"], results["rows"]
-    fractions = list(s["tables"])
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    width = 0.8 / max(len(fractions), 1)
-    for k, f in enumerate(fractions):
-        vals = [100 * (s["tables"][f][r]["worst"] or 0.0) for r in rows]
-        ax.bar([i + k * width for i in range(len(rows))], vals, width, label=_byzantine(f))
-    ref = s["clean-fedavg-accuracy"]
-    if ref:
-        ax.axhline(100 * ref, color="black", lw=1, ls="--", label="clean FedAvg")
-        ax.axhline(95 * ref, color="gray", lw=1, ls=":", label="95% of clean FedAvg")
-    ax.set_xticks([i + width * (len(fractions) - 1) / 2 for i in range(len(rows))])
-    ax.set_xticklabels([LABELS.get(r, r) for r in rows], rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel("worst-case final accuracy (%)")
-    ax.set_title("Worst case over all attacks")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """The report's findings: targets per fraction, clean accuracy, the recommendation."""
+    summary, rec, rows = results["summary"], results.get("recommended"), results["rows"]
+    if rec is None:
+        return ["None of our rows ran: nothing to check against the targets."]
+    out = []
+    for f in summary["grid"]:
+        out += [target_finding(f, summary, rec), flower_finding(f, summary, rec)]
+        line = oracle_finding(f, summary, rec)
+        out += [line] if line else []
+    return [*out, clean_finding(summary, rec), recommendation_finding(summary, rows, rec)]

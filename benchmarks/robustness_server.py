@@ -2,7 +2,7 @@
 
 ``benchmarks/robustness.py`` (``robustness_cells.build_app``) packages this module with
 ``fedapp`` as a Flower App whose ServerApp is ``robustness_server:app`` and whose ClientApp
-is fedapp's, unchanged. One ``flwr run`` (simulation, 20+ nodes) then plays a list of
+is fedapp's, unchanged. One ``flwr run`` (simulation, 10-40 nodes) then plays a list of
 scenarios one after the other, each a complete ``Strategy.start`` from the same seeded
 initial model on Flower's engine: our ``RobustStrategy`` configurations and Flower's
 built-in FedAvg, MultiKrum, FedMedian, FedTrimmedAvg and Bulyan, all wrapped by the same
@@ -42,7 +42,7 @@ from flwr.serverapp.strategy import (
 from fedapp import task
 from fedapp.attacks import ATTACKS
 from fedapp.attacks.mod import PARTITION_METRIC
-from fedapp.attacks.threat_model import ThreatModel
+from fedapp.attacks.threat_model import ADAPTIVE, ThreatModel
 from fedapp.config import RunConfig
 from fedapp.data.loading import dataset_spec, load_server_test
 from fedapp.robust import AggregationReport, AggregationResult
@@ -56,7 +56,6 @@ app = ServerApp()
 FLOWER_ROWS = ("flwr-fedavg", "flwr-multikrum", "flwr-fedmedian", "flwr-trimmedavg",
                "flwr-bulyan")
 ORACLE = "oracle"
-ADAPTIVE = ("alie-adaptive", "ipm-adaptive")
 
 
 def bulyan_f(n: int, f: int) -> int:
