@@ -14,8 +14,11 @@ from robustness_report import best_flower, byzantine, pct, where
 DEFENSE_NOTES = [
     "How `anomaly-detection=exclude` defends (`fedapp/robust/detection.py`, "
     "`fedapp/server/screen.py`): "
-    "every update is scored four ways, and at most f flagged updates, the most severe, "
-    "are left out; the rest are scaled down to the norm threshold.",
+    "every update is scored four ways, and the flagged updates, the most severe first, "
+    "are left out up to just under half of the round (`(n - 1) // 2`, whatever the "
+    "Byzantine fraction); the rest are scaled down to the norm threshold. Self-reported "
+    "counts weigh at most 2x the median of the non-outlier counts, an outlier count as "
+    "that median (`fedapp/robust/weights.py`).",
     "",
     "- norm: robust z-score of the update's norm above 3.5 (scaling, Gaussian noise);",
     "- copies: nearest other update ten times closer than updates typically are "
@@ -23,9 +26,10 @@ DEFENSE_NOTES = [
     "- sign skew: above the coordinate-wise median on 3 coordinates for every 1 below, "
     "or the reverse (shifts by a multiple of the coordinate-wise std: ALIE);",
     "- cosine reputation: the node's cosines to the median of the unsuspected updates, "
-    "averaged over rounds (memory 0.9), below 0 (sign flipping, IPM, min-max / min-sum "
-    "along the mean). One round's cosine is noise on this non-IID data: honest updates "
-    "are nearly orthogonal to each other.",
+    "averaged over rounds (memory 0.9), below 0 and 3 robust stds below the round's "
+    "median reputation (sign flipping, IPM, min-max / min-sum along the mean). One "
+    "round's cosine is noise on this non-IID data: honest updates are nearly orthogonal "
+    "to each other.",
     "",
 ]
 SHORT = {"flwr-fedavg": "Avg", "flwr-multikrum": "MK", "flwr-fedmedian": "Med",
@@ -76,7 +80,8 @@ def _intro(results: dict[str, Any], json_path: Path) -> list[str]:
         + "The oracle averages the honest nodes only, so it plays one attack, which stands "
         "for all. Every robust rule is told the true share of Byzantine nodes: MultiKrum "
         "and Bulyan f = fraction x n (Bulyan at most (n - 3) / 4), FedTrimmedAvg "
-        "beta = fraction, ours `byzantine-fraction` = fraction.",
+        "beta = fraction, ours `byzantine-fraction` = fraction (only its rules' f: "
+        "exclusion does not use it).",
         "",
         "Our rows: " + "; ".join(f"`{r}` = {', '.join(f'{k}={x}' for k, x in OURS[r].items())}"
                                  for r in results["rows"] if r in OURS) + ".",
