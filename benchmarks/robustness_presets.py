@@ -54,6 +54,9 @@ OURS: dict[str, dict[str, Any]] = {
                     "anomaly-detection": "exclude"},
     "ours-spectral": {"aggregator": "spectral", "preaggregation": "none",
                       "anomaly-detection": "flag"},
+    # The default without the cosine check's margin (the fixed threshold 0 alone).
+    "ours-no-margin": {"aggregator": "fedavg", "preaggregation": "none",
+                       "anomaly-detection": "exclude", "detect-cosine-spread": 0.0},
 }
 FLOWER = ("flwr-fedavg", "flwr-multikrum", "flwr-fedmedian", "flwr-trimmedavg", "flwr-bulyan")
 ORACLE = "oracle"  # FedAvg over the honest nodes only: the bound no defense can beat
