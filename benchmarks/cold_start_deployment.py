@@ -95,7 +95,7 @@ def parse_messages(lines: list[tuple[float, str]]) -> list[dict[str, float]]:
     return out
 
 
-def _wait_finished(dep: Deployment, run_id: str, output: str) -> None:
+def wait_finished(dep: Deployment, run_id: str, output: str) -> None:
     """Poll ``flwr list`` until the run has finished; fail unless it completed."""
     status = ""
     for _ in range(60):
@@ -123,7 +123,7 @@ def deploy_run(dep: Deployment, app: Path, rounds: int) -> list[dict[str, float]
     match = re.search(r"Successfully started run (\d+)", result.stdout + result.stderr)
     if match is None:
         raise RuntimeError(f"no run ID in:\n{result.stdout[-3000:]}")
-    _wait_finished(dep, match.group(1), result.stdout)
+    wait_finished(dep, match.group(1), result.stdout)
     time.sleep(0.5)  # the SuperNode's "Sending" line of the last reply
     lines = dep.supernode.lines[first_line:]
     messages = parse_messages(lines)
