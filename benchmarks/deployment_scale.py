@@ -1,0 +1,242 @@
+"""Deployment at scale: per-round overhead beyond the slowest node, 20 SuperNodes vs 3.
+
+A real deployment on loopback (``_superlink.loopback_deployment``): ``flower-superlink
+--insecure`` and N ``flower-supernode --insecure`` processes, each with its own port,
+``FLWR_HOME``, data cache and stamped log (``FEDAPP_COLD_START_LOG=1``), driven by ``flwr
+run --stream`` (the cold-start benchmark's deployment, with N nodes). Every node trains
+every round: ``fraction-train=1.0``, ``min-train-nodes`` = ``min-available-nodes`` = N,
+no federated evaluation, tracking and the registry off, the metrics endpoint off; the rest
+is the product's defaults (screening, checkpoints). Node i reads hospital ``i mod 3`` of
+the 3-hospital breast-cancer split (about 152 rows), so a node's work is the same at
+every N and only the number of nodes changes.
+
+Per round (``deployment_scale_rounds``): the server's round time (``rounds.json``),
+the slowest node's per-message time (SuperNode ``Receiving`` -> ``Sending``) and the
+overhead beyond it, with the median node, the nodes' span and spread. Round 1 carries
+one-time costs (each node installs the app and fills its data cache) and is reported
+apart; the medians are over rounds 2+ of every repeat. Each repeat starts a fresh
+deployment for each N (in the order given) and runs one ``flwr run`` of ``--rounds``.
+
+    python benchmarks/deployment_scale.py [--nodes 3 20] [--rounds 4] [--repeats 1]
+    python benchmarks/deployment_scale.py --nodes 2 3 --rounds 2 --out-dir /tmp/ds  # smoke
+    python benchmarks/deployment_scale.py --report-only benchmarks/results/deployment_scale.json
+
+Nodes 3 and 20 without ``--out-dir`` write ``benchmarks/results/deployment_scale.json``,
+``docs/deployment_scale.md`` and ``docs/deployment_scale.png``; anything else goes to
+``--out-dir`` or a new temporary directory. Nothing here asserts anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _superlink import Deployment, loopback_deployment, start_stamped  # benchmarks/ on path
+from cold_start_deployment import wait_finished
+from common import (
+    DOCS,
+    REPO,
+    RESULTS,
+    command_line,
+    loadavg,
+    output_paths,
+    shown,
+    versions,
+    write_json,
+)
+from deployment_scale_report import markdown, plot, table
+from deployment_scale_rounds import ratio, round_rows, split_first, summarize
+
+HOSPITAL_FILES = 3  # node i reads file i mod 3
+ROUND_LINE = re.compile(r"\[fedapp\] round (\d+)/(\d+):.*\| ([0-9.]+)s$")
+RUN_ID = re.compile(r"Successfully started run (\d+)")
+RUN_TIMEOUT_S = 1800.0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=int, nargs="+", default=[3, 20])
+    p.add_argument("--rounds", type=int, default=4, help="train rounds per flwr run (>= 2)")
+    p.add_argument("--repeats", type=int, default=1, help="fresh deployments per N")
+    p.add_argument("--out-dir", type=Path, default=None)
+    p.add_argument("--report-only", type=Path, metavar="JSON",
+                   help="rewrite the page and the plot from a results file, run nothing")
+    return p
+
+
+def hospital_files(root: Path) -> list[Path]:
+    """The 3-hospital breast-cancer split, left unmodified long enough to be cached."""
+    from fedapp.data.__main__ import split
+
+    files = split("breast-cancer", HOSPITAL_FILES, root / "split", "csv", "iid", 0.5, 2,
+                  0.2, 42)
+    past = time.time() - 60  # the node's data cache keeps only files unmodified a while
+    for path in files:
+        os.utime(path, (past, past))
+    return files
+
+
+def run_config(nodes: int, rounds: int, out: Path) -> str:
+    return (f"num-server-rounds={rounds} dataset='breast-cancer' fraction-train=1.0 "
+            f"min-train-nodes={nodes} min-available-nodes={nodes} fraction-evaluate=0.0 "
+            f"tracking=false registered-model='off' metrics-port=0 output-dir='{out}'")
+
+
+def stream_run(dep: Deployment, config: str, label: str) -> str:
+    """``flwr run --stream`` (stamped), a progress line per round as the ServerApp logs
+    it; waits until the run has finished and completed; its run ID."""
+    flwr = str(Path(sys.executable).parent / "flwr")
+    started = time.monotonic()
+    run = start_stamped("flwr-run", [flwr, "run", str(REPO), dep.connection, "--stream",
+                                     "--run-config", config], dep.env, REPO)
+    seen = 0
+    try:
+        while run.popen.poll() is None or seen < len(run.lines):
+            if time.monotonic() - started > RUN_TIMEOUT_S:
+                raise RuntimeError(f"{label}: the run took over {RUN_TIMEOUT_S:.0f}s")
+            for _, text in run.lines[seen:]:
+                if m := ROUND_LINE.search(text):
+                    print(f"  {label} round {m.group(1)}/{m.group(2)}: {m.group(3)}s "
+                          f"(at +{time.monotonic() - started:.0f}s, load "
+                          f"{loadavg()[0]})", flush=True)
+            seen = len(run.lines)
+            time.sleep(0.5)
+    finally:
+        run.stop()
+    match = RUN_ID.search(run.text())
+    if run.popen.returncode != 0 or match is None:
+        raise RuntimeError(f"{label}: flwr run failed:\n{run.text()[-3000:]}")
+    wait_finished(dep, match.group(1), run.text())
+    return match.group(1)
+
+
+def node_lines(dep: Deployment, marks: list[int], rounds: int) -> list[list[tuple[float, str]]]:
+    """Each node's lines since ``marks``; waits (up to 20 s) for every node's last
+    ``Sending`` line to be read."""
+    deadline = time.monotonic() + 20
+    while True:
+        lines = [list(node.lines[mark:]) for node, mark in zip(dep.supernodes, marks,
+                                                               strict=True)]
+        sent = [sum("Sending: train message" in t for _, t in nl) for nl in lines]
+        if min(sent) >= rounds or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
+
+
+def one_run(files: list[Path], nodes: int, rounds: int, label: str) -> dict[str, Any]:
+    """A fresh deployment of ``nodes`` SuperNodes and one run of ``rounds`` rounds: its
+    round rows, start-up time and load."""
+    paths = [files[i % len(files)] for i in range(nodes)]
+    t0 = time.monotonic()
+    print(f"{label}: starting the SuperLink and {nodes} SuperNodes", flush=True)
+    with loopback_deployment(paths, prefix="fedapp-deploy-scale-") as dep:
+        online_s = time.monotonic() - t0
+        print(f"{label}: all {nodes} SuperNodes online after {online_s:.1f}s", flush=True)
+        marks = [len(node.lines) for node in dep.supernodes]
+        load_before = loadavg()
+        out = dep.workdir / "out"
+        run_id = stream_run(dep, run_config(nodes, rounds, out), label)
+        lines = node_lines(dep, marks, rounds)
+        history = [row for row in json.loads((out / f"run-{run_id}" / "rounds.json")
+                                              .read_text()) if "seconds" in row]
+        rows = round_rows(lines, [float(row["seconds"]) for row in history])
+    for row, server in zip(rows, history, strict=True):
+        row["aggregation-s"] = server["aggregation-seconds"] + server["decode-seconds"]
+    for row in rows:
+        print(f"  {label} round {row['round']}: round {row['round-s']:.2f}s, slowest node "
+              f"{row['slowest-node-s']:.2f}s, overhead {row['overhead-s']:.2f}s, median "
+              f"node {row['median-node-s']:.2f}s", flush=True)
+    return {"nodes": nodes, "online-s": round(online_s, 2), "load-avg-before": load_before,
+            "load-avg-after": loadavg(), "rounds": rows}
+
+
+def aggregate(runs: list[dict[str, Any]], nodes: list[int]) -> dict[str, Any]:
+    """Per N: round-1 and later-round summaries over every repeat; the largest N's
+    steady medians against the smallest's."""
+    by_n: dict[str, Any] = {}
+    for n in nodes:
+        rows = [row for run in runs if run["nodes"] == n for row in run["rounds"]]
+        first, later = split_first(rows)
+        by_n[str(n)] = {"round-1": summarize(first), "rounds-2+": summarize(later),
+                        "online-s": [run["online-s"] for run in runs if run["nodes"] == n]}
+    lo, hi = str(min(nodes)), str(max(nodes))
+    ratios = {}
+    for key in ("overhead-s", "round-s", "slowest-node-s", "median-node-s"):
+        a, b = by_n[hi]["rounds-2+"][key]["median"], by_n[lo]["rounds-2+"][key]["median"]
+        ratios[key] = {"ratio": ratio(a, b), "difference-s": a - b}
+    return {"by-nodes": by_n, f"{hi}-vs-{lo}": ratios}
+
+
+def paths(args: argparse.Namespace) -> list[Path]:
+    """The results JSON, the page and the plot (``common.output_paths``)."""
+    names = ["deployment_scale.json", "deployment_scale.md", "deployment_scale.png"]
+    return output_paths(names, [RESULTS / names[0], DOCS / names[1], DOCS / names[2]],
+                        full=sorted(args.nodes) == [3, 20], out_dir=args.out_dir,
+                        prefix="fedapp-deploy-scale-")
+
+
+def write_report(result: dict[str, Any], md_path: Path, png_path: Path) -> None:
+    plot(result, png_path)
+    same_dir = png_path.parent == md_path.parent
+    md_path.write_text(markdown(result, png_path.name if same_dir else str(png_path)) + "\n")
+    print(f"wrote {shown(md_path)}, {shown(png_path)}", flush=True)
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every repeat: a fresh deployment and one run per N, in the order given."""
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fedapp-deploy-scale-data-") as tmp:
+        files = hospital_files(Path(tmp))
+        for r in range(args.repeats):
+            for n in args.nodes:
+                label = f"N={n} repeat {r + 1}/{args.repeats}"
+                runs.append({"repeat": r + 1, **one_run(files, n, args.rounds, label)})
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.report_only:
+        result = json.loads(args.report_only.read_text())
+        if args.report_only.resolve() == (RESULTS / "deployment_scale.json").resolve():
+            md_path, png_path = DOCS / "deployment_scale.md", DOCS / "deployment_scale.png"
+        else:
+            md_path, png_path = (args.report_only.with_suffix(s) for s in (".md", ".png"))
+        write_report(result, md_path, png_path)
+        return 0
+    if args.rounds < 2:
+        raise SystemExit("--rounds must be at least 2 (round 1 is reported apart)")
+    json_path, md_path, png_path = paths(args)
+    started, load_start = time.time(), loadavg()
+    runs = measure(args)
+    config = run_config(0, args.rounds, Path("OUT")).replace(
+        "min-train-nodes=0 min-available-nodes=0", "min-train-nodes=N min-available-nodes=N")
+    result: dict[str, Any] = {
+        "command": command_line("deployment_scale.py", argv),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.time() - started, 1),
+        "versions": versions("flwr", "torch"),
+        "load-avg-start": load_start, "load-avg-end": loadavg(),
+        "setup": {"nodes": args.nodes, "rounds": args.rounds, "repeats": args.repeats,
+                  "run-config": config.replace(" output-dir='OUT'", ""),
+                  "data": "node i reads hospital (i mod 3) of the 3-hospital breast-cancer "
+                          "split (iid, seed 42; about 152 rows)"},
+        **aggregate(runs, args.nodes), "runs": runs,
+    }
+    write_json(json_path, result)
+    print("\n".join(table(result)), flush=True)
+    print(f"wrote {shown(json_path)}", flush=True)
+    write_report(result, md_path, png_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""``benchmarks/deployment_scale_rounds.py``: per-round rows from hand-made stamped
+SuperNode lines and the server's round times."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def rounds_mod() -> ModuleType:
+    """The benchmark module (benchmarks/ is a script directory, not a package)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module("deployment_scale_rounds")
+
+
+def message(receiving: float, sending: float, handler: float | None = None,
+            ) -> list[tuple[float, str]]:
+    """One train message as a SuperNode logs it (Flower's lines and, with ``handler``, the
+    ClientApp's cold-start lines: process start 0.2 s after receiving, handler entered
+    1.0 s later)."""
+    lines = [(receiving, "INFO :      [RUN 7]"),
+             (receiving, "INFO :      Receiving: train message (ID: abc)"),
+             (receiving + 0.1, "INFO :      Received successfully")]
+    if handler is not None:
+        start, entered = receiving + 0.2, receiving + 1.2
+        lines += [
+            (entered + 0.01, f"INFO :      [fedapp] cold start: train handler entered 1.00s "
+             f"after process start; local data loaded in 0.010s (process start {start:.3f}, "
+             f"entered {entered:.3f} epoch)"),
+            (entered + handler, f"INFO :      [fedapp] cold start: train handler returned at "
+             f"{entered + handler:.3f} (epoch) after {handler:.3f}s")]
+    lines += [(sending, "INFO :      Sending: train message (ID: def)"),
+              (sending + 0.3, "INFO :      Sent successfully")]
+    return lines
+
+
+def test_round_rows_overhead_is_round_minus_slowest_node(rounds_mod: ModuleType) -> None:
+    # round 1: node A 100.0 -> 104.0 (4 s), node B 101.0 -> 106.0 (5 s); server 8 s
+    # round 2: node A 110.0 -> 113.0 (3 s), node B 110.5 -> 112.5 (2 s); server 5 s
+    node_a = [(99.0, "INFO :      SuperNode ID: 1"), *message(100.0, 104.0, 0.5),
+              (105.0, "INFO :      Receiving: evaluate message (ID: x)"),  # not a train one
+              (105.5, "INFO :      Sending: evaluate message (ID: y)"),
+              *message(110.0, 113.0, 0.25)]
+    node_b = [*message(101.0, 106.0, 1.5), *message(110.5, 112.5)]
+    rows = rounds_mod.round_rows([node_a, node_b], [8.0, 5.0])
+
+    assert [r["round"] for r in rows] == [1, 2]
+    first, second = rows
+    assert first["round-s"] == 8.0
+    assert first["slowest-node-s"] == pytest.approx(5.0)
+    assert first["fastest-node-s"] == pytest.approx(4.0)
+    assert first["median-node-s"] == pytest.approx(4.5)
+    assert first["overhead-s"] == pytest.approx(3.0)
+    assert first["node-span-s"] == pytest.approx(6.0)  # 100.0 -> 106.0
+    assert first["beyond-span-s"] == pytest.approx(2.0)
+    assert first["pickup-spread-s"] == pytest.approx(1.0)
+    assert first["slowest-handler-s"] == pytest.approx(1.5)
+    assert first["median-to-handler-s"] == pytest.approx(1.0)
+    assert second["slowest-node-s"] == pytest.approx(3.0)
+    assert second["overhead-s"] == pytest.approx(2.0)
+    assert second["pickup-spread-s"] == pytest.approx(0.5)
+    assert second["slowest-handler-s"] == pytest.approx(0.25)  # node B logged no handler
+
+
+def test_a_node_with_a_missing_message_is_an_error(rounds_mod: ModuleType) -> None:
+    complete = [*message(0.0, 1.0), *message(5.0, 6.0)]
+    unfinished = [*message(0.0, 1.0), (5.0, "INFO :      Receiving: train message (ID: q)")]
+    with pytest.raises(ValueError, match="node 1: 1 train messages for 2 rounds"):
+        rounds_mod.round_rows([complete, unfinished], [2.0, 2.0])
+
+
+def test_summaries_split_round_one_and_take_medians(rounds_mod: ModuleType) -> None:
+    rows = [{"round": 1, "round-s": 20.0, "overhead-s": 9.0},
+            {"round": 2, "round-s": 6.0, "overhead-s": 1.0},
+            {"round": 3, "round-s": 8.0, "overhead-s": 3.0},
+            {"round": 4, "round-s": 7.0, "overhead-s": 2.5}]
+    first, later = rounds_mod.split_first(rows)
+    assert [r["round"] for r in first] == [1]
+    summary = rounds_mod.summarize(later)
+    assert summary["round-s"] == {"median": 7.0, "min": 6.0, "max": 8.0, "n": 3}
+    assert summary["overhead-s"]["median"] == 2.5
+    assert "slowest-node-s" not in summary  # keys no row has are left out
+    assert rounds_mod.ratio(3.0, 2.0) == 1.5
+    assert rounds_mod.ratio(3.0, 0.0) is None
