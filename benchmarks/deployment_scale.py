@@ -6,9 +6,10 @@ A real deployment on loopback (``_superlink.loopback_deployment``): ``flower-sup
 run --stream`` (the cold-start benchmark's deployment, with N nodes). Every node trains
 every round: ``fraction-train=1.0``, ``min-train-nodes`` = ``min-available-nodes`` = N,
 no federated evaluation, tracking and the registry off, the metrics endpoint off; the rest
-is the product's defaults (screening, checkpoints). Node i reads hospital ``i mod 3`` of
-the 3-hospital breast-cancer split (about 152 rows), so a node's work is the same at
-every N and only the number of nodes changes.
+is the product's defaults (screening, checkpoints). Node i reads 152 rows (a third of the
+breast-cancer training split, as the cold-start benchmark's node) drawn with seed i, so a
+node's work is the same at every N, only the number of nodes changes, and no two nodes
+send the same update.
 
 Per round (``deployment_scale_rounds``): the server's round time (``rounds.json``),
 the slowest node's per-message time (SuperNode ``Receiving`` -> ``Sending``) and the
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from _superlink import Deployment, loopback_deployment, start_stamped  # benchmarks/ on path
-from cold_start_deployment import wait_finished
+from cold_start_deployment import run_status
 from common import (
     DOCS,
     REPO,
@@ -54,8 +55,8 @@ from common import (
 from deployment_scale_report import markdown, plot, table
 from deployment_scale_rounds import ratio, round_rows, split_first, summarize
 
-HOSPITAL_FILES = 3  # node i reads file i mod 3
-ROUND_LINE = re.compile(r"\[fedapp\] round (\d+)/(\d+):.*\| ([0-9.]+)s$")
+ROWS_PER_NODE = 152  # a third of the training split, as the cold-start benchmark's node
+STATUS_EVERY_S = 30.0
 RUN_ID = re.compile(r"Successfully started run (\d+)")
 RUN_TIMEOUT_S = 1800.0
 
@@ -72,12 +73,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def hospital_files(root: Path) -> list[Path]:
-    """The 3-hospital breast-cancer split, left unmodified long enough to be cached."""
+def hospital_files(root: Path, count: int) -> list[Path]:
+    """``count`` hospital files of :data:`ROWS_PER_NODE` rows each: file i is drawn
+    (seed i, without replacement) from the breast-cancer training split, so every node
+    does the same work and no two send the same update (the screening flags duplicates);
+    left unmodified long enough for the nodes' data cache."""
+    import numpy as np
+    import pandas as pd
+
     from fedapp.data.__main__ import split
 
-    files = split("breast-cancer", HOSPITAL_FILES, root / "split", "csv", "iid", 0.5, 2,
-                  0.2, 42)
+    pool = pd.read_csv(split("breast-cancer", 1, root / "split", "csv", "iid", 0.5, 2, 0.2,
+                             42)[0])
+    files = []
+    for i in range(count):
+        rows = np.random.default_rng(i).choice(len(pool), ROWS_PER_NODE, replace=False)
+        files.append(root / f"node-{i}.csv")
+        pool.iloc[np.sort(rows)].to_csv(files[-1], index=False)
     past = time.time() - 60  # the node's data cache keeps only files unmodified a while
     for path in files:
         os.utime(path, (past, past))
@@ -90,32 +102,48 @@ def run_config(nodes: int, rounds: int, out: Path) -> str:
             f"tracking=false registered-model='off' metrics-port=0 output-dir='{out}'")
 
 
-def stream_run(dep: Deployment, config: str, label: str) -> str:
-    """``flwr run --stream`` (stamped), a progress line per round as the ServerApp logs
-    it; waits until the run has finished and completed; its run ID."""
+def stream_run(dep: Deployment, rounds: int, config: str, out: Path, label: str) -> str:
+    """``flwr run --stream`` (its stamped output kept for errors); a progress line per
+    round from ``rounds.json`` (the stream may end before the run does); waits until the
+    run has finished and fails unless it completed. Returns the run ID."""
     flwr = str(Path(sys.executable).parent / "flwr")
     started = time.monotonic()
     run = start_stamped("flwr-run", [flwr, "run", str(REPO), dep.connection, "--stream",
                                      "--run-config", config], dep.env, REPO)
-    seen = 0
+    status, reported, checked = "", 0, started
     try:
-        while run.popen.poll() is None or seen < len(run.lines):
+        while (match := RUN_ID.search(run.text())) is None:
+            if run.popen.poll() is not None or time.monotonic() - started > 120:
+                raise RuntimeError(f"{label}: flwr run failed:\n{run.text()[-3000:]}")
+            time.sleep(0.2)
+        run_id = match.group(1)
+        rows_path = out / f"run-{run_id}" / "rounds.json"
+        while not status.startswith("finished"):
             if time.monotonic() - started > RUN_TIMEOUT_S:
                 raise RuntimeError(f"{label}: the run took over {RUN_TIMEOUT_S:.0f}s")
-            for _, text in run.lines[seen:]:
-                if m := ROUND_LINE.search(text):
-                    print(f"  {label} round {m.group(1)}/{m.group(2)}: {m.group(3)}s "
-                          f"(at +{time.monotonic() - started:.0f}s, load "
-                          f"{loadavg()[0]})", flush=True)
-            seen = len(run.lines)
-            time.sleep(0.5)
+            time.sleep(1)
+            reported = _progress(rows_path, reported, label, started)
+            # `flwr list` costs a CPU-second: asked once every round's row is there, else
+            # every STATUS_EVERY_S (a failed run writes no more rows)
+            if reported >= rounds or time.monotonic() - checked > STATUS_EVERY_S:
+                status, checked = run_status(dep, run_id), time.monotonic()
     finally:
         run.stop()
-    match = RUN_ID.search(run.text())
-    if run.popen.returncode != 0 or match is None:
-        raise RuntimeError(f"{label}: flwr run failed:\n{run.text()[-3000:]}")
-    wait_finished(dep, match.group(1), run.text())
-    return match.group(1)
+    if status != "finished:completed":
+        raise RuntimeError(f"{label}: run {run_id} ended {status!r}:\n{run.text()[-3000:]}")
+    return run_id
+
+
+def _progress(rows_path: Path, reported: int, label: str, started: float) -> int:
+    """Print the rounds ``rounds.json`` has gained; how many it has."""
+    try:
+        rows = [r for r in json.loads(rows_path.read_text()) if "seconds" in r]
+    except (OSError, ValueError):
+        return reported
+    for row in rows[reported:]:
+        print(f"  {label} round {int(row['round'])}: {row['seconds']:.1f}s (at "
+              f"+{time.monotonic() - started:.0f}s, load {loadavg()[0]})", flush=True)
+    return len(rows)
 
 
 def node_lines(dep: Deployment, marks: list[int], rounds: int) -> list[list[tuple[float, str]]]:
@@ -134,7 +162,7 @@ def node_lines(dep: Deployment, marks: list[int], rounds: int) -> list[list[tupl
 def one_run(files: list[Path], nodes: int, rounds: int, label: str) -> dict[str, Any]:
     """A fresh deployment of ``nodes`` SuperNodes and one run of ``rounds`` rounds: its
     round rows, start-up time and load."""
-    paths = [files[i % len(files)] for i in range(nodes)]
+    paths = files[:nodes]
     t0 = time.monotonic()
     print(f"{label}: starting the SuperLink and {nodes} SuperNodes", flush=True)
     with loopback_deployment(paths, prefix="fedapp-deploy-scale-") as dep:
@@ -143,7 +171,7 @@ def one_run(files: list[Path], nodes: int, rounds: int, label: str) -> dict[str,
         marks = [len(node.lines) for node in dep.supernodes]
         load_before = loadavg()
         out = dep.workdir / "out"
-        run_id = stream_run(dep, run_config(nodes, rounds, out), label)
+        run_id = stream_run(dep, rounds, run_config(nodes, rounds, out), out, label)
         lines = node_lines(dep, marks, rounds)
         history = [row for row in json.loads((out / f"run-{run_id}" / "rounds.json")
                                               .read_text()) if "seconds" in row]
@@ -194,7 +222,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every repeat: a fresh deployment and one run per N, in the order given."""
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fedapp-deploy-scale-data-") as tmp:
-        files = hospital_files(Path(tmp))
+        files = hospital_files(Path(tmp), max(args.nodes))
         for r in range(args.repeats):
             for n in args.nodes:
                 label = f"N={n} repeat {r + 1}/{args.repeats}"
@@ -227,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         "load-avg-start": load_start, "load-avg-end": loadavg(),
         "setup": {"nodes": args.nodes, "rounds": args.rounds, "repeats": args.repeats,
                   "run-config": config.replace(" output-dir='OUT'", ""),
-                  "data": "node i reads hospital (i mod 3) of the 3-hospital breast-cancer "
-                          "split (iid, seed 42; about 152 rows)"},
+                  "data": f"node i reads {ROWS_PER_NODE} rows drawn (seed i, without "
+                          "replacement) from the breast-cancer training split (455 rows)"},
         **aggregate(runs, args.nodes), "runs": runs,
     }
     write_json(json_path, result)
