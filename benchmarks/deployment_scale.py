@@ -31,19 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _superlink import Deployment, loopback_deployment, start_stamped  # benchmarks/ on path
-from cold_start_deployment import run_status
-from common import (
+from common import (  # benchmarks/ is on sys.path
     DOCS,
-    REPO,
     RESULTS,
     command_line,
     loadavg,
@@ -53,12 +48,8 @@ from common import (
     write_json,
 )
 from deployment_scale_report import markdown, plot, table
-from deployment_scale_rounds import ratio, round_rows, split_first, summarize
-
-ROWS_PER_NODE = 152  # a third of the training split, as the cold-start benchmark's node
-STATUS_EVERY_S = 30.0
-RUN_ID = re.compile(r"Successfully started run (\d+)")
-RUN_TIMEOUT_S = 1800.0
+from deployment_scale_rounds import ratio, split_first, summarize
+from deployment_scale_run import ROWS_PER_NODE, hospital_files, one_run, run_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,122 +59,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=4, help="train rounds per flwr run (>= 2)")
     p.add_argument("--repeats", type=int, default=1, help="fresh deployments per N")
     p.add_argument("--out-dir", type=Path, default=None)
+    p.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
+                   help="write every process's stamped log lines under DIR (diagnosis)")
     p.add_argument("--report-only", type=Path, metavar="JSON",
                    help="rewrite the page and the plot from a results file, run nothing")
     return p
-
-
-def hospital_files(root: Path, count: int) -> list[Path]:
-    """``count`` hospital files of :data:`ROWS_PER_NODE` rows each: file i is drawn
-    (seed i, without replacement) from the breast-cancer training split, so every node
-    does the same work and no two send the same update (the screening flags duplicates);
-    left unmodified long enough for the nodes' data cache."""
-    import numpy as np
-    import pandas as pd
-
-    from fedapp.data.__main__ import split
-
-    pool = pd.read_csv(split("breast-cancer", 1, root / "split", "csv", "iid", 0.5, 2, 0.2,
-                             42)[0])
-    files = []
-    for i in range(count):
-        rows = np.random.default_rng(i).choice(len(pool), ROWS_PER_NODE, replace=False)
-        files.append(root / f"node-{i}.csv")
-        pool.iloc[np.sort(rows)].to_csv(files[-1], index=False)
-    past = time.time() - 60  # the node's data cache keeps only files unmodified a while
-    for path in files:
-        os.utime(path, (past, past))
-    return files
-
-
-def run_config(nodes: int, rounds: int, out: Path) -> str:
-    return (f"num-server-rounds={rounds} dataset='breast-cancer' fraction-train=1.0 "
-            f"min-train-nodes={nodes} min-available-nodes={nodes} fraction-evaluate=0.0 "
-            f"tracking=false registered-model='off' metrics-port=0 output-dir='{out}'")
-
-
-def stream_run(dep: Deployment, rounds: int, config: str, out: Path, label: str) -> str:
-    """``flwr run --stream`` (its stamped output kept for errors); a progress line per
-    round from ``rounds.json`` (the stream may end before the run does); waits until the
-    run has finished and fails unless it completed. Returns the run ID."""
-    flwr = str(Path(sys.executable).parent / "flwr")
-    started = time.monotonic()
-    run = start_stamped("flwr-run", [flwr, "run", str(REPO), dep.connection, "--stream",
-                                     "--run-config", config], dep.env, REPO)
-    status, reported, checked = "", 0, started
-    try:
-        while (match := RUN_ID.search(run.text())) is None:
-            if run.popen.poll() is not None or time.monotonic() - started > 120:
-                raise RuntimeError(f"{label}: flwr run failed:\n{run.text()[-3000:]}")
-            time.sleep(0.2)
-        run_id = match.group(1)
-        rows_path = out / f"run-{run_id}" / "rounds.json"
-        while not status.startswith("finished"):
-            if time.monotonic() - started > RUN_TIMEOUT_S:
-                raise RuntimeError(f"{label}: the run took over {RUN_TIMEOUT_S:.0f}s")
-            time.sleep(1)
-            reported = _progress(rows_path, reported, label, started)
-            # `flwr list` costs a CPU-second: asked once every round's row is there, else
-            # every STATUS_EVERY_S (a failed run writes no more rows)
-            if reported >= rounds or time.monotonic() - checked > STATUS_EVERY_S:
-                status, checked = run_status(dep, run_id), time.monotonic()
-    finally:
-        run.stop()
-    if status != "finished:completed":
-        raise RuntimeError(f"{label}: run {run_id} ended {status!r}:\n{run.text()[-3000:]}")
-    return run_id
-
-
-def _progress(rows_path: Path, reported: int, label: str, started: float) -> int:
-    """Print the rounds ``rounds.json`` has gained; how many it has."""
-    try:
-        rows = [r for r in json.loads(rows_path.read_text()) if "seconds" in r]
-    except (OSError, ValueError):
-        return reported
-    for row in rows[reported:]:
-        print(f"  {label} round {int(row['round'])}: {row['seconds']:.1f}s (at "
-              f"+{time.monotonic() - started:.0f}s, load {loadavg()[0]})", flush=True)
-    return len(rows)
-
-
-def node_lines(dep: Deployment, marks: list[int], rounds: int) -> list[list[tuple[float, str]]]:
-    """Each node's lines since ``marks``; waits (up to 20 s) for every node's last
-    ``Sending`` line to be read."""
-    deadline = time.monotonic() + 20
-    while True:
-        lines = [list(node.lines[mark:]) for node, mark in zip(dep.supernodes, marks,
-                                                               strict=True)]
-        sent = [sum("Sending: train message" in t for _, t in nl) for nl in lines]
-        if min(sent) >= rounds or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.5)
-
-
-def one_run(files: list[Path], nodes: int, rounds: int, label: str) -> dict[str, Any]:
-    """A fresh deployment of ``nodes`` SuperNodes and one run of ``rounds`` rounds: its
-    round rows, start-up time and load."""
-    paths = files[:nodes]
-    t0 = time.monotonic()
-    print(f"{label}: starting the SuperLink and {nodes} SuperNodes", flush=True)
-    with loopback_deployment(paths, prefix="fedapp-deploy-scale-") as dep:
-        online_s = time.monotonic() - t0
-        print(f"{label}: all {nodes} SuperNodes online after {online_s:.1f}s", flush=True)
-        marks = [len(node.lines) for node in dep.supernodes]
-        load_before = loadavg()
-        out = dep.workdir / "out"
-        run_id = stream_run(dep, rounds, run_config(nodes, rounds, out), out, label)
-        lines = node_lines(dep, marks, rounds)
-        history = [row for row in json.loads((out / f"run-{run_id}" / "rounds.json")
-                                              .read_text()) if "seconds" in row]
-        rows = round_rows(lines, [float(row["seconds"]) for row in history])
-    for row, server in zip(rows, history, strict=True):
-        row["aggregation-s"] = server["aggregation-seconds"] + server["decode-seconds"]
-    for row in rows:
-        print(f"  {label} round {row['round']}: round {row['round-s']:.2f}s, slowest node "
-              f"{row['slowest-node-s']:.2f}s, overhead {row['overhead-s']:.2f}s, median "
-              f"node {row['median-node-s']:.2f}s", flush=True)
-    return {"nodes": nodes, "online-s": round(online_s, 2), "load-avg-before": load_before,
-            "load-avg-after": loadavg(), "rounds": rows}
 
 
 def aggregate(runs: list[dict[str, Any]], nodes: list[int]) -> dict[str, Any]:
@@ -226,7 +106,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         for r in range(args.repeats):
             for n in args.nodes:
                 label = f"N={n} repeat {r + 1}/{args.repeats}"
-                runs.append({"repeat": r + 1, **one_run(files, n, args.rounds, label)})
+                logs = args.keep_logs / f"nodes-{n}-repeat-{r + 1}" if args.keep_logs else None
+                runs.append({"repeat": r + 1, **one_run(files, n, args.rounds, label, logs)})
     return runs
 
 

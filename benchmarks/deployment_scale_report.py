@@ -28,19 +28,29 @@ def table(result: dict[str, Any]) -> list[str]:
     for n in result["setup"]["nodes"]:
         entry = result["by-nodes"][str(n)]
         steady, first = entry["rounds-2+"], entry["round-1"]
-        node_range = (f"{steady['fastest-node-s']['median']:.2f}-"
-                      f"{steady['slowest-node-s']['median']:.2f}")
+        share = steady["overhead-s"]["median"] / steady["round-s"]["median"]
         rows.append([n, steady["round-s"]["n"], _cell(steady, "round-s", True),
                      _cell(steady, "slowest-node-s", True),
-                     f"**{_cell(steady, 'overhead-s', True)}**",
-                     _cell(steady, "median-node-s"), node_range,
-                     _cell(steady, "slowest-handler-s"), _cell(steady, "pickup-spread-s"),
-                     _cell(steady, "beyond-span-s"),
+                     f"**{_cell(steady, 'overhead-s', True)}**", f"{share:.0%}",
+                     _cell(steady, "median-node-s"), _cell(steady, "fastest-node-s"),
                      f"{_cell(first, 'round-s')} / {_cell(first, 'overhead-s')}"])
     return md_table(["SuperNodes", "rounds counted", "round s", "slowest node s",
-                     "overhead s (round - slowest node)", "median node s",
-                     "fastest-slowest node s", "slowest train handler s",
-                     "pickup spread s", "round - node span s", "round 1: round / overhead s"],
+                     "overhead s (round - slowest node)", "overhead / round",
+                     "median node s", "fastest node s", "round 1: round / overhead s"],
+                    rows, numeric=True)
+
+
+def split_table(result: dict[str, Any]) -> list[str]:
+    """The overhead's parts and what bounds them (medians of rounds 2+)."""
+    rows = []
+    for n in result["setup"]["nodes"]:
+        steady = result["by-nodes"][str(n)]["rounds-2+"]
+        rows.append([n, *(_cell(steady, key) for key in (
+            "skew-s", "push-tail-s", "server-side-s", "pickup-spread-s", "slowest-push-s",
+            "aggregation-s", "slowest-handler-s", "median-to-handler-s"))])
+    return md_table(["SuperNodes", "skew s", "last reply's upload s", "server side s",
+                     "pickup spread s", "slowest reply upload s", "aggregation s",
+                     "slowest train handler s", "median process start -> handler s"],
                     rows, numeric=True)
 
 
@@ -79,9 +89,13 @@ def header(result: dict[str, Any]) -> list[str]:
         "`configure_train` to the end of `aggregate_train`); a node's time is its "
         "SuperNode's `Receiving: train message` -> `Sending: train message` (a fresh "
         "`flwr-clientapp` process per message: start-up, imports, local data, training, "
-        "reply); **overhead** = round - slowest node's time. *Pickup spread*: first to "
-        "last node's `Receiving`; *node span*: first `Receiving` to last `Sending` (all "
-        "node stamps read by one process, one clock).", ""]
+        "reply); **overhead** = round - slowest node's time. All node stamps are read by "
+        "one process (one clock), so the overhead splits into *skew* (first node's "
+        "`Receiving` to last node's `Sending`, minus the slowest node: the nodes do not "
+        "start together), *the last reply's upload* (last `Sending` to last `Sent "
+        "successfully`) and *server side* (the rest: from the round's start to the first "
+        "pickup, and from the last upload to the round's end). *Pickup spread*: first to "
+        "last `Receiving`.", ""]
 
 
 def findings(result: dict[str, Any]) -> list[str]:
@@ -117,7 +131,9 @@ def findings(result: dict[str, Any]) -> list[str]:
 
 def markdown(result: dict[str, Any], png_name: str | None = None) -> str:
     """The whole page."""
-    lines = [*header(result), *table(result), "", ratio_line(result), ""]
+    lines = [*header(result), *table(result), "", ratio_line(result), "",
+             "Where the overhead goes (medians of rounds 2+; the parts' medians need not add "
+             "up to the overhead's):", "", *split_table(result), ""]
     if png_name:
         lines += [f"![rounds: slowest node and overhead]({png_name})", ""]
     lines += findings(result)
@@ -132,23 +148,27 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, median, extra, overhead = [], [], [], []
+    parts = {"median node (Receiving -> Sending)": [], "slowest node - median node": [],
+             "skew": [], "last reply's upload": [], "server side": []}
+    labels = []
     for run in result["runs"]:
         for row in run["rounds"]:
             labels.append(f"N={run['nodes']}\nr{row['round']}")
-            median.append(row["median-node-s"])
-            extra.append(row["slowest-node-s"] - row["median-node-s"])
-            overhead.append(row["overhead-s"])
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(labels)), 4))
-    x = range(len(labels))
-    ax.bar(x, median, label="median node (Receiving -> Sending)", color="#8fb3d9")
-    ax.bar(x, extra, bottom=median, label="slowest node - median node", color="#3c6e9f")
-    bottoms = [a + b for a, b in zip(median, extra, strict=True)]
-    ax.bar(x, overhead, bottom=bottoms, label="overhead (round - slowest node)",
-           color="#e08a3c")
+            for name, value in zip(parts, (
+                    row["median-node-s"], row["slowest-node-s"] - row["median-node-s"],
+                    row["skew-s"], row["push-tail-s"], row["server-side-s"]), strict=True):
+                parts[name].append(value)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(labels)), 4.5))
+    x = list(range(len(labels)))
+    bottom = [0.0] * len(labels)
+    colors = ("#8fb3d9", "#3c6e9f", "#f2c48d", "#e08a3c", "#a8471c")
+    for (name, values), color in zip(parts.items(), colors, strict=True):
+        ax.bar(x, values, bottom=bottom, label=name, color=color)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xticks(list(x), labels, fontsize=7)
     ax.set_ylabel("seconds (bar = server's round time)")
-    ax.set_title("Per round: nodes' time and the overhead beyond the slowest node")
+    ax.set_title("Per round: the nodes' time, then the overhead beyond the slowest node",
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

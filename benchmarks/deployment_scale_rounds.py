@@ -12,11 +12,14 @@ clock). Per round:
 * ``slowest-node-s`` / ``median-node-s`` / ``fastest-node-s``: over the nodes'
   per-message times;
 * ``overhead-s`` = ``round-s`` - ``slowest-node-s``: what the round costs beyond its
-  slowest node (the SuperNodes' pull of the instruction, the ServerApp's pull of the
-  replies, transport, validation and aggregation);
-* ``node-span-s``: first node's ``Receiving`` -> last node's ``Sending`` (all stamps read
-  by one process, one clock), and ``beyond-span-s`` = ``round-s`` - ``node-span-s``;
-* ``pickup-spread-s``: first -> last ``Receiving`` (how far apart the nodes start);
+  slowest node. All node stamps are read by one process (one clock), so it splits into
+  ``skew-s`` (``node-span-s``, first node's ``Receiving`` -> last node's ``Sending``,
+  minus the slowest node), ``push-tail-s`` (last ``Sending`` -> last ``Sent
+  successfully``: the replies' upload to the SuperLink) and ``server-side-s`` (the rest:
+  the round's start to the first node's pickup, the last reply's upload to the round's
+  end: the nodes' and the ServerApp's polls and the server's own work);
+* ``pickup-spread-s``: first -> last ``Receiving``; ``slowest-push-s``: the longest
+  ``Sending`` -> ``Sent successfully`` of one node;
 * ``slowest-handler-s``: the longest train handler (local data and training; from the
   ClientApp's cold-start lines) and ``median-to-handler-s``: the median process start ->
   handler entered (interpreter, imports, app loading);
@@ -28,60 +31,79 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from cold_start_deployment import RECEIVING, SENDING, parse_messages
 
 Lines = Sequence[tuple[float, str]]
-ROUND_KEYS = ("round-s", "slowest-node-s", "overhead-s", "median-node-s", "fastest-node-s",
-              "node-span-s", "beyond-span-s", "pickup-spread-s", "slowest-handler-s",
+SENT = "Sent successfully"
+ROUND_KEYS = ("round-s", "slowest-node-s", "overhead-s", "skew-s", "push-tail-s",
+              "server-side-s", "median-node-s", "fastest-node-s", "node-span-s",
+              "pickup-spread-s", "slowest-push-s", "slowest-handler-s",
               "median-to-handler-s", "aggregation-s")
 
 
-def train_spans(lines: Lines) -> list[tuple[float, float]]:
-    """``(receiving, sending)`` stamps of each train message in one SuperNode's lines."""
-    spans: list[tuple[float, float]] = []
+class Span(NamedTuple):
+    """Stamps of one train message on one SuperNode."""
+
+    receiving: float
+    sending: float
+    sent: float
+
+
+def train_spans(lines: Lines) -> list[Span]:
+    """The stamps of each train message in one SuperNode's lines whose reply was sent."""
+    spans: list[Span] = []
     receiving: float | None = None
+    sending: float | None = None
     for stamp, text in lines:
         if m := RECEIVING.search(text):
-            receiving = stamp if m.group(1) == "train" else None
-        elif receiving is not None and SENDING.search(text):
-            spans.append((receiving, stamp))
-            receiving = None
+            receiving, sending = (stamp if m.group(1) == "train" else None), None
+        elif receiving is not None and sending is None and SENDING.search(text):
+            sending = stamp
+        elif receiving is not None and sending is not None and SENT in text:
+            spans.append(Span(receiving, sending, stamp))
+            receiving = sending = None
     return spans
 
 
 def round_rows(nodes: Sequence[Lines], server_seconds: Sequence[float]
                ) -> list[dict[str, float]]:
-    """One row per round (keys :data:`ROUND_KEYS` and ``round``, 1-based) from each node's
-    lines of one run and the server's round times; every node must have handled exactly
-    one train message per round."""
+    """One row per round (keys :data:`ROUND_KEYS` but ``aggregation-s``, and ``round``,
+    1-based) from each node's lines of one run and the server's round times; every node
+    must have handled (and sent the reply of) exactly one train message per round."""
     rounds = len(server_seconds)
     spans = [train_spans(lines) for lines in nodes]
     stages = [parse_messages(list(lines)) for lines in nodes]
     for i, (s, st) in enumerate(zip(spans, stages, strict=True)):
         if len(s) != rounds or len(st) != rounds:
             raise ValueError(f"node {i}: {len(s)} train messages for {rounds} rounds")
-    rows = []
-    for k in range(rounds):
-        here = [s[k] for s in spans]
-        per_message = [st[k]["per-message"] for st in stages]
-        handlers = [st[k]["handler"] for st in stages if "handler" in st[k]]
-        to_handler = [st[k]["process-start->handler"] for st in stages
-                      if "process-start->handler" in st[k]]
-        span = max(end for _, end in here) - min(start for start, _ in here)
-        row = {"round": k + 1, "round-s": server_seconds[k],
-               "slowest-node-s": max(per_message),
-               "overhead-s": server_seconds[k] - max(per_message),
-               "median-node-s": statistics.median(per_message),
-               "fastest-node-s": min(per_message),
-               "node-span-s": span, "beyond-span-s": server_seconds[k] - span,
-               "pickup-spread-s": max(s for s, _ in here) - min(s for s, _ in here)}
-        if handlers:
-            row["slowest-handler-s"] = max(handlers)
-        if to_handler:
-            row["median-to-handler-s"] = statistics.median(to_handler)
-        rows.append(row)
-    return rows
+    return [_row(k, [s[k] for s in spans], [st[k] for st in stages], server_seconds[k])
+            for k in range(rounds)]
+
+
+def _row(k: int, here: list[Span], stages: list[dict[str, float]], round_s: float,
+         ) -> dict[str, float]:
+    per_message = [st["per-message"] for st in stages]
+    handlers = [st["handler"] for st in stages if "handler" in st]
+    to_handler = [st["process-start->handler"] for st in stages
+                  if "process-start->handler" in st]
+    first = min(s.receiving for s in here)
+    span = max(s.sending for s in here) - first
+    delivered = max(s.sent for s in here) - first
+    row = {"round": k + 1, "round-s": round_s, "slowest-node-s": max(per_message),
+           "overhead-s": round_s - max(per_message),
+           "skew-s": span - max(per_message), "push-tail-s": delivered - span,
+           "server-side-s": round_s - delivered,
+           "median-node-s": statistics.median(per_message),
+           "fastest-node-s": min(per_message), "node-span-s": span,
+           "pickup-spread-s": max(s.receiving for s in here) - first,
+           "slowest-push-s": max(s.sent - s.sending for s in here)}
+    if handlers:
+        row["slowest-handler-s"] = max(handlers)
+    if to_handler:
+        row["median-to-handler-s"] = statistics.median(to_handler)
+    return row
 
 
 def summarize(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -60,7 +60,12 @@ def test_round_rows_overhead_is_round_minus_slowest_node(rounds_mod: ModuleType)
     assert first["median-node-s"] == pytest.approx(4.5)
     assert first["overhead-s"] == pytest.approx(3.0)
     assert first["node-span-s"] == pytest.approx(6.0)  # 100.0 -> 106.0
-    assert first["beyond-span-s"] == pytest.approx(2.0)
+    # overhead 3.0 = skew (span 6.0 - slowest 5.0) + the last reply's upload (106.0 -> 106.3)
+    # + the server's side (8.0 - 6.3)
+    assert first["skew-s"] == pytest.approx(1.0)
+    assert first["push-tail-s"] == pytest.approx(0.3)
+    assert first["server-side-s"] == pytest.approx(1.7)
+    assert first["slowest-push-s"] == pytest.approx(0.3)
     assert first["pickup-spread-s"] == pytest.approx(1.0)
     assert first["slowest-handler-s"] == pytest.approx(1.5)
     assert first["median-to-handler-s"] == pytest.approx(1.0)
@@ -75,6 +80,8 @@ def test_a_node_with_a_missing_message_is_an_error(rounds_mod: ModuleType) -> No
     unfinished = [*message(0.0, 1.0), (5.0, "INFO :      Receiving: train message (ID: q)")]
     with pytest.raises(ValueError, match="node 1: 1 train messages for 2 rounds"):
         rounds_mod.round_rows([complete, unfinished], [2.0, 2.0])
+    unsent = message(5.0, 6.0)[:-1]  # "Sending" logged, "Sent successfully" not yet
+    assert len(rounds_mod.train_spans([*message(0.0, 1.0), *unsent])) == 1
 
 
 def test_summaries_split_round_one_and_take_medians(rounds_mod: ModuleType) -> None:
