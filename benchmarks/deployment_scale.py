@@ -77,7 +77,7 @@ def aggregate(runs: list[dict[str, Any]], nodes: list[int]) -> dict[str, Any]:
                         "online-s": [run["online-s"] for run in runs if run["nodes"] == n]}
     lo, hi = str(min(nodes)), str(max(nodes))
     ratios = {}
-    for key in ("overhead-s", "round-s", "slowest-node-s", "median-node-s"):
+    for key in ("overhead-s", "overhead-sent-s", "round-s", "slowest-node-s", "median-node-s"):
         a, b = by_n[hi]["rounds-2+"][key]["median"], by_n[lo]["rounds-2+"][key]["median"]
         ratios[key] = {"ratio": ratio(a, b), "difference-s": a - b}
     return {"by-nodes": by_n, f"{hi}-vs-{lo}": ratios}

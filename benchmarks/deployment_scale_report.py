@@ -14,6 +14,13 @@ SOURCES = ("Both waits are Flower's: an idle SuperNode asks the SuperLink for a 
            "(`flwr/superlink/grid/http_grid.py`).")
 
 
+EARLIER_RUN = ("An earlier run of this benchmark (5 rounds, other jobs on the machine; "
+               "its results were replaced) had two 20-node rounds of 233 s and 242 s, "
+               "about 190 s beyond the slowest node, and three of 44-76 s. It kept neither "
+               "the upload split nor the logs, so that stall is unexplained; `--keep-logs "
+               "DIR` keeps every process's stamped lines for such a case.")
+
+
 def _cell(summary: dict[str, Any], key: str, spread: bool = False) -> str:
     if key not in summary:
         return "n/a"
@@ -28,16 +35,18 @@ def table(result: dict[str, Any]) -> list[str]:
     for n in result["setup"]["nodes"]:
         entry = result["by-nodes"][str(n)]
         steady, first = entry["rounds-2+"], entry["round-1"]
-        share = steady["overhead-s"]["median"] / steady["round-s"]["median"]
         rows.append([n, steady["round-s"]["n"], _cell(steady, "round-s", True),
                      _cell(steady, "slowest-node-s", True),
-                     f"**{_cell(steady, 'overhead-s', True)}**", f"{share:.0%}",
-                     _cell(steady, "median-node-s"), _cell(steady, "fastest-node-s"),
+                     f"**{_cell(steady, 'overhead-s', True)}**",
+                     _cell(steady, "slowest-node-sent-s", True),
+                     f"**{_cell(steady, 'overhead-sent-s', True)}**",
+                     _cell(steady, "median-node-s"),
                      f"{_cell(first, 'round-s')} / {_cell(first, 'overhead-s')}"])
-    return md_table(["SuperNodes", "rounds counted", "round s", "slowest node s",
-                     "overhead s (round - slowest node)", "overhead / round",
-                     "median node s", "fastest node s", "round 1: round / overhead s"],
-                    rows, numeric=True)
+    return md_table(["SuperNodes", "rounds counted", "round s",
+                     "slowest node s (Receiving -> Sending)", "overhead s (round - slowest node)",
+                     "slowest node with its reply's upload s (Receiving -> Sent successfully)",
+                     "overhead beyond that s", "median node s",
+                     "round 1: round / overhead s"], rows, numeric=True)
 
 
 def split_table(result: dict[str, Any]) -> list[str]:
@@ -58,8 +67,10 @@ def ratio_line(result: dict[str, Any]) -> str:
     nodes = result["setup"]["nodes"]
     key = f"{max(nodes)}-vs-{min(nodes)}"
     parts = []
-    for name, what in (("overhead-s", "overhead"), ("round-s", "round"),
-                       ("slowest-node-s", "slowest node"), ("median-node-s", "median node")):
+    for name, what in (("overhead-s", "overhead"),
+                       ("overhead-sent-s", "overhead beyond the node with its upload"),
+                       ("round-s", "round"), ("slowest-node-s", "slowest node"),
+                       ("median-node-s", "median node")):
         r = result[key][name]
         x = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         parts.append(f"{what} {x} ({r['difference-s']:+.2f} s)")
@@ -100,33 +111,51 @@ def header(result: dict[str, Any]) -> list[str]:
 
 def findings(result: dict[str, Any]) -> list[str]:
     nodes = result["setup"]["nodes"]
-    lo, hi = (result["by-nodes"][str(n)]["rounds-2+"] for n in (min(nodes), max(nodes)))
-    ratios = result[f"{max(nodes)}-vs-{min(nodes)}"]
+    lo_n, hi_n, cpus = min(nodes), max(nodes), result["versions"]["cpus"]
+    lo, hi = (result["by-nodes"][str(n)]["rounds-2+"] for n in (lo_n, hi_n))
+    ratios = result[f"{hi_n}-vs-{lo_n}"]
 
-    def med(s: dict[str, Any], key: str) -> float:
-        return float(s[key]["median"])
+    def pair(key: str, fmt: str = ".1f") -> str:
+        return f"{format(hi[key]['median'], fmt)} s against {format(lo[key]['median'], fmt)} s"
 
-    grows = ratios["slowest-node-s"]["ratio"] or 0.0
+    def times(key: str) -> str:
+        r = ratios[key]["ratio"]
+        return "n/a" if r is None else f"{r:.1f}x"
+
+    first = {n: result["by-nodes"][str(n)]["round-1"]["round-s"]["median"] for n in nodes}
     return [
         "## Findings", "",
-        f"- **The nodes' own time grows, the overhead does not scale with it.** With "
-        f"{max(nodes)} SuperNodes on {result['versions']['cpus']} cores the slowest node takes "
-        f"{med(hi, 'slowest-node-s'):.1f} s against {med(lo, 'slowest-node-s'):.1f} s "
-        f"({grows:.1f}x): {max(nodes)} `flwr-clientapp` processes start, import torch and "
-        "train at once and contend for the CPU (the train handler itself stays "
-        f"{med(hi, 'slowest-handler-s'):.2f} s at most). That is the machine, not the "
-        f"federation. The overhead beyond the slowest node is {med(hi, 'overhead-s'):.2f} s "
-        f"against {med(lo, 'overhead-s'):.2f} s.",
-        f"- **What the overhead is**: the nodes' pickup and the server's collection. {SOURCES} "
-        "So a round costs its slowest node plus up to about 3 s for the instruction to be "
-        "picked up and up to 3 s for the last reply to be collected, whatever N; "
-        "validation, screening and aggregation of the replies are milliseconds here "
-        "(`aggregation-seconds` in `rounds.json`). With few rounds the medians carry that "
-        "0-3 s phase noise: compare the ranges, not only the medians.",
-        "- **Not measured here**: separate machines per hospital (no CPU contention, real "
+        f"- **As the issue asks (round - slowest node's `Receiving` -> `Sending`)** the "
+        f"overhead is {pair('overhead-s')} ({times('overhead-s')}) at {hi_n} SuperNodes "
+        f"against {lo_n}, and the slowest node itself takes {pair('slowest-node-s')}. On "
+        f"{cpus} cores, {hi_n} `flwr-clientapp` processes start at once (interpreter, "
+        f"Flower, torch: process start -> handler {pair('median-to-handler-s')}, medians) "
+        f"and contend for the CPU with {hi_n} SuperNodes; training itself stays at "
+        f"{hi['slowest-handler-s']['median']:.2f} s at most. That growth is the machine, "
+        "not the federation.",
+        "- **Most of the overhead's growth is the nodes' own reply upload.** A SuperNode "
+        "logs `Sending` once the reply's message has reached it; the reply's arrays may "
+        "still be on their way from the ClientApp process (Flower's `_push_messages` "
+        "waits for them in 0.5 s polls) and are then uploaded to the SuperLink, until "
+        f"`Sent successfully`. The last reply's upload takes {pair('push-tail-s')} (the "
+        f"slowest single one {pair('slowest-push-s')}): CPU-starved processes. Counting "
+        "it as the node's time (`Receiving` -> `Sent successfully`), the overhead beyond "
+        f"the slowest node is {pair('overhead-sent-s')} ({times('overhead-sent-s')}): "
+        "what the SuperLink and the ServerApp add barely depends on the number of nodes "
+        "here.",
+        f"- **What that remainder is: Flower's polls.** {SOURCES} So a round costs its "
+        "slowest node plus up to about 3 s before the instruction is picked up and up to "
+        "about 3 s before the last reply is collected, whatever the number of nodes: "
+        f"hence the overhead's range from round to round ({_cell(lo, 'overhead-s', True)} "
+        f"s at {lo_n} nodes). Decoding, screening and aggregating {hi_n} replies takes "
+        f"{hi['aggregation-s']['median'] * 1e3:.0f} ms (`aggregation-seconds`).",
+        f"- Round 1 (every node installs the app and fills its data cache) takes "
+        f"{first[hi_n]:.1f} s at {hi_n} nodes against {first[lo_n]:.1f} s at {lo_n}.",
+        f"- {EARLIER_RUN}",
+        "- **Not measured here**: a machine per hospital (no CPU contention, real "
         "network latency), TLS and node authentication (the TLS runbook's deployment), "
-        "larger models (transport grows with the model's size), more nodes than one "
-        "machine can run.", ""]
+        "larger models (uploads grow with the model), more nodes than one machine can "
+        "run.", ""]
 
 
 def markdown(result: dict[str, Any], png_name: str | None = None) -> str:

@@ -18,6 +18,10 @@ clock). Per round:
   successfully``: the replies' upload to the SuperLink) and ``server-side-s`` (the rest:
   the round's start to the first node's pickup, the last reply's upload to the round's
   end: the nodes' and the ServerApp's polls and the server's own work);
+* ``slowest-node-sent-s``: the longest ``Receiving`` -> ``Sent successfully`` (a node's
+  time with its reply's upload: a SuperNode logs ``Sending`` once the reply's message has
+  reached it, while the reply's arrays may still be on their way from the ClientApp
+  process) and ``overhead-sent-s`` = ``round-s`` minus that;
 * ``pickup-spread-s``: first -> last ``Receiving``; ``slowest-push-s``: the longest
   ``Sending`` -> ``Sent successfully`` of one node;
 * ``slowest-handler-s``: the longest train handler (local data and training; from the
@@ -38,7 +42,8 @@ from cold_start_deployment import RECEIVING, SENDING, parse_messages
 Lines = Sequence[tuple[float, str]]
 SENT = "Sent successfully"
 ROUND_KEYS = ("round-s", "slowest-node-s", "overhead-s", "skew-s", "push-tail-s",
-              "server-side-s", "median-node-s", "fastest-node-s", "node-span-s",
+              "server-side-s", "slowest-node-sent-s", "overhead-sent-s", "median-node-s",
+              "fastest-node-s", "node-span-s",
               "pickup-spread-s", "slowest-push-s", "slowest-handler-s",
               "median-to-handler-s", "aggregation-s")
 
@@ -95,6 +100,8 @@ def _row(k: int, here: list[Span], stages: list[dict[str, float]], round_s: floa
            "overhead-s": round_s - max(per_message),
            "skew-s": span - max(per_message), "push-tail-s": delivered - span,
            "server-side-s": round_s - delivered,
+           "slowest-node-sent-s": max(s.sent - s.receiving for s in here),
+           "overhead-sent-s": round_s - max(s.sent - s.receiving for s in here),
            "median-node-s": statistics.median(per_message),
            "fastest-node-s": min(per_message), "node-span-s": span,
            "pickup-spread-s": max(s.receiving for s in here) - first,

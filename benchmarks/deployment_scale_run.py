@@ -143,6 +143,7 @@ def one_run(files: list[Path], nodes: int, rounds: int, label: str,
         history = [row for row in json.loads((out / f"run-{run_id}" / "rounds.json")
                                               .read_text()) if "seconds" in row]
         rows = round_rows(lines, [float(row["seconds"]) for row in history])
+        spans = node_spans(lines)
     for row, server in zip(rows, history, strict=True):
         row["aggregation-s"] = server["aggregation-seconds"] + server["decode-seconds"]
     for row in rows:
@@ -150,4 +151,13 @@ def one_run(files: list[Path], nodes: int, rounds: int, label: str,
               f"{row['slowest-node-s']:.2f}s, overhead {row['overhead-s']:.2f}s, median "
               f"node {row['median-node-s']:.2f}s", flush=True)
     return {"nodes": nodes, "online-s": round(online_s, 2), "load-avg-before": load_before,
-            "load-avg-after": loadavg(), "rounds": rows}
+            "load-avg-after": loadavg(), "rounds": rows, "node-spans": spans}
+
+
+def node_spans(lines: list[list[tuple[float, str]]]) -> dict[str, Any]:
+    """Every node's ``[receiving, sending, sent]`` per round, in seconds after the run's
+    first ``Receiving`` (kept in the JSON for later analysis)."""
+    spans = [train_spans(nl) for nl in lines]
+    t0 = min(s[0].receiving for s in spans)
+    return {"t0-epoch": t0, "columns": ["receiving", "sending", "sent"],
+            "nodes": [[[round(v - t0, 3) for v in span] for span in s] for s in spans]}
