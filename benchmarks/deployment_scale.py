@@ -71,10 +71,15 @@ def aggregate(runs: list[dict[str, Any]], nodes: list[int]) -> dict[str, Any]:
     steady medians against the smallest's."""
     by_n: dict[str, Any] = {}
     for n in nodes:
-        rows = [row for run in runs if run["nodes"] == n for row in run["rounds"]]
+        mine = [run for run in runs if run["nodes"] == n]
+        rows = [row for run in mine for row in run["rounds"]]
         first, later = split_first(rows)
-        by_n[str(n)] = {"round-1": summarize(first), "rounds-2+": summarize(later),
-                        "online-s": [run["online-s"] for run in runs if run["nodes"] == n]}
+        by_n[str(n)] = {
+            "round-1": summarize(first), "rounds-2+": summarize(later),
+            "online-s": [run["online-s"] for run in mine],
+            "unfinished-rounds": [{"repeat": run["repeat"], **row} for run in mine
+                                  for row in run["rounds"] if "unfinished-nodes" in row],
+            "errors": {k: sum(run["errors"][k] for run in mine) for k in mine[0]["errors"]}}
     lo, hi = str(min(nodes)), str(max(nodes))
     ratios = {}
     for key in ("overhead-s", "overhead-sent-s", "round-s", "slowest-node-s", "median-node-s"):

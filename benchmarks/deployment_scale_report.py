@@ -14,11 +14,17 @@ SOURCES = ("Both waits are Flower's: an idle SuperNode asks the SuperLink for a 
            "(`flwr/superlink/grid/http_grid.py`).")
 
 
-EARLIER_RUN = ("An earlier run of this benchmark (5 rounds, other jobs on the machine; "
-               "its results were replaced) had two 20-node rounds of 233 s and 242 s, "
-               "about 190 s beyond the slowest node, and three of 44-76 s. It kept neither "
-               "the upload split nor the logs, so that stall is unexplained; `--keep-logs "
-               "DIR` keeps every process's stamped lines for such a case.")
+EARLIER_RUNS = (
+    "Earlier runs of this benchmark here (results replaced; other jobs on the machine) "
+    "had 20-node rounds that stalled: two of 233 s and 242 s (no logs kept, cause "
+    "unknown) and one of 601 s, Flower's default round-timeout. In that one a node's "
+    "reply push got HTTP 500 from the SuperLink (`sqlite3.OperationalError: database is "
+    "locked`: its SQLite state waits 5 s for a lock; the same error on `acquire-task` "
+    "also ended the SuperLink's `flower-superexec`), Flower's SuperNode drops a reply it "
+    "failed to send (`Failed to send message`, no retry), and the ServerApp waited for "
+    "round-timeout, counted the node as failed (timeout) and kept the previous model "
+    "(19 replies < min-train-nodes=20). Hence `round-timeout` is lowered here, and "
+    "rounds a node did not finish are listed and left out of the medians.")
 
 
 def _cell(summary: dict[str, Any], key: str, spread: bool = False) -> str:
@@ -123,6 +129,10 @@ def findings(result: dict[str, Any]) -> list[str]:
         return "n/a" if r is None else f"{r:.1f}x"
 
     first = {n: result["by-nodes"][str(n)]["round-1"]["round-s"]["median"] for n in nodes}
+    grown = ratios["overhead-s"]["difference-s"]
+    tail = hi["push-tail-s"]["median"] - lo["push-tail-s"]["median"]
+    upload_headline = ("Most of the overhead's growth is the nodes' own reply upload."
+                       if grown > 0 and tail > grown / 2 else "The nodes' reply upload.")
     return [
         "## Findings", "",
         f"- **As the issue asks (round - slowest node's `Receiving` -> `Sending`)** the "
@@ -133,7 +143,7 @@ def findings(result: dict[str, Any]) -> list[str]:
         f"and contend for the CPU with {hi_n} SuperNodes; training itself stays at "
         f"{hi['slowest-handler-s']['median']:.2f} s at most. That growth is the machine, "
         "not the federation.",
-        "- **Most of the overhead's growth is the nodes' own reply upload.** A SuperNode "
+        f"- **{upload_headline}** A SuperNode "
         "logs `Sending` once the reply's message has reached it; the reply's arrays may "
         "still be on their way from the ClientApp process (Flower's `_push_messages` "
         "waits for them in 0.5 s polls) and are then uploaded to the SuperLink, until "
@@ -146,23 +156,54 @@ def findings(result: dict[str, Any]) -> list[str]:
         f"- **What that remainder is: Flower's polls.** {SOURCES} So a round costs its "
         "slowest node plus up to about 3 s before the instruction is picked up and up to "
         "about 3 s before the last reply is collected, whatever the number of nodes: "
-        f"hence the overhead's range from round to round ({_cell(lo, 'overhead-s', True)} "
-        f"s at {lo_n} nodes). Decoding, screening and aggregating {hi_n} replies takes "
+        f"hence the overhead's range from round to round ({lo['overhead-s']['min']:.1f}-"
+        f"{lo['overhead-s']['max']:.1f} s at {lo_n} nodes). Decoding, screening and "
+        f"aggregating {hi_n} replies takes "
         f"{hi['aggregation-s']['median'] * 1e3:.0f} ms (`aggregation-seconds`).",
         f"- Round 1 (every node installs the app and fills its data cache) takes "
         f"{first[hi_n]:.1f} s at {hi_n} nodes against {first[lo_n]:.1f} s at {lo_n}.",
-        f"- {EARLIER_RUN}",
+        *lost_replies(result), f"- {EARLIER_RUNS}",
         "- **Not measured here**: a machine per hospital (no CPU contention, real "
         "network latency), TLS and node authentication (the TLS runbook's deployment), "
         "larger models (uploads grow with the model), more nodes than one machine can "
         "run.", ""]
 
 
+def unfinished_lines(result: dict[str, Any]) -> list[str]:
+    """The rounds left out of the medians, and the run's failure counts."""
+    lines = []
+    for n in result["setup"]["nodes"]:
+        entry = result["by-nodes"][str(n)]
+        for row in entry["unfinished-rounds"]:
+            lines.append(f"- {n} SuperNodes, repeat {row['repeat']}, round {row['round']}: "
+                         f"{row['round-s']:.0f} s, {row['replies']} replies, "
+                         f"{row['failures']} failed, {row['unfinished-nodes']} node(s) did "
+                         "not finish")
+        errs = entry["errors"]
+        if any(errs.values()):
+            lines.append(f"- {n} SuperNodes, all runs: the SuperLink logged `database is "
+                         f"locked` {errs['superlink-database-locked']} time(s); nodes "
+                         f"failed to send {errs['node-reply-send-failed']} reply(ies)")
+    return ["Rounds not counted (a node did not finish):", "", *lines, ""] if lines else []
+
+
+def lost_replies(result: dict[str, Any]) -> list[str]:
+    """A finding when this run lost replies."""
+    lost = sum(len(result["by-nodes"][str(n)]["unfinished-rounds"])
+               for n in result["setup"]["nodes"])
+    if not lost:
+        return ["- **No round lost a reply in this run**: every node finished every round."]
+    return [f"- **{lost} round(s) lost a reply in this run** (listed under the tables): "
+            "such a round lasts until round-timeout and keeps the previous model when "
+            "fewer than min-train-nodes replied."]
+
+
 def markdown(result: dict[str, Any], png_name: str | None = None) -> str:
     """The whole page."""
     lines = [*header(result), *table(result), "", ratio_line(result), "",
              "Where the overhead goes (medians of rounds 2+; the parts' medians need not add "
-             "up to the overhead's):", "", *split_table(result), ""]
+             "up to the overhead's):", "", *split_table(result), "",
+             *unfinished_lines(result)]
     if png_name:
         lines += [f"![rounds: slowest node and overhead]({png_name})", ""]
     lines += findings(result)

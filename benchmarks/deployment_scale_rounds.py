@@ -49,59 +49,84 @@ ROUND_KEYS = ("round-s", "slowest-node-s", "overhead-s", "skew-s", "push-tail-s"
 
 
 class Span(NamedTuple):
-    """Stamps of one train message on one SuperNode."""
+    """One train message on one SuperNode: the stamps of its ``Receiving``, ``Sending``
+    and ``Sent successfully`` lines (None: not logged) and its stages
+    (``cold_start_deployment.parse_messages``; None without a ``Sending``)."""
+
+    receiving: float
+    sending: float | None = None
+    sent: float | None = None
+    stages: dict[str, float] | None = None
+
+
+class Done(NamedTuple):
+    """A train message whose reply went out: its stamps and stages."""
 
     receiving: float
     sending: float
     sent: float
+    stages: dict[str, float]
 
 
 def train_spans(lines: Lines) -> list[Span]:
-    """The stamps of each train message in one SuperNode's lines whose reply was sent."""
+    """Every train message one SuperNode received, in order (a reply that failed to go
+    out has no ``sent``)."""
     spans: list[Span] = []
-    receiving: float | None = None
-    sending: float | None = None
+    active = False  # the lines since the last Receiving are a train message's
     for stamp, text in lines:
         if m := RECEIVING.search(text):
-            receiving, sending = (stamp if m.group(1) == "train" else None), None
-        elif receiving is not None and sending is None and SENDING.search(text):
-            sending = stamp
-        elif receiving is not None and sending is not None and SENT in text:
-            spans.append(Span(receiving, sending, stamp))
-            receiving = sending = None
-    return spans
+            active = m.group(1) == "train"
+            if active:
+                spans.append(Span(stamp))
+        elif active and spans[-1].sending is None and SENDING.search(text):
+            spans[-1] = spans[-1]._replace(sending=stamp)
+        elif active and spans[-1].sending is not None and SENT in text:
+            spans[-1] = spans[-1]._replace(sent=stamp)
+            active = False
+    stages = iter(parse_messages(list(lines)))  # one per message with a Sending, in order
+    return [s._replace(stages=next(stages)) if s.sending is not None else s for s in spans]
 
 
 def round_rows(nodes: Sequence[Lines], server_seconds: Sequence[float]
                ) -> list[dict[str, float]]:
-    """One row per round (keys :data:`ROUND_KEYS` but ``aggregation-s``, and ``round``,
-    1-based) from each node's lines of one run and the server's round times; every node
-    must have handled (and sent the reply of) exactly one train message per round."""
-    rounds = len(server_seconds)
+    """One row per round (``round``, 1-based) from each node's lines of one run and the
+    server's round times. A round whose every node received, answered and sent its
+    train message gets the keys of :data:`ROUND_KEYS` but ``aggregation-s``; any other
+    (a reply lost, a node that never got the message) only ``round-s`` and
+    ``unfinished-nodes``, and is left out of the medians (:func:`complete`)."""
     spans = [train_spans(lines) for lines in nodes]
-    stages = [parse_messages(list(lines)) for lines in nodes]
-    for i, (s, st) in enumerate(zip(spans, stages, strict=True)):
-        if len(s) != rounds or len(st) != rounds:
-            raise ValueError(f"node {i}: {len(s)} train messages for {rounds} rounds")
-    return [_row(k, [s[k] for s in spans], [st[k] for st in stages], server_seconds[k])
-            for k in range(rounds)]
+    rows = []
+    for k, round_s in enumerate(server_seconds):
+        here = [s[k] for s in spans if k < len(s)]
+        done = [Done(s.receiving, s.sending, s.sent, s.stages or {}) for s in here
+                if s.sending is not None and s.sent is not None]
+        if len(done) < len(spans):
+            rows.append({"round": k + 1, "round-s": round_s,
+                         "unfinished-nodes": len(spans) - len(done)})
+        else:
+            rows.append(_row(k, done, round_s))
+    return rows
 
 
-def _row(k: int, here: list[Span], stages: list[dict[str, float]], round_s: float,
-         ) -> dict[str, float]:
-    per_message = [st["per-message"] for st in stages]
-    handlers = [st["handler"] for st in stages if "handler" in st]
-    to_handler = [st["process-start->handler"] for st in stages
-                  if "process-start->handler" in st]
+def complete(rows: Sequence[dict[str, float]]) -> list[dict[str, float]]:
+    """The rounds every node finished (the ones the medians are over)."""
+    return [row for row in rows if "unfinished-nodes" not in row]
+
+
+def _row(k: int, here: list[Done], round_s: float) -> dict[str, float]:
+    per_message = [s.sending - s.receiving for s in here]
+    handlers = [s.stages["handler"] for s in here if "handler" in s.stages]
+    to_handler = [s.stages["process-start->handler"] for s in here
+                  if "process-start->handler" in s.stages]
     first = min(s.receiving for s in here)
     span = max(s.sending for s in here) - first
     delivered = max(s.sent for s in here) - first
+    with_upload = max(s.sent - s.receiving for s in here)
     row = {"round": k + 1, "round-s": round_s, "slowest-node-s": max(per_message),
            "overhead-s": round_s - max(per_message),
            "skew-s": span - max(per_message), "push-tail-s": delivered - span,
-           "server-side-s": round_s - delivered,
-           "slowest-node-sent-s": max(s.sent - s.receiving for s in here),
-           "overhead-sent-s": round_s - max(s.sent - s.receiving for s in here),
+           "server-side-s": round_s - delivered, "slowest-node-sent-s": with_upload,
+           "overhead-sent-s": round_s - with_upload,
            "median-node-s": statistics.median(per_message),
            "fastest-node-s": min(per_message), "node-span-s": span,
            "pickup-spread-s": max(s.receiving for s in here) - first,
@@ -126,9 +151,11 @@ def summarize(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def split_first(rows: Sequence[dict[str, float]]
                 ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """``(round-1 rows, later rows)``: round 1 carries one-time costs (each SuperNode
-    installs the app and fills its data cache on its first message)."""
-    return ([r for r in rows if r["round"] == 1], [r for r in rows if r["round"] > 1])
+    """``(round-1 rows, later rows)`` of the :func:`complete` rounds: round 1 carries
+    one-time costs (each SuperNode installs the app and fills its data cache on its
+    first message)."""
+    done = complete(rows)
+    return ([r for r in done if r["round"] == 1], [r for r in done if r["round"] > 1])
 
 
 def ratio(a: float, b: float) -> float | None:

@@ -21,6 +21,9 @@ ROWS_PER_NODE = 152  # a third of the training split, as the cold-start benchmar
 STATUS_EVERY_S = 30.0
 RUN_ID = re.compile(r"Successfully started run (\d+)")
 RUN_TIMEOUT_S = 1800.0
+ROUND_TIMEOUT_S = 240  # a lost reply costs a round this long (Flower's default: 600 s)
+SEND_FAILED = "Failed to send message"
+LOCKED = "database is locked"
 
 
 def hospital_files(root: Path, count: int) -> list[Path]:
@@ -49,7 +52,8 @@ def hospital_files(root: Path, count: int) -> list[Path]:
 def run_config(nodes: int, rounds: int, out: Path) -> str:
     return (f"num-server-rounds={rounds} dataset='breast-cancer' fraction-train=1.0 "
             f"min-train-nodes={nodes} min-available-nodes={nodes} fraction-evaluate=0.0 "
-            f"tracking=false registered-model='off' metrics-port=0 output-dir='{out}'")
+            f"tracking=false registered-model='off' metrics-port=0 "
+            f"round-timeout={ROUND_TIMEOUT_S} output-dir='{out}'")
 
 
 def stream_run(dep: Deployment, rounds: int, config: str, out: Path, label: str,
@@ -100,16 +104,27 @@ def _progress(rows_path: Path, reported: int, label: str, started: float) -> int
 
 
 def node_lines(dep: Deployment, marks: list[int], rounds: int) -> list[list[tuple[float, str]]]:
-    """Each node's lines since ``marks``; waits (up to 20 s) for every node's last
-    ``Sent successfully`` line to be read."""
+    """Each node's lines since ``marks``; waits (up to 20 s) until every node has logged
+    ``Sent successfully`` (or ``Failed to send message``) for every round."""
     deadline = time.monotonic() + 20
     while True:
         lines = [list(node.lines[mark:]) for node, mark in zip(dep.supernodes, marks,
                                                                strict=True)]
-        sent = [len(train_spans(nl)) for nl in lines]
-        if min(sent) >= rounds or time.monotonic() > deadline:
+        ended = [sum(s.sent is not None for s in train_spans(nl))
+                 + sum(SEND_FAILED in text for _, text in nl) for nl in lines]
+        if min(ended) >= rounds or time.monotonic() > deadline:
             return lines
         time.sleep(0.5)
+
+
+def errors(dep: Deployment, marks: list[int]) -> dict[str, int]:
+    """Counts of the failures seen in this run: the SuperLink's ``database is locked``
+    errors (its SQLite state, 5 s busy timeout) and the replies nodes failed to send."""
+    link = sum(LOCKED in text for _, text in dep.superlink.lines[marks[0]:])
+    nodes = sum(SEND_FAILED in text for node, mark in zip(dep.supernodes, marks[1:],
+                                                          strict=True)
+                for _, text in node.lines[mark:])
+    return {"superlink-database-locked": link, "node-reply-send-failed": nodes}
 
 
 def keep_logs(procs: list[StampedProcess], where: Path) -> None:
@@ -131,6 +146,7 @@ def one_run(files: list[Path], nodes: int, rounds: int, label: str,
         online_s = time.monotonic() - t0
         print(f"{label}: all {nodes} SuperNodes online after {online_s:.1f}s", flush=True)
         marks = [len(node.lines) for node in dep.supernodes]
+        link_mark = len(dep.superlink.lines)
         load_before = loadavg()
         out = dep.workdir / "out"
         try:
@@ -143,21 +159,30 @@ def one_run(files: list[Path], nodes: int, rounds: int, label: str,
         history = [row for row in json.loads((out / f"run-{run_id}" / "rounds.json")
                                               .read_text()) if "seconds" in row]
         rows = round_rows(lines, [float(row["seconds"]) for row in history])
-        spans = node_spans(lines)
+        spans, failures = node_spans(lines), errors(dep, [link_mark, *marks])
     for row, server in zip(rows, history, strict=True):
         row["aggregation-s"] = server["aggregation-seconds"] + server["decode-seconds"]
-    for row in rows:
-        print(f"  {label} round {row['round']}: round {row['round-s']:.2f}s, slowest node "
-              f"{row['slowest-node-s']:.2f}s, overhead {row['overhead-s']:.2f}s, median "
-              f"node {row['median-node-s']:.2f}s", flush=True)
+        row["replies"], row["failures"] = server["replies"], server["failures"]
+        print(f"  {label} round {row['round']}: " + (
+            f"round {row['round-s']:.2f}s, slowest node {row['slowest-node-s']:.2f}s, "
+            f"overhead {row['overhead-s']:.2f}s, median node {row['median-node-s']:.2f}s"
+            if "unfinished-nodes" not in row else
+            f"round {row['round-s']:.2f}s, {row['unfinished-nodes']} node(s) unfinished, "
+            f"{row['replies']} replies, not counted"), flush=True)
     return {"nodes": nodes, "online-s": round(online_s, 2), "load-avg-before": load_before,
-            "load-avg-after": loadavg(), "rounds": rows, "node-spans": spans}
+            "load-avg-after": loadavg(), "errors": failures, "rounds": rows,
+            "node-spans": spans}
 
 
 def node_spans(lines: list[list[tuple[float, str]]]) -> dict[str, Any]:
     """Every node's ``[receiving, sending, sent]`` per round, in seconds after the run's
     first ``Receiving`` (kept in the JSON for later analysis)."""
     spans = [train_spans(nl) for nl in lines]
-    t0 = min(s[0].receiving for s in spans)
+    t0 = min(s[0].receiving for s in spans if s)
+
+    def rel(v: float | None) -> float | None:
+        return None if v is None else round(v - t0, 3)
+
     return {"t0-epoch": t0, "columns": ["receiving", "sending", "sent"],
-            "nodes": [[[round(v - t0, 3) for v in span] for span in s] for s in spans]}
+            "nodes": [[[rel(x.receiving), rel(x.sending), rel(x.sent)] for x in s]
+                      for s in spans]}
