@@ -152,11 +152,14 @@ class Deployment:
 @contextmanager
 def loopback_deployment(data_path: Path | Sequence[Path],
                         supernode_env: dict[str, str] | None = None,
-                        prefix: str = "fedapp-deploy-bench-") -> Iterator[Deployment]:
+                        prefix: str = "fedapp-deploy-bench-",
+                        supernode_nice: int = 0) -> Iterator[Deployment]:
     """Start ``flower-superlink --insecure`` and one ``flower-supernode --insecure`` per
     data file (``data_path``: one path, or a sequence for several SuperNodes), on free
     ports with private ``FLWR_HOME``s; wait until every node is online; stop them all (and
-    what they spawned, by PID) at the end."""
+    what they spawned, by PID) at the end. ``supernode_nice`` > 0 starts the SuperNodes
+    (and so their ClientApps) under ``nice -n``: on one machine, the SuperLink is not
+    starved by the nodes' work as it would not be on a machine of its own."""
     free_port = _test_helpers().free_port
     paths = [data_path] if isinstance(data_path, Path) else list(data_path)
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
@@ -183,8 +186,10 @@ def loopback_deployment(data_path: Path | Sequence[Path],
             "--database", str(workdir / "link.db"), "--disable-runtime-dependency-installation",
         ], {**base, "FLWR_HOME": str(workdir / "link-home")}, workdir)
         procs.append(link)
+        nice = ["nice", "-n", str(supernode_nice)] if supernode_nice > 0 else []
         nodes = [_start_supernode(i, len(paths), path, link_port, ports[1 + i], workdir,
-                                  base, supernode_env or {}) for i, path in enumerate(paths)]
+                                  base, supernode_env or {}, nice)
+                 for i, path in enumerate(paths)]
         procs.extend(nodes)
         _wait_online(procs, nodes, 120 + 5 * len(nodes))
         yield Deployment(workdir, cli_env, connection, link, nodes)
@@ -196,7 +201,7 @@ def loopback_deployment(data_path: Path | Sequence[Path],
 
 def _start_supernode(index: int, count: int, data_path: Path, link_port: int, port: int,
                      workdir: Path, base: dict[str, str], extra: dict[str, str],
-                     ) -> StampedProcess:
+                     nice: list[str]) -> StampedProcess:
     """SuperNode ``index`` of ``count``: its own port, ``FLWR_HOME`` and data cache (a
     single node keeps the names it always had: ``supernode``, ``node-home``); ``extra``
     (the caller's environment for the nodes) comes last."""
@@ -204,8 +209,8 @@ def _start_supernode(index: int, count: int, data_path: Path, link_port: int, po
     node_env = {**base, "FLWR_HOME": str(workdir / f"node-home{suffix}"),
                 "FEDAPP_COLD_START_LOG": "1",
                 "FEDAPP_DATA_CACHE": str(workdir / f"node-cache{suffix}"), **extra}
-    return start_stamped(f"supernode{suffix}", [
-        "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+    return start_stamped(f"supernode{suffix}", [  # `nice` execs it: the PID stays
+        *nice, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
         "--port", str(port), "--node-config", f"data-path='{data_path}'",
     ], node_env, workdir)
 

@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, nargs="+", default=[3, 20])
     p.add_argument("--rounds", type=int, default=4, help="train rounds per flwr run (>= 2)")
     p.add_argument("--repeats", type=int, default=1, help="fresh deployments per N")
+    p.add_argument("--node-nice", type=int, default=10,
+                   help="run the SuperNodes and their ClientApps under nice -n N (0: off)")
     p.add_argument("--out-dir", type=Path, default=None)
     p.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
                    help="write every process's stamped log lines under DIR (diagnosis)")
@@ -77,14 +79,17 @@ def aggregate(runs: list[dict[str, Any]], nodes: list[int]) -> dict[str, Any]:
         by_n[str(n)] = {
             "round-1": summarize(first), "rounds-2+": summarize(later),
             "online-s": [run["online-s"] for run in mine],
+            "status": [run["status"] for run in mine],
             "unfinished-rounds": [{"repeat": run["repeat"], **row} for run in mine
                                   for row in run["rounds"] if "unfinished-nodes" in row],
             "errors": {k: sum(run["errors"][k] for run in mine) for k in mine[0]["errors"]}}
     lo, hi = str(min(nodes)), str(max(nodes))
     ratios = {}
     for key in ("overhead-s", "overhead-sent-s", "round-s", "slowest-node-s", "median-node-s"):
-        a, b = by_n[hi]["rounds-2+"][key]["median"], by_n[lo]["rounds-2+"][key]["median"]
-        ratios[key] = {"ratio": ratio(a, b), "difference-s": a - b}
+        hi_s, lo_s = by_n[hi]["rounds-2+"].get(key), by_n[lo]["rounds-2+"].get(key)
+        if hi_s and lo_s:
+            a, b = hi_s["median"], lo_s["median"]
+            ratios[key] = {"ratio": ratio(a, b), "difference-s": a - b}
     return {"by-nodes": by_n, f"{hi}-vs-{lo}": ratios}
 
 
@@ -112,7 +117,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             for n in args.nodes:
                 label = f"N={n} repeat {r + 1}/{args.repeats}"
                 logs = args.keep_logs / f"nodes-{n}-repeat-{r + 1}" if args.keep_logs else None
-                runs.append({"repeat": r + 1, **one_run(files, n, args.rounds, label, logs)})
+                runs.append({"repeat": r + 1, **one_run(files, n, args.rounds, label, logs,
+                                                        args.node_nice)})
     return runs
 
 
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions("flwr", "torch"),
         "load-avg-start": load_start, "load-avg-end": loadavg(),
         "setup": {"nodes": args.nodes, "rounds": args.rounds, "repeats": args.repeats,
+                  "node-nice": args.node_nice,
                   "run-config": config.replace(" output-dir='OUT'", ""),
                   "data": f"node i reads {ROWS_PER_NODE} rows drawn (seed i, without "
                           "replacement) from the breast-cancer training split (455 rows)"},

@@ -15,16 +15,20 @@ SOURCES = ("Both waits are Flower's: an idle SuperNode asks the SuperLink for a 
 
 
 EARLIER_RUNS = (
-    "Earlier runs of this benchmark here (results replaced; other jobs on the machine) "
-    "had 20-node rounds that stalled: two of 233 s and 242 s (no logs kept, cause "
-    "unknown) and one of 601 s, Flower's default round-timeout. In that one a node's "
-    "reply push got HTTP 500 from the SuperLink (`sqlite3.OperationalError: database is "
-    "locked`: its SQLite state waits 5 s for a lock; the same error on `acquire-task` "
-    "also ended the SuperLink's `flower-superexec`), Flower's SuperNode drops a reply it "
-    "failed to send (`Failed to send message`, no retry), and the ServerApp waited for "
-    "round-timeout, counted the node as failed (timeout) and kept the previous model "
-    "(19 replies < min-train-nodes=20). Hence `round-timeout` is lowered here, and "
-    "rounds a node did not finish are listed and left out of the medians.")
+    "**Without nice, 20 nodes broke the deployment here.** With every process at the same "
+    "priority and other jobs on the machine, earlier runs of this benchmark (results "
+    "replaced) stalled or failed at 20 nodes. The SuperLink's SQLite state answered HTTP "
+    "500 (`sqlite3.OperationalError: database is locked`; Flower waits 5 s for a lock) to "
+    "reply pushes, object pushes, pulls, heartbeats and its own `flower-superexec`'s "
+    "`acquire-task` (which ended that process). A SuperNode drops a reply it failed to "
+    "send (`Failed to send message`, no retry): the round lasts until round-timeout (601 s "
+    "with Flower's default) and, with min-train-nodes=20, keeps the previous model. One "
+    "reply's objects expired before the ServerApp pulled them (`failed (unreachable)`). "
+    "A SuperNode whose pull got a 500 quit, so the next round waited wait-timeout "
+    "(300 s) for 20 nodes and the run failed. Two rounds of 233 s and 242 s in the first "
+    "run have no logs. Hence the nodes run under nice here (in a real deployment the "
+    "SuperLink has a machine of its own), round-timeout is lowered, and rounds a node did "
+    "not finish are listed and left out of the medians.")
 
 
 def _cell(summary: dict[str, Any], key: str, spread: bool = False) -> str:
@@ -41,7 +45,8 @@ def table(result: dict[str, Any]) -> list[str]:
     for n in result["setup"]["nodes"]:
         entry = result["by-nodes"][str(n)]
         steady, first = entry["rounds-2+"], entry["round-1"]
-        rows.append([n, steady["round-s"]["n"], _cell(steady, "round-s", True),
+        rows.append([n, steady.get("round-s", {}).get("n", 0),
+                     _cell(steady, "round-s", True),
                      _cell(steady, "slowest-node-s", True),
                      f"**{_cell(steady, 'overhead-s', True)}**",
                      _cell(steady, "slowest-node-sent-s", True),
@@ -77,6 +82,8 @@ def ratio_line(result: dict[str, Any]) -> str:
                        ("overhead-sent-s", "overhead beyond the node with its upload"),
                        ("round-s", "round"), ("slowest-node-s", "slowest node"),
                        ("median-node-s", "median node")):
+        if name not in result[key]:
+            continue
         r = result[key][name]
         x = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         parts.append(f"{what} {x} ({r['difference-s']:+.2f} s)")
@@ -96,7 +103,10 @@ def header(result: dict[str, Any]) -> list[str]:
         "numbers: `benchmarks/results/deployment_scale.json`.", "",
         "Setting: a real deployment on loopback, `flower-superlink --insecure` and N "
         "`flower-supernode --insecure` processes on one machine (each its own port, "
-        "`FLWR_HOME`, data cache), driven by `flwr run --stream`; every node trains every "
+        "`FLWR_HOME`, data cache"
+        + (f"; the SuperNodes and their ClientApps under `nice -n {setup['node-nice']}`"
+           if setup.get("node-nice") else "")
+        + "), driven by `flwr run --stream`; every node trains every "
         f"round (`{setup['run-config']}`; the rest is the product's defaults). Data: "
         f"{setup['data']}, so a node's work is the same at every N. "
         f"{setup['rounds']} rounds per run, {setup['repeats']} fresh deployment(s) per N; "
@@ -120,6 +130,11 @@ def findings(result: dict[str, Any]) -> list[str]:
     lo_n, hi_n, cpus = min(nodes), max(nodes), result["versions"]["cpus"]
     lo, hi = (result["by-nodes"][str(n)]["rounds-2+"] for n in (lo_n, hi_n))
     ratios = result[f"{hi_n}-vs-{lo_n}"]
+    needed = ("overhead-s", "overhead-sent-s", "slowest-node-s", "push-tail-s",
+              "slowest-push-s", "median-to-handler-s", "slowest-handler-s", "aggregation-s")
+    if not all(k in lo and k in hi for k in needed) or "overhead-s" not in ratios:
+        return ["## Findings", "", "- Too few complete rounds to compare.",
+                *lost_replies(result), f"- {EARLIER_RUNS}", ""]
 
     def pair(key: str, fmt: str = ".1f") -> str:
         return f"{format(hi[key]['median'], fmt)} s against {format(lo[key]['median'], fmt)} s"
@@ -128,7 +143,8 @@ def findings(result: dict[str, Any]) -> list[str]:
         r = ratios[key]["ratio"]
         return "n/a" if r is None else f"{r:.1f}x"
 
-    first = {n: result["by-nodes"][str(n)]["round-1"]["round-s"]["median"] for n in nodes}
+    first = {n: result["by-nodes"][str(n)]["round-1"].get("round-s", {}).get("median", 0.0)
+             for n in nodes}
     grown = ratios["overhead-s"]["difference-s"]
     tail = hi["push-tail-s"]["median"] - lo["push-tail-s"]["median"]
     upload_headline = ("Most of the overhead's growth is the nodes' own reply upload."
@@ -179,12 +195,17 @@ def unfinished_lines(result: dict[str, Any]) -> list[str]:
                          f"{row['round-s']:.0f} s, {row['replies']} replies, "
                          f"{row['failures']} failed, {row['unfinished-nodes']} node(s) did "
                          "not finish")
+        for status in entry["status"]:
+            if status != "finished:completed":
+                lines.append(f"- {n} SuperNodes: a run ended `{status}`")
         errs = entry["errors"]
         if any(errs.values()):
             lines.append(f"- {n} SuperNodes, all runs: the SuperLink logged `database is "
                          f"locked` {errs['superlink-database-locked']} time(s); nodes "
-                         f"failed to send {errs['node-reply-send-failed']} reply(ies)")
-    return ["Rounds not counted (a node did not finish):", "", *lines, ""] if lines else []
+                         f"failed to send {errs['node-reply-send-failed']} reply(ies); "
+                         f"{errs['supernodes-exited']} SuperNode(s) quit")
+    return ["Rounds not counted (a node did not finish) and failures:", "", *lines, ""] \
+        if lines else []
 
 
 def lost_replies(result: dict[str, Any]) -> list[str]:

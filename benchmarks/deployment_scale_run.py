@@ -57,10 +57,11 @@ def run_config(nodes: int, rounds: int, out: Path) -> str:
 
 
 def stream_run(dep: Deployment, rounds: int, config: str, out: Path, label: str,
-               logs: Path | None = None) -> str:
+               logs: Path | None = None) -> tuple[str, str]:
     """``flwr run --stream`` (its stamped output kept for errors); a progress line per
     round from ``rounds.json`` (the stream may end before the run does); waits until the
-    run has finished and fails unless it completed. Returns the run ID."""
+    run has finished. Returns the run ID and its final status (a failed run's output is
+    printed)."""
     flwr = str(Path(sys.executable).parent / "flwr")
     started = time.monotonic()
     run = start_stamped("flwr-run", [flwr, "run", str(REPO), dep.connection, "--stream",
@@ -87,8 +88,8 @@ def stream_run(dep: Deployment, rounds: int, config: str, out: Path, label: str,
         if logs is not None:
             keep_logs([run], logs)
     if status != "finished:completed":
-        raise RuntimeError(f"{label}: run {run_id} ended {status!r}:\n{run.text()[-3000:]}")
-    return run_id
+        print(f"{label}: run {run_id} ended {status!r}:\n{run.text()[-3000:]}", flush=True)
+    return run_id, status
 
 
 def _progress(rows_path: Path, reported: int, label: str, started: float) -> int:
@@ -119,12 +120,15 @@ def node_lines(dep: Deployment, marks: list[int], rounds: int) -> list[list[tupl
 
 def errors(dep: Deployment, marks: list[int]) -> dict[str, int]:
     """Counts of the failures seen in this run: the SuperLink's ``database is locked``
-    errors (its SQLite state, 5 s busy timeout) and the replies nodes failed to send."""
+    errors (its SQLite state, 5 s busy timeout), the replies nodes failed to send and
+    the SuperNodes that quit (one does on an HTTP 500 to its pull)."""
     link = sum(LOCKED in text for _, text in dep.superlink.lines[marks[0]:])
     nodes = sum(SEND_FAILED in text for node, mark in zip(dep.supernodes, marks[1:],
                                                           strict=True)
                 for _, text in node.lines[mark:])
-    return {"superlink-database-locked": link, "node-reply-send-failed": nodes}
+    exited = sum(node.popen.poll() is not None for node in dep.supernodes)
+    return {"superlink-database-locked": link, "node-reply-send-failed": nodes,
+            "supernodes-exited": exited}
 
 
 def keep_logs(procs: list[StampedProcess], where: Path) -> None:
@@ -136,13 +140,14 @@ def keep_logs(procs: list[StampedProcess], where: Path) -> None:
 
 
 def one_run(files: list[Path], nodes: int, rounds: int, label: str,
-            logs: Path | None = None) -> dict[str, Any]:
-    """A fresh deployment of ``nodes`` SuperNodes and one run of ``rounds`` rounds: its
-    round rows, start-up time and load (and, with ``logs``, every process's lines)."""
-    paths = files[:nodes]
+            logs: Path | None = None, nice: int = 0) -> dict[str, Any]:
+    """A fresh deployment of ``nodes`` SuperNodes (under ``nice -n NICE``) and one run of
+    ``rounds`` rounds: its status, round rows, failures, start-up time and load (and, with
+    ``logs``, every process's lines)."""
     t0 = time.monotonic()
     print(f"{label}: starting the SuperLink and {nodes} SuperNodes", flush=True)
-    with loopback_deployment(paths, prefix="fedapp-deploy-scale-") as dep:
+    with loopback_deployment(files[:nodes], prefix="fedapp-deploy-scale-",
+                             supernode_nice=nice) as dep:
         online_s = time.monotonic() - t0
         print(f"{label}: all {nodes} SuperNodes online after {online_s:.1f}s", flush=True)
         marks = [len(node.lines) for node in dep.supernodes]
@@ -150,35 +155,45 @@ def one_run(files: list[Path], nodes: int, rounds: int, label: str,
         load_before = loadavg()
         out = dep.workdir / "out"
         try:
-            run_id = stream_run(dep, rounds, run_config(nodes, rounds, out), out, label,
-                                logs)
-            lines = node_lines(dep, marks, rounds)
+            run_id, status = stream_run(dep, rounds, run_config(nodes, rounds, out), out,
+                                        label, logs)
+            history = _history(out / f"run-{run_id}" / "rounds.json")
+            lines = node_lines(dep, marks, len(history))
         finally:
             if logs is not None:
                 keep_logs([dep.superlink, *dep.supernodes], logs)
-        history = [row for row in json.loads((out / f"run-{run_id}" / "rounds.json")
-                                              .read_text()) if "seconds" in row]
         rows = round_rows(lines, [float(row["seconds"]) for row in history])
         spans, failures = node_spans(lines), errors(dep, [link_mark, *marks])
     for row, server in zip(rows, history, strict=True):
         row["aggregation-s"] = server["aggregation-seconds"] + server["decode-seconds"]
         row["replies"], row["failures"] = server["replies"], server["failures"]
-        print(f"  {label} round {row['round']}: " + (
-            f"round {row['round-s']:.2f}s, slowest node {row['slowest-node-s']:.2f}s, "
-            f"overhead {row['overhead-s']:.2f}s, median node {row['median-node-s']:.2f}s"
-            if "unfinished-nodes" not in row else
-            f"round {row['round-s']:.2f}s, {row['unfinished-nodes']} node(s) unfinished, "
-            f"{row['replies']} replies, not counted"), flush=True)
-    return {"nodes": nodes, "online-s": round(online_s, 2), "load-avg-before": load_before,
-            "load-avg-after": loadavg(), "errors": failures, "rounds": rows,
-            "node-spans": spans}
+        _print_row(label, row)
+    return {"nodes": nodes, "status": status, "online-s": round(online_s, 2),
+            "load-avg-before": load_before, "load-avg-after": loadavg(),
+            "errors": failures, "rounds": rows, "node-spans": spans}
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    """The rounds ``rounds.json`` recorded (none if the run wrote none)."""
+    if not path.is_file():
+        return []
+    return [row for row in json.loads(path.read_text()) if "seconds" in row]
+
+
+def _print_row(label: str, row: dict[str, Any]) -> None:
+    print(f"  {label} round {row['round']}: " + (
+        f"round {row['round-s']:.2f}s, slowest node {row['slowest-node-s']:.2f}s, "
+        f"overhead {row['overhead-s']:.2f}s, median node {row['median-node-s']:.2f}s"
+        if "unfinished-nodes" not in row else
+        f"round {row['round-s']:.2f}s, {row['unfinished-nodes']} node(s) unfinished, "
+        f"{row['replies']} replies, not counted"), flush=True)
 
 
 def node_spans(lines: list[list[tuple[float, str]]]) -> dict[str, Any]:
     """Every node's ``[receiving, sending, sent]`` per round, in seconds after the run's
     first ``Receiving`` (kept in the JSON for later analysis)."""
     spans = [train_spans(nl) for nl in lines]
-    t0 = min(s[0].receiving for s in spans if s)
+    t0 = min((s[0].receiving for s in spans if s), default=0.0)
 
     def rel(v: float | None) -> float | None:
         return None if v is None else round(v - t0, 3)
