@@ -27,8 +27,8 @@ EARLIER_RUNS = (
     "A SuperNode whose pull got a 500 quit, so the next round waited wait-timeout "
     "(300 s) for 20 nodes and the run failed. Two rounds of 233 s and 242 s in the first "
     "run have no logs. Hence the nodes run under nice here (in a real deployment the "
-    "SuperLink has a machine of its own), round-timeout is lowered, and rounds a node did "
-    "not finish are listed and left out of the medians.")
+    "SuperLink has a machine of its own), and rounds a node did not finish are listed and "
+    "left out of the medians.")
 
 
 def _cell(summary: dict[str, Any], key: str, spread: bool = False) -> str:
@@ -244,6 +244,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     labels = []
     for run in result["runs"]:
         for row in run["rounds"]:
+            if "unfinished-nodes" in row:  # listed on the page, not plotted
+                continue
             labels.append(f"N={run['nodes']}\nr{row['round']}")
             for name, value in zip(parts, (
                     row["median-node-s"], row["slowest-node-s"] - row["median-node-s"],
