@@ -47,7 +47,8 @@ from common import (  # benchmarks/ is on sys.path
     versions,
     write_json,
 )
-from deployment_scale_report import markdown, plot, table
+from deployment_scale_plot import plot
+from deployment_scale_report import markdown, table
 from deployment_scale_rounds import ratio, split_first, summarize
 from deployment_scale_run import ROWS_PER_NODE, hospital_files, one_run, run_config
 

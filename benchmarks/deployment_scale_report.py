@@ -1,9 +1,8 @@
-"""``docs/deployment_scale.md`` and ``docs/deployment_scale.png`` from the results of
-``deployment_scale.py`` (matplotlib is imported only to plot)."""
+"""``docs/deployment_scale.md`` from the results of ``deployment_scale.py`` (the plot is
+``deployment_scale_plot``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from common import md_table
@@ -20,15 +19,16 @@ EARLIER_RUNS = (
     "replaced) stalled or failed at 20 nodes. The SuperLink's SQLite state answered HTTP "
     "500 (`sqlite3.OperationalError: database is locked`; Flower waits 5 s for a lock) to "
     "reply pushes, object pushes, pulls, heartbeats and its own `flower-superexec`'s "
-    "`acquire-task` (which ended that process). A SuperNode drops a reply it failed to "
-    "send (`Failed to send message`, no retry): the round lasts until round-timeout (601 s "
-    "with Flower's default) and, with min-train-nodes=20, keeps the previous model. One "
-    "reply's objects expired before the ServerApp pulled them (`failed (unreachable)`). "
-    "A SuperNode whose pull got a 500 quit, so the next round waited wait-timeout "
-    "(300 s) for 20 nodes and the run failed. Two rounds of 233 s and 242 s in the first "
-    "run have no logs. Hence the nodes run under nice here (in a real deployment the "
-    "SuperLink has a machine of its own), and rounds a node did not finish are listed and "
-    "left out of the medians.")
+    "`acquire-task` (an unhandled error that ended that process). A SuperNode drops a "
+    "reply it failed to send (`Failed to send message`, no retry): the round lasted until "
+    "round-timeout (601 s; 600 s is the run config's default) and, with "
+    "min-train-nodes=20, kept the previous model. One reply's objects expired before the "
+    "ServerApp pulled them (`failed (unreachable)`). A SuperNode whose pull got a 500 "
+    "quit; the run then ended `finished:failed` 300 s (wait-timeout) after its last "
+    "round, as when the ServerApp waits for 20 nodes and 19 are left. Two rounds of 233 s "
+    "and 242 s in the first run have no logs. Hence the nodes run under nice here (in a "
+    "real deployment the SuperLink has a machine of its own), and rounds a node did not "
+    "finish are listed and left out of the medians.")
 
 
 def _cell(summary: dict[str, Any], key: str, spread: bool = False) -> str:
@@ -125,57 +125,84 @@ def header(result: dict[str, Any]) -> list[str]:
         "last `Receiving`.", ""]
 
 
+NEEDED = ("overhead-s", "overhead-sent-s", "slowest-node-s", "push-tail-s", "skew-s",
+          "server-side-s", "pickup-spread-s", "slowest-push-s", "median-to-handler-s",
+          "slowest-handler-s", "aggregation-s")  # what the findings compare
+
+
+def _pair(hi: dict[str, Any], lo: dict[str, Any], key: str, scale: float = 1.0,
+          unit: str = "s", fmt: str = ".1f") -> str:
+    return (f"{format(hi[key]['median'] * scale, fmt)} {unit} against "
+            f"{format(lo[key]['median'] * scale, fmt)} {unit}")
+
+
+def _times(ratios: dict[str, Any], key: str) -> str:
+    r = ratios[key]["ratio"]
+    return "n/a" if r is None else f"{r:.1f}x"
+
+
+def between_rounds(result: dict[str, Any], n: int) -> list[float]:
+    """From a round's last ``Sent successfully`` to the next round's first ``Receiving``
+    (seconds), over consecutive rounds every node finished, in every run of ``n`` nodes."""
+    gaps = []
+    for run in result["runs"]:
+        nodes = run["node-spans"]["nodes"] if run["nodes"] == n else []
+        for k in range(min((len(s) for s in nodes), default=0) - 1):
+            if all(s[k][2] is not None for s in nodes):
+                gaps.append(min(s[k + 1][0] for s in nodes) - max(s[k][2] for s in nodes))
+    return gaps
+
+
 def findings(result: dict[str, Any]) -> list[str]:
     nodes = result["setup"]["nodes"]
     lo_n, hi_n, cpus = min(nodes), max(nodes), result["versions"]["cpus"]
     lo, hi = (result["by-nodes"][str(n)]["rounds-2+"] for n in (lo_n, hi_n))
     ratios = result[f"{hi_n}-vs-{lo_n}"]
-    needed = ("overhead-s", "overhead-sent-s", "slowest-node-s", "push-tail-s",
-              "slowest-push-s", "median-to-handler-s", "slowest-handler-s", "aggregation-s")
-    if not all(k in lo and k in hi for k in needed) or "overhead-s" not in ratios:
+    if not all(k in lo and k in hi for k in NEEDED) or "overhead-sent-s" not in ratios:
         return ["## Findings", "", "- Too few complete rounds to compare.",
                 *lost_replies(result), f"- {EARLIER_RUNS}", ""]
 
-    def pair(key: str, fmt: str = ".1f") -> str:
-        return f"{format(hi[key]['median'], fmt)} s against {format(lo[key]['median'], fmt)} s"
-
-    def times(key: str) -> str:
-        r = ratios[key]["ratio"]
-        return "n/a" if r is None else f"{r:.1f}x"
+    def pair(key: str, scale: float = 1.0, unit: str = "s", fmt: str = ".1f") -> str:
+        return _pair(hi, lo, key, scale, unit, fmt)
 
     first = {n: result["by-nodes"][str(n)]["round-1"].get("round-s", {}).get("median", 0.0)
              for n in nodes}
-    grown = ratios["overhead-s"]["difference-s"]
-    tail = hi["push-tail-s"]["median"] - lo["push-tail-s"]["median"]
-    upload_headline = ("Most of the overhead's growth is the nodes' own reply upload."
-                       if grown > 0 and tail > grown / 2 else "The nodes' reply upload.")
+    sent_ratio = ratios["overhead-sent-s"]["ratio"] or 0.0
+    gap_lo, gap_hi = between_rounds(result, lo_n), between_rounds(result, hi_n)
     return [
         "## Findings", "",
         f"- **As the issue asks (round - slowest node's `Receiving` -> `Sending`)** the "
-        f"overhead is {pair('overhead-s')} ({times('overhead-s')}) at {hi_n} SuperNodes "
-        f"against {lo_n}, and the slowest node itself takes {pair('slowest-node-s')}. On "
-        f"{cpus} cores, {hi_n} `flwr-clientapp` processes start at once (interpreter, "
-        f"Flower, torch: process start -> handler {pair('median-to-handler-s')}, medians) "
-        f"and contend for the CPU with {hi_n} SuperNodes; training itself stays at "
-        f"{hi['slowest-handler-s']['median']:.2f} s at most. That growth is the machine, "
-        "not the federation.",
-        f"- **{upload_headline}** A SuperNode "
-        "logs `Sending` once the reply's message has reached it; the reply's arrays may "
-        "still be on their way from the ClientApp process (Flower's `_push_messages` "
-        "waits for them in 0.5 s polls) and are then uploaded to the SuperLink, until "
-        f"`Sent successfully`. The last reply's upload takes {pair('push-tail-s')} (the "
-        f"slowest single one {pair('slowest-push-s')}): CPU-starved processes. Counting "
-        "it as the node's time (`Receiving` -> `Sent successfully`), the overhead beyond "
-        f"the slowest node is {pair('overhead-sent-s')} ({times('overhead-sent-s')}): "
-        "what the SuperLink and the ServerApp add barely depends on the number of nodes "
-        "here.",
-        f"- **What that remainder is: Flower's polls.** {SOURCES} So a round costs its "
-        "slowest node plus up to about 3 s before the instruction is picked up and up to "
-        "about 3 s before the last reply is collected, whatever the number of nodes: "
-        f"hence the overhead's range from round to round ({lo['overhead-s']['min']:.1f}-"
-        f"{lo['overhead-s']['max']:.1f} s at {lo_n} nodes). Decoding, screening and "
-        f"aggregating {hi_n} replies takes "
-        f"{hi['aggregation-s']['median'] * 1e3:.0f} ms (`aggregation-seconds`).",
+        f"overhead is {pair('overhead-s')} ({_times(ratios, 'overhead-s')}) at {hi_n} "
+        f"SuperNodes against {lo_n}, while the slowest node itself takes "
+        f"{pair('slowest-node-s')}. On {cpus} cores, {hi_n} `flwr-clientapp` processes "
+        "start at once (interpreter, Flower, torch: process start -> handler "
+        f"{pair('median-to-handler-s')}, medians) and contend for the CPU; training itself "
+        f"takes {hi['slowest-handler-s']['median']:.2f} s at most. That growth is the "
+        "machine, not the federation.",
+        f"- **Where the extra overhead goes** (medians): skew {pair('skew-s')} (the "
+        f"pickups spread over {pair('pickup-spread-s')}), the last reply's upload "
+        f"{pair('push-tail-s')} (the slowest single upload {pair('slowest-push-s')}), the "
+        f"server side {pair('server-side-s')}; the server's decoding, screening and "
+        f"aggregation of the replies {pair('aggregation-s', 1e3, 'ms', '.0f')}.",
+        "- **With the reply's upload counted as the node's time** (`Receiving` -> `Sent "
+        "successfully`: a SuperNode logs `Sending` once the reply's message has reached "
+        "it, while its arrays may still be on their way from the ClientApp process) the "
+        f"overhead beyond the slowest node is {pair('overhead-sent-s')} "
+        f"({_times(ratios, 'overhead-sent-s')}). " + (
+            "What the SuperLink and the ServerApp add hardly depends on the number of "
+            "nodes here." if sent_ratio <= 1.3 else
+            f"So the SuperLink and the ServerApp add more at {hi_n} nodes too; here they "
+            f"share {cpus} cores with {hi_n} ClientApps and {2 * hi_n} SuperNode and "
+            "SuperExec processes (niced, but all polling, starting and exiting at once)."),
+        f"- **Flower's polls set the floor.** {SOURCES} Two such polls put 0-6 s into every "
+        f"round whatever the number of nodes: at {lo_n} nodes the overhead ranges "
+        f"{lo['overhead-s']['min']:.1f}-{lo['overhead-s']['max']:.1f} s with their phase. "
+        "From a round's last reply upload to the next round's first pickup: "
+        f"{_span(gap_hi)} at {hi_n} nodes against {_span(gap_lo)} at {lo_n}" + (
+            "; beyond the two polls, that is the ServerApp's work between rounds (pulling "
+            "the replies, screening, aggregation, `rounds.json` and the checkpoint, the "
+            "next instructions) and the pickup, on a busy machine."
+            if gap_hi and max(gap_hi) > 6.0 else "."),
         f"- Round 1 (every node installs the app and fills its data cache) takes "
         f"{first[hi_n]:.1f} s at {hi_n} nodes against {first[lo_n]:.1f} s at {lo_n}.",
         *lost_replies(result), f"- {EARLIER_RUNS}",
@@ -183,6 +210,10 @@ def findings(result: dict[str, Any]) -> list[str]:
         "network latency), TLS and node authentication (the TLS runbook's deployment), "
         "larger models (uploads grow with the model), more nodes than one machine can "
         "run.", ""]
+
+
+def _span(values: list[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f} s" if values else "n/a"
 
 
 def unfinished_lines(result: dict[str, Any]) -> list[str]:
@@ -229,41 +260,3 @@ def markdown(result: dict[str, Any], png_name: str | None = None) -> str:
         lines += [f"![rounds: slowest node and overhead]({png_name})", ""]
     lines += findings(result)
     return "\n".join(lines)
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Every round of every run as a stacked bar: median node, slowest - median, overhead
-    (summing to the server's round time)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    parts = {"median node (Receiving -> Sending)": [], "slowest node - median node": [],
-             "skew": [], "last reply's upload": [], "server side": []}
-    labels = []
-    for run in result["runs"]:
-        for row in run["rounds"]:
-            if "unfinished-nodes" in row:  # listed on the page, not plotted
-                continue
-            labels.append(f"N={run['nodes']}\nr{row['round']}")
-            for name, value in zip(parts, (
-                    row["median-node-s"], row["slowest-node-s"] - row["median-node-s"],
-                    row["skew-s"], row["push-tail-s"], row["server-side-s"]), strict=True):
-                parts[name].append(value)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(labels)), 4.5))
-    x = list(range(len(labels)))
-    bottom = [0.0] * len(labels)
-    colors = ("#8fb3d9", "#3c6e9f", "#f2c48d", "#e08a3c", "#a8471c")
-    for (name, values), color in zip(parts.items(), colors, strict=True):
-        ax.bar(x, values, bottom=bottom, label=name, color=color)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xticks(list(x), labels, fontsize=7)
-    ax.set_ylabel("seconds (bar = server's round time)")
-    ax.set_title("Per round: the nodes' time, then the overhead beyond the slowest node",
-                 fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
