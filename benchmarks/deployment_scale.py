@@ -9,16 +9,20 @@ no federated evaluation, tracking and the registry off, the metrics endpoint off
 is the product's defaults (screening, checkpoints). Node i reads 152 rows (a third of the
 breast-cancer training split, as the cold-start benchmark's node) drawn with seed i, so a
 node's work is the same at every N, only the number of nodes changes, and no two nodes
-send the same update.
+send the same update. The SuperNodes and their ClientApps run under ``nice -n 10``
+(``--node-nice``; 0: off): unniced, 20 nodes on 2 cores starved the SuperLink into SQLite
+"database is locked" errors, lost replies and a SuperNode quitting (docs/deployment_scale.md).
 
 Per round (``deployment_scale_rounds``): the server's round time (``rounds.json``),
 the slowest node's per-message time (SuperNode ``Receiving`` -> ``Sending``) and the
-overhead beyond it, with the median node, the nodes' span and spread. Round 1 carries
+overhead beyond it, split into skew, the last reply's upload and the server's side, with
+the median node and the overhead beyond the slowest node's upload too. Round 1 carries
 one-time costs (each node installs the app and fills its data cache) and is reported
 apart; the medians are over rounds 2+ of every repeat. Each repeat starts a fresh
 deployment for each N (in the order given) and runs one ``flwr run`` of ``--rounds``.
 
     python benchmarks/deployment_scale.py [--nodes 3 20] [--rounds 4] [--repeats 1]
+        [--node-nice 10] [--keep-logs DIR]
     python benchmarks/deployment_scale.py --nodes 2 3 --rounds 2 --out-dir /tmp/ds  # smoke
     python benchmarks/deployment_scale.py --report-only benchmarks/results/deployment_scale.json
 
