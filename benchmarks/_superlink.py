@@ -9,9 +9,10 @@ started (the processes whose command line mentions that ``FLWR_HOME``) at the en
 
 ``with loopback_deployment(data_path) as dep:`` starts a real deployment instead: a
 plain-text ``flower-superlink`` and one ``flower-supernode`` (a hospital reading
-``data_path``) on free loopback ports, each with its own ``FLWR_HOME``; every output line
-is kept with the wall-clock time it was read, and both are stopped by PID (with the
-``flower-superexec`` / ``flwr-*app`` processes they spawned) at the end.
+``data_path``; a list of paths starts one SuperNode per path, ``dep.supernodes``) on free
+loopback ports, each with its own ``FLWR_HOME``; every output line is kept with the
+wall-clock time it was read, and all are stopped by PID (with the ``flower-superexec`` /
+``flwr-*app`` processes they spawned) at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,13 +130,18 @@ def start_stamped(name: str, argv: list[str], env: dict[str, str], cwd: Path) ->
 
 @dataclass
 class Deployment:
-    """A plain-text SuperLink and one SuperNode on loopback, driven with the `flwr` CLI."""
+    """A plain-text SuperLink and its SuperNodes on loopback, driven with the `flwr` CLI."""
 
     workdir: Path
     env: dict[str, str]  # for `flwr` (FLWR_HOME with the connection)
     connection: str
     superlink: StampedProcess
-    supernode: StampedProcess
+    supernodes: list[StampedProcess]
+
+    @property
+    def supernode(self) -> StampedProcess:
+        """The first SuperNode (the only one of a single-node deployment)."""
+        return self.supernodes[0]
 
     def flwr(self, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
         flwr = str(Path(sys.executable).parent / "flwr")
@@ -144,19 +150,28 @@ class Deployment:
 
 
 @contextmanager
-def loopback_deployment(data_path: Path, supernode_env: dict[str, str] | None = None,
-                        prefix: str = "fedapp-deploy-bench-") -> Iterator[Deployment]:
-    """Start ``flower-superlink --insecure`` and one ``flower-supernode --insecure`` reading
-    ``data_path``, on free ports with private ``FLWR_HOME``s; wait until the node is
-    online; stop both (and what they spawned, by PID) at the end."""
+def loopback_deployment(data_path: Path | Sequence[Path],
+                        supernode_env: dict[str, str] | None = None,
+                        prefix: str = "fedapp-deploy-bench-",
+                        supernode_nice: int = 0) -> Iterator[Deployment]:
+    """Start ``flower-superlink --insecure`` and one ``flower-supernode --insecure`` per
+    data file (``data_path``: one path, or a sequence for several SuperNodes), on free
+    ports with private ``FLWR_HOME``s; wait until every node is online; stop them all (and
+    what they spawned, by PID) at the end. ``supernode_nice`` > 0 starts the SuperNodes
+    (and so their ClientApps) under ``nice -n``: on one machine, the SuperLink is not
+    starved by the nodes' work as it would not be on a machine of its own."""
     free_port = _test_helpers().free_port
-
+    paths = [data_path] if isinstance(data_path, Path) else list(data_path)
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     bin_dir = str(Path(sys.executable).parent)
     base = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
             "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
             "PYTHONUNBUFFERED": "1"}
-    link_port, node_port = free_port(), free_port()
+    ports: list[int] = []
+    while len(ports) < 1 + len(paths):  # the SuperLink's, then one per SuperNode
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    link_port = ports[0]
     cli_home = workdir / "flwr-home"
     cli_home.mkdir()
     connection = "bench"
@@ -171,25 +186,45 @@ def loopback_deployment(data_path: Path, supernode_env: dict[str, str] | None = 
             "--database", str(workdir / "link.db"), "--disable-runtime-dependency-installation",
         ], {**base, "FLWR_HOME": str(workdir / "link-home")}, workdir)
         procs.append(link)
-        node_env = {**base, "FLWR_HOME": str(workdir / "node-home"),
-                    "FEDAPP_COLD_START_LOG": "1",
-                    "FEDAPP_DATA_CACHE": str(workdir / "node-cache"), **(supernode_env or {})}
-        node = start_stamped("supernode", [
-            "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-            "--port", str(node_port), "--node-config", f"data-path='{data_path}'",
-        ], node_env, workdir)
-        procs.append(node)
-        deployment = Deployment(workdir, cli_env, connection, link, node)
-        deadline = time.monotonic() + 120
-        while "SuperNode ID:" not in node.text():
-            for proc in procs:
-                if proc.popen.poll() is not None:
-                    raise RuntimeError(f"{proc.name} exited:\n{proc.text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the SuperNode did not connect:\n{node.text()[-3000:]}")
-            time.sleep(0.2)
-        yield deployment
+        nice = ["nice", "-n", str(supernode_nice)] if supernode_nice > 0 else []
+        nodes = [_start_supernode(i, len(paths), path, link_port, ports[1 + i], workdir,
+                                  base, supernode_env or {}, nice)
+                 for i, path in enumerate(paths)]
+        procs.extend(nodes)
+        _wait_online(procs, nodes, 120 + 5 * len(nodes))
+        yield Deployment(workdir, cli_env, connection, link, nodes)
     finally:
         for proc in reversed(procs):
             proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start_supernode(index: int, count: int, data_path: Path, link_port: int, port: int,
+                     workdir: Path, base: dict[str, str], extra: dict[str, str],
+                     nice: list[str]) -> StampedProcess:
+    """SuperNode ``index`` of ``count``: its own port, ``FLWR_HOME`` and data cache (a
+    single node keeps the names it always had: ``supernode``, ``node-home``); ``extra``
+    (the caller's environment for the nodes) comes last."""
+    suffix = "" if count == 1 else f"-{index}"
+    node_env = {**base, "FLWR_HOME": str(workdir / f"node-home{suffix}"),
+                "FEDAPP_COLD_START_LOG": "1",
+                "FEDAPP_DATA_CACHE": str(workdir / f"node-cache{suffix}"), **extra}
+    return start_stamped(f"supernode{suffix}", [  # `nice` execs it: the PID stays
+        *nice, "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+        "--port", str(port), "--node-config", f"data-path='{data_path}'",
+    ], node_env, workdir)
+
+
+def _wait_online(procs: list[StampedProcess], nodes: list[StampedProcess],
+                 timeout_s: float) -> None:
+    """Until every SuperNode has logged its ``SuperNode ID:``; fail if a process exits."""
+    deadline = time.monotonic() + timeout_s
+    while not all("SuperNode ID:" in node.text() for node in nodes):
+        for proc in procs:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited:\n{proc.text()[-3000:]}")
+        if time.monotonic() > deadline:
+            late = [n for n in nodes if "SuperNode ID:" not in n.text()]
+            raise RuntimeError(f"{[n.name for n in late]} did not connect:\n"
+                               f"{late[0].text()[-3000:]}")
+        time.sleep(0.2)

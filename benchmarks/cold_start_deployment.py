@@ -95,13 +95,18 @@ def parse_messages(lines: list[tuple[float, str]]) -> list[dict[str, float]]:
     return out
 
 
-def _wait_finished(dep: Deployment, run_id: str, output: str) -> None:
+def run_status(dep: Deployment, run_id: str) -> str:
+    """The run's status from ``flwr list`` (``finished:completed``, ``running``, ...)."""
+    listed = dep.flwr("list", dep.connection, "--run-id", run_id, "--format", "json")
+    runs = json.loads(listed.stdout[listed.stdout.index("{"):]).get("runs", [])
+    return str(runs[0]["status"]) if runs else ""
+
+
+def wait_finished(dep: Deployment, run_id: str, output: str) -> None:
     """Poll ``flwr list`` until the run has finished; fail unless it completed."""
     status = ""
     for _ in range(60):
-        listed = dep.flwr("list", dep.connection, "--run-id", run_id, "--format", "json")
-        runs = json.loads(listed.stdout[listed.stdout.index("{"):]).get("runs", [])
-        status = str(runs[0]["status"]) if runs else ""
+        status = run_status(dep, run_id)
         if status.startswith("finished"):
             break
         time.sleep(1)
@@ -123,7 +128,7 @@ def deploy_run(dep: Deployment, app: Path, rounds: int) -> list[dict[str, float]
     match = re.search(r"Successfully started run (\d+)", result.stdout + result.stderr)
     if match is None:
         raise RuntimeError(f"no run ID in:\n{result.stdout[-3000:]}")
-    _wait_finished(dep, match.group(1), result.stdout)
+    wait_finished(dep, match.group(1), result.stdout)
     time.sleep(0.5)  # the SuperNode's "Sending" line of the last reply
     lines = dep.supernode.lines[first_line:]
     messages = parse_messages(lines)
