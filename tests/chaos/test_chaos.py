@@ -90,8 +90,9 @@ BASE_CONFIG_NO_TIMEOUT = (
 BASE_CONFIG = f"{BASE_CONFIG_NO_TIMEOUT} round-timeout={ROUND_TIMEOUT}"
 # The SuperLink lists a silent node offline 2 heartbeat intervals (2 x 30 s) after its last
 # heartbeat, and may or may not answer the dead node's instruction then (seen both ways): the
-# round ends on that answer or at its timeout. This one outlasts the offline listing and the restart (the test restarts the node
-# once it is listed offline), so the next round never lists the dead node.
+# round ends on that answer or at its timeout, which outlasts the offline listing and the
+# restart (the test restarts the node once it is listed offline). Either way the next round
+# never lists the dead node.
 KILL_ROUND_TIMEOUT = 100.0
 CLIENTAPP_RECEIVED = "Received successfully"
 RESUMED_LINE = re.compile(r"\[fedapp\] resuming from (\S+): round (\d+) of (\d+) done")
