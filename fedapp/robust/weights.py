@@ -26,6 +26,8 @@ from typing import Literal
 
 import torch
 
+from fedapp.robust.detection import robust_z_scores
+
 #: Default cap: no node weighs more than twice the median node. It keeps part of
 #: honest size differences (a big hospital still counts double a typical one)
 #: while an inflated count gains a liar at most a factor 2 over a typical node.
@@ -54,18 +56,6 @@ def uniform_weights(n: int) -> torch.Tensor:
     return torch.ones(n, dtype=torch.float64)
 
 
-def _log_z(counts: torch.Tensor) -> torch.Tensor:
-    """Robust z-scores of ``log(1 + c)``: ``(v - med) / (1.4826 MAD)``, the MeanAD
-    fallback when the MAD is 0, zeros when that is 0 too."""
-    v = torch.log1p(counts)
-    med = torch.quantile(v, 0.5)
-    dev = (v - med).abs()
-    scale = 1.4826 * torch.quantile(dev, 0.5)
-    if float(scale) <= 0.0:
-        scale = 1.253314 * dev.mean()
-    return (v - med) / scale if float(scale) > 0.0 else torch.zeros_like(v)
-
-
 def count_outliers(num_examples: Sequence[float] | torch.Tensor, cap: float = DEFAULT_CAP
                    ) -> tuple[tuple[int, ...], float]:
     """``(outliers, m)``: the indices of the counts far above the others, and the reference
@@ -73,7 +63,7 @@ def count_outliers(num_examples: Sequence[float] | torch.Tensor, cap: float = DE
     robust z-score of ``log(1 + c)`` above ``COUNT_Z`` *and* ``c > cap * m``: counts
     that merely differ a little from many equal ones are not outliers."""
     counts = _as_counts(num_examples)
-    high = _log_z(counts) > COUNT_Z
+    high = robust_z_scores(torch.log1p(counts)) > COUNT_Z
     if bool(high.all()):
         high = torch.zeros_like(high)
     ref = float(torch.median(counts[~high]))  # lower median for an even count
