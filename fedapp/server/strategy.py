@@ -41,18 +41,17 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedapp.compression.wire import serialized_bytes
 from fedapp.server import sampling
-from fedapp.server.health import REJECTED, TIMEOUT, Breaker, Reply
+from fedapp.server.buckets import BucketRound, flag_buckets
+from fedapp.server.collect import collect_train
+from fedapp.server.health import TIMEOUT, Breaker, Reply
 from fedapp.server.pipeline import Aggregation, AggregationPipeline, aggregate_screened
-from fedapp.server.replies import evaluation_metrics, record_failure, record_inflated
-from fedapp.server.rounds import LOCAL_DP_METRIC, RoundStats
+from fedapp.server.replies import evaluation_metrics
+from fedapp.server.rounds import RoundStats
 from fedapp.server.screen import Reputation, Screen, Screened, ScreenPlan, exclusion_limit
 from fedapp.server.state import ServerState
-from fedapp.updates import flatten, is_compressed, reply_update, unflatten
+from fedapp.updates import flatten, unflatten
 from fedapp.validation import (
     WEIGHT_KEY,
-    ReplyRejected,
-    array_specs,
-    weighted_metrics,
 )
 
 
@@ -94,6 +93,7 @@ class RobustStrategy(FedAvg):
         # when it pushes them, and each reply names the id it answers.
         self._sent: dict[str, list[Message]] = {}
         self._known: set[int] = set()  # nodes seen connected in earlier rounds
+        self._buckets: list[tuple[int, ...]] | None = None  # this round's, under SecAgg
 
     @property
     def detection(self) -> str:
@@ -164,69 +164,63 @@ class RobustStrategy(FedAvg):
         stats = self.history.setdefault(server_round, RoundStats(server_round))
         global_flat = flatten(current)
         outcomes: dict[int, Reply] = {}
-        matrix, nodes, metrics = self._collect(server_round, stats, list(replies), current,
-                                               global_flat, outcomes)
+        matrix, nodes, metrics = collect_train(
+            server_round, stats, list(replies), current, global_flat, outcomes,
+            sent=self._senders(MessageType.TRAIN), weight_cap=self.weight_cap)
         self._record_health(server_round, stats, outcomes)
+        weights = [m[WEIGHT_KEY] for m in metrics]
+        return self._apply(server_round, stats, nodes, matrix[: len(nodes)], weights,
+                           contributors=len(nodes), global_flat=global_flat)
+
+    def aggregate_buckets(self, server_round: int, bucketed: BucketRound
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """A round whose rows are bucket means (``fedapp.secagg``: the sum of each bucket
+        is all the server learns): the nodes' outcomes from ``bucketed``, then screening
+        and the rule on the bucket means, weighted by their number of contributors. A
+        bucket's flag is every contributor's (``fedapp.server.buckets``)."""
+        stats = self.history.setdefault(server_round, RoundStats(server_round))
+        outcomes = bucketed.record(server_round, stats)
+        self._record_health(server_round, stats, outcomes)
+        self._buckets = bucketed.members
+        try:
+            return self._apply(server_round, stats, bucketed.labels(), bucketed.matrix(
+                self.model_size()), bucketed.weights(), contributors=stats.accepted)
+        finally:
+            self._buckets = None
+
+    def _apply(self, server_round: int, stats: RoundStats, nodes: list[int],
+               rows: np.ndarray, weights: list[float], *, contributors: int,
+               global_flat: np.ndarray | None = None
+               ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate ``rows`` (one per node, or per bucket) and apply the result; too few
+        contributing nodes keep the previous model."""
+        current = self.state.arrays
+        assert current is not None
         new = current
-        if len(nodes) < max(self.min_train_nodes, 1):
+        if contributors < max(self.min_train_nodes, 1) or not nodes:
             stats.kept_previous = True
             log(WARNING, "round %d: %d valid replies < min-train-nodes=%d; keeping the previous "
-                "global model", server_round, len(nodes), self.min_train_nodes)
+                "global model", server_round, contributors, self.min_train_nodes)
         else:
-            updates = torch.from_numpy(matrix[: len(nodes)])  # a view: no copy
-            weights = torch.tensor([m[WEIGHT_KEY] for m in metrics], dtype=torch.float64)
-            aggregate = self._aggregate(server_round, stats, nodes, updates, weights)
+            updates = torch.from_numpy(rows)  # a view: no copy
+            aggregate = self._aggregate(server_round, stats, nodes, updates,
+                                        torch.tensor(weights, dtype=torch.float64))
             if aggregate is not None:  # one model-sized vector more, not three
+                global_flat = flatten(current) if global_flat is None else global_flat
                 new_flat = np.multiply(aggregate, self.server_lr, dtype=np.float32)
                 new = unflatten(np.add(new_flat, global_flat, out=new_flat), current)
         self.state.arrays, self.state.server_round = new, server_round
         return new, stats.metrics()
 
-    def _collect(self, server_round: int, stats: RoundStats, replies: list[Message],
-                 current: ArrayRecord, global_flat: np.ndarray, outcomes: dict[int, Reply]
-                 ) -> tuple[np.ndarray, list[int], list[dict[str, float]]]:
-        """Validate every reply into one row of a ``(replies, d)`` float32 matrix (a rejected
-        reply's row is overwritten by the next one); count and log what fails; each node's
-        outcome goes to ``outcomes``."""
-        specs = array_specs(current)
-        matrix = np.empty((len(replies), global_flat.size), dtype=np.float32)
-        metrics: list[dict[str, float]] = []
-        nodes: list[int] = []
-        sent = self._senders(MessageType.TRAIN)
-        for msg in replies:
-            stats.replies += 1
-            # The node the instruction went to: an unreachable node's error reply comes
-            # from the SuperLink (src_node_id 1), not from the node.
-            node = sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-            if msg.has_error():
-                outcomes[node] = Reply(record_failure(server_round, stats, node, msg),
-                                       from_node=msg.metadata.src_node_id == node)
-                continue
-            stats.bytes_up += serialized_bytes(msg.content)
-            compressed, t0 = is_compressed(msg.content), time.perf_counter()
-            try:
-                _, node_metrics = reply_update(msg.content, specs, global_flat,
-                                               out=matrix[len(nodes)])
-            except ReplyRejected as exc:
-                stats.rejected[node] = str(exc)
-                stats.rejected_kinds[exc.kind] = stats.rejected_kinds.get(exc.kind, 0) + 1
-                outcomes[node] = Reply(REJECTED)
-                log(WARNING, "round %d: rejected reply of node %d: %s", server_round, node, exc)
-                continue
-            if compressed:
-                stats.decode_seconds += time.perf_counter() - t0
-            metrics.append(node_metrics)
-            nodes.append(node)
-            outcomes[node] = Reply()
-        stats.accepted, stats.accepted_nodes = len(nodes), tuple(nodes)
-        record_inflated(server_round, stats, nodes, metrics, self.weight_cap)
-        stats.train_metrics = weighted_metrics(metrics)
-        stats.node_epsilon = {node: m[LOCAL_DP_METRIC] for node, m in zip(nodes, metrics,
-                                                                           strict=True)
-                              if LOCAL_DP_METRIC in m}
-        if stats.node_epsilon:  # local DP: the worst-off node's budget is what matters
-            stats.train_metrics[LOCAL_DP_METRIC + "-max"] = max(stats.node_epsilon.values())
-        return matrix, nodes, metrics
+    def model_size(self) -> int:
+        """Number of parameters of the current global model."""
+        assert self.state.arrays is not None
+        return sum(int(np.prod(a.shape, dtype=np.int64)) for a in self.state.arrays.values())
+
+    def sent_nodes(self, kind: str) -> dict[str, int]:
+        """Message id of this round's instructions of ``kind`` -> the node it went to."""
+        return self._senders(kind)
+
 
     def _record_health(self, server_round: int, stats: RoundStats,
                        outcomes: dict[int, Reply]) -> None:
@@ -271,9 +265,17 @@ class RobustStrategy(FedAvg):
 
     def _screen_round(self, server_round: int, stats: RoundStats, nodes: list[int],
                       updates: torch.Tensor) -> ScreenPlan:
-        """Screen the round's updates (no row copied), record and log what was flagged."""
-        plan = self.screen_updates.plan(nodes, updates, limit=exclusion_limit(len(nodes)))
+        """Screen the round's updates (no row copied), record and log what was flagged.
+        Bucket means (``self._buckets`` set) are screened on this round's scores alone
+        (a bucket lives one round: no reputation), and a bucket's flag goes to each of
+        its contributors."""
+        buckets = self._buckets
+        plan = self.screen_updates.plan(nodes, updates, limit=exclusion_limit(len(nodes)),
+                                        record=buckets is None)
         report, dropped = plan.report, plan.dropped
+        if buckets is not None:
+            flag_buckets(server_round, stats, buckets, plan)
+            return plan
         stats.flagged = {nodes[i]: report.reasons[i] for i in report.flagged}
         stats.flagged_checks = {nodes[i]: report.checks[i] for i in report.flagged}
         stats.excluded_nodes = tuple(nodes[i] for i in dropped)
