@@ -14,11 +14,14 @@ from flwr.common.constant import ErrorCode
 
 DATA_ERROR = 3050  # the node's data file cannot be used
 BUDGET_REFUSED = 3051  # another round would exceed the node's DP budget
+SECAGG_ERROR = 3052  # a secure-aggregation stage failed (fedapp.secagg), or a stage's reply
+#                      never came (the server counts that node under the same kind)
 
 #: Error code -> the kind counted in the round's metrics (``failed-<kind>``).
 KINDS: dict[int, str] = {
     DATA_ERROR: "data",
     BUDGET_REFUSED: "dp-refused",
+    SECAGG_ERROR: "secagg",
     ErrorCode.NODE_UNAVAILABLE: "unreachable",
     ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "unreachable",
     ErrorCode.MESSAGE_UNAVAILABLE: "unreachable",

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, RecordDict
 WEIGHT_KEY = "num-examples"
 
 
-REJECTION_KINDS = ("metrics", "layout", "non-finite", "compressed")
+REJECTION_KINDS = ("metrics", "layout", "non-finite", "compressed", "masked")
 
 
 class ReplyRejected(ValueError):

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedapp.config.checks import cross_checks
+
 BUILTIN_DATASETS = ("digits", "breast-cancer")
 SYNTHETIC = "synthetic"  # generated per node (fedapp.data.synthetic)
 HF_PREFIX = "hf:"
@@ -204,50 +206,24 @@ class RunConfig:
         default=False, metadata=_key("compression-stochastic")
     )
     compression_feedback: bool = field(default=True, metadata=_key("compression-feedback"))
+    # Secure aggregation (fedapp.secagg): SecAgg+ inside buckets of secagg-bucket-size nodes,
+    # the robust pipeline across the bucket means. secagg-bucket-size >= the round's nodes is
+    # plain secure aggregation: one sum, no robustness. Each node clips its update to
+    # secagg-clip-norm; secagg-threshold of its share holders must stay; secagg-degree: share
+    # holders per node besides itself (0 = its whole bucket); secagg-bits: the ring Z_2^bits.
+    secagg: bool = field(default=False, metadata=_key("secagg"))
+    secagg_bucket_size: int = field(default=4, metadata=_key("secagg-bucket-size", min=2))
+    secagg_threshold: float = field(default=0.75, metadata=_key("secagg-threshold", min=0.51,
+                                                                max=1.0))
+    secagg_degree: int = field(default=0, metadata=_key("secagg-degree", min=0))
+    secagg_clip_norm: float = field(default=5.0, metadata=_key("secagg-clip-norm", min=1e-6))
+    secagg_bits: int = field(default=32, metadata=_key("secagg-bits", min=8, max=32))
 
     def __post_init__(self) -> None:
         errors = [e for f in dataclasses.fields(self) if (e := _check_field(self, f))]
-        errors += self._cross_checks()
+        errors += cross_checks(self)
         if errors:
             raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
-
-    def _cross_checks(self) -> list[str]:
-        errors = []
-        if self.dataset not in (*BUILTIN_DATASETS, SYNTHETIC) and not (
-            self.dataset.startswith(HF_PREFIX) and len(self.dataset) > len(HF_PREFIX)
-        ):
-            allowed = ", ".join((*BUILTIN_DATASETS, SYNTHETIC))
-            errors.append(
-                f"dataset={self.dataset!r} is not one of: {allowed}, or 'hf:<hub name>'"
-            )
-        if self.min_train_nodes > self.min_available_nodes:
-            errors.append(
-                f"min-train-nodes={self.min_train_nodes} must be <= "
-                f"min-available-nodes={self.min_available_nodes}"
-            )
-        if not self.label_column:
-            errors.append("label-column='' must name the label column")
-        if self.dp == "central":
-            # The accounting holds for the clipped mean only (fedapp.privacy.central).
-            for key, value, needed in (("aggregator", self.aggregator, "fedavg"),
-                                       ("preaggregation", self.preaggregation, "none")):
-                if value != needed:
-                    errors.append(f"dp='central' needs {key}={needed!r}, got {value!r}: its "
-                                  "epsilon is only valid for the clipped mean")
-            if self.anomaly_detection == "exclude":
-                errors.append("dp='central' cannot use anomaly-detection='exclude' (excluding "
-                              "nodes after seeing their updates voids the accounting)")
-        if not self.experiment:
-            errors.append("experiment='' must name an MLflow experiment")
-        if any(c in self.registered_model for c in "/:"):
-            errors.append(f"registered-model={self.registered_model!r} must not contain "
-                          "'/' or ':' ('' = fedapp-<dataset>, 'off' = do not register)")
-        if not os.path.isabs(os.path.expanduser(self.output_dir)):
-            errors.append(
-                f"output-dir={self.output_dir!r} must be an absolute path (or start with ~): "
-                "the ServerApp's working directory is wherever the SuperLink started"
-            )
-        return errors
 
     @property
     def output_path(self) -> str:
