@@ -37,12 +37,15 @@ from fedapp.data.loading import dataset_spec, load_node_data
 from fedapp.data.local import DataFileError
 from fedapp.device import resolve_device
 from fedapp.node_errors import BUDGET_REFUSED, DATA_ERROR, error_reply
+from fedapp.secagg.client import secagg_mod
 
-# Mods, outermost first. compression_mod encodes TRAIN replies as update payloads
-# when `compression` is not "off"; attack_mod (simulation only, off by default)
-# poisons a malicious node's dense update before compression sees it. Flower's
-# clipping mods, if added, go after compression_mod.
-app = ClientApp(mods=[compression_mod, attack_mod])
+# Mods, outermost first. secagg_mod runs the stages of secure aggregation when a TRAIN
+# message carries them (secagg=true; it masks the update, so it comes last on the way
+# out); compression_mod encodes TRAIN replies as update payloads when `compression` is
+# not "off"; attack_mod (simulation only, off by default) poisons a malicious node's dense
+# update before compression sees it. Flower's clipping mods, if added, go after
+# compression_mod.
+app = ClientApp(mods=[secagg_mod, compression_mod, attack_mod])
 
 
 COLD_START_LOG_ENV = "FEDAPP_COLD_START_LOG"
