@@ -641,6 +641,32 @@ def test_flwr_run_with_authenticated_hospitals_completes(federation: Federation)
     assert sorted(per_round) == list(range(1, ROUNDS + 1)), f"round lines missing:\n{output}"
 
 
+def test_secure_aggregation_recovers_the_broken_hospital_after_it_shared_keys(
+        federation: Federation) -> None:
+    """SecAgg+ over TLS and node auth: the four hospitals form one bucket; the broken one
+    answers setup and share_keys, then fails to train, so its masks are removed through
+    the others' Shamir shares (threshold 3 of 4) and the round learns from the sum of three."""
+    fed = federation
+    run_config = (f"{RUN_CONFIG.replace('median', 'fedavg')} secagg=true "
+                  f"secagg-bucket-size={len(MEMBERS)} secagg-threshold=0.75")
+    started = time.perf_counter()
+    output = flwr_run(fed, fed.root / "out-secagg", fed.root / "logs" / "flwr-run-secagg.log",
+                      run_config)
+    run_id = find_run_id(fed, output)
+    run = final_status(fed, run_id)
+    assert run["status"] == "finished:completed", f"run {run_id}: {run}\n{output}"
+    rows = json.loads((fed.root / "out-secagg" / f"run-{run_id}" / "rounds.json").read_text())
+    for row in rows[1:]:
+        assert (row["accepted"], row["failed-data"], row["secagg-buckets-dropped"]) == (
+            HOSPITALS, 1, 0), row
+    assert rows[-1]["server-accuracy"] > max(rows[0]["server-accuracy"], 0.85), rows
+    assert "Secure aggregation: SecAgg+ in buckets of 4" in output
+    fed.record_timing(f"secure aggregation run ({len(MEMBERS)} hospitals, one recovered "
+                      f"dropout per round, {ROUNDS} rounds): "
+                      f"{time.perf_counter() - started:.1f}s wall; per round: " + ", ".join(
+                          f"{s:.1f}s" for _, s in sorted(round_seconds(output).items())))
+
+
 # ------------------------------------------------------------------ removal
 
 
