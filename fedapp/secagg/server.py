@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
 import numpy as np
@@ -34,9 +33,10 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.serverapp import Grid
 
 from fedapp.compression.wire import serialized_bytes
+from fedapp.config import RunConfig
 from fedapp.node_errors import KINDS, SECAGG_ERROR, kind_of
 from fedapp.secagg import masking, protocol
-from fedapp.secagg.client import MASKED_KEY
+from fedapp.secagg.bucket import Bucket, masked_vector
 from fedapp.secagg.unmask import Encoding, UnmaskFailed, bucket_sum
 from fedapp.server.buckets import BucketRound
 from fedapp.server.strategy import RobustStrategy
@@ -46,21 +46,11 @@ from fedapp.validation import ReplyRejected, check_metrics
 SECAGG_KIND = KINDS[SECAGG_ERROR]
 
 
-@dataclass
-class Bucket:
-    """One bucket's protocol state within a round."""
-
-    members: tuple[int, ...]
-    t: int
-    enc: Encoding
-    keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # setup answers
-    graph: dict[int, tuple[int, ...]] = field(default_factory=dict)  # of the nodes in it
-    shared: set[int] = field(default_factory=set)  # answered share_keys
-    inbox: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)  # dst -> shares
-    masked: dict[int, np.ndarray] = field(default_factory=dict)  # accepted, until unmasked
-    contributors: tuple[int, ...] = ()
-    total: np.ndarray | None = None  # the decoded sum of the contributors' updates
-    dropped_reason: str = ""
+def settings_of(cfg: RunConfig) -> protocol.Settings:
+    """The ``secagg-*`` keys; the buckets' shuffle is seeded by the run's ``seed``."""
+    return protocol.Settings(bucket_size=cfg.secagg_bucket_size,
+                             threshold=cfg.secagg_threshold, degree=cfg.secagg_degree,
+                             clip_norm=cfg.secagg_clip_norm, bits=cfg.secagg_bits, seed=cfg.seed)
 
 
 class SecureAggregation(StrategyWrapper):
@@ -286,21 +276,3 @@ class SecureAggregation(StrategyWrapper):
                 continue
             b.contributors = tuple(b.masked)
             b.masked = {}  # the sum is all that is kept
-
-
-def masked_vector(content: RecordDict, size: int, bits: int) -> np.ndarray:
-    """The one flat array of ``Z_M`` a node sends in stage 3; ``ReplyRejected`` (kind
-    ``masked``) names what is wrong with it."""
-    if MASKED_KEY not in content.array_records:
-        raise ReplyRejected(f"no {MASKED_KEY!r} record (is the node's secagg_mod installed?)",
-                            "masked")
-    record = content.array_records[MASKED_KEY]
-    if list(record) != ["masked"]:
-        raise ReplyRejected(f"{MASKED_KEY!r} holds {sorted(record)}, expected ['masked']",
-                            "masked")
-    array = record["masked"].numpy()
-    dtype = masking.wire_dtype(bits)
-    if array.dtype != dtype or array.shape != (size,):
-        raise ReplyRejected(f"masked vector of {array.dtype} {array.shape}, expected {dtype} "
-                            f"({size},)", "masked")
-    return array

@@ -29,7 +29,6 @@ from fedapp.data.loading import dataset_spec, load_server_test
 from fedapp.data.specs import Split
 from fedapp.privacy import CentralAccountant, CentralDP, calibrate_noise
 from fedapp.robust import AggregationResult
-from fedapp.secagg.protocol import Settings
 from fedapp.server.pipeline import Aggregation, AggregationPipeline
 from fedapp.server.screen import Reputation
 from fedapp.server.state import ServerState
@@ -54,13 +53,6 @@ def central_dp(cfg: RunConfig, state: ServerState) -> CentralDP:
     if state.dp_accountant is None:
         state.dp_accountant = CentralAccountant(z, cfg.dp_delta)
     return mechanism
-
-
-def secagg_settings(cfg: RunConfig) -> Settings:
-    """The ``secagg-*`` keys; the buckets' shuffle is seeded by the run's ``seed``."""
-    return Settings(bucket_size=cfg.secagg_bucket_size, threshold=cfg.secagg_threshold,
-                    degree=cfg.secagg_degree, clip_norm=cfg.secagg_clip_norm,
-                    bits=cfg.secagg_bits, seed=cfg.seed)
 
 
 def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_offset: int = 0
@@ -95,9 +87,9 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
     if state.dp_accountant is not None and cfg.dp == "central":
         stack = CentralDPAccounting(stack, state.dp_accountant)
     if cfg.secagg:  # the config refuses central DP and server-side attacks with it
-        from fedapp.secagg.server import SecureAggregation
+        from fedapp.secagg.server import SecureAggregation, settings_of
 
-        stack = SecureAggregation(robust, secagg_settings(cfg), timeout=cfg.round_timeout)
+        stack = SecureAggregation(robust, settings_of(cfg), timeout=cfg.round_timeout)
     if cfg.attack != "none":
         from fedapp.attacks.mod import PARTITION_METRIC
         from fedapp.attacks.threat_model import ThreatModel
