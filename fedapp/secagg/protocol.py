@@ -76,7 +76,7 @@ def threshold(fraction: float, shares: int) -> int:
     """Shamir threshold for ``shares`` holders (module docstring)."""
     if not 0.5 < fraction <= 1.0:
         raise ValueError(f"threshold fraction {fraction} must be in (0.5, 1]")
-    return min(shares, max(2, math.ceil(fraction * shares)))
+    return max(2, min(shares, math.ceil(fraction * shares)))
 
 
 def recoverable(graph: Mapping[int, Sequence[int]], alive: set[int], contributed: set[int],

@@ -104,7 +104,11 @@ class SecureAggregation(StrategyWrapper):
         for members in protocol.assign_buckets(nodes, s.bucket_size, s.seed, server_round):
             shares = len(protocol.neighbours(members, s.degree)[members[0]])
             enc = Encoding(s.bits, s.clip_norm, masking.levels(s.bits, len(members)))
-            buckets.append(Bucket(members, protocol.threshold(s.threshold, shares), enc))
+            bucket = Bucket(members, protocol.threshold(s.threshold, shares), enc)
+            buckets.append(bucket)
+            if len(members) < bucket.t:  # a lone node: its sum would be its update
+                self._drop(bucket, f"{len(members)} node(s) cannot hide an update in a sum",
+                           server_round)
         return buckets
 
     def _bucket_of(self, node: int) -> Bucket | None:

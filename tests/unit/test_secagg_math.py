@@ -90,6 +90,7 @@ def test_ring_neighbours_are_symmetric() -> None:
 
 def test_threshold_and_recoverability() -> None:
     assert protocol.threshold(0.75, 4) == 3 and protocol.threshold(0.51, 2) == 2
+    assert protocol.threshold(0.9, 1) == 2  # never a sum of one
     with pytest.raises(ValueError, match=r"\(0\.5, 1\]"):
         protocol.threshold(0.5, 4)
     graph = {n: (1, 2, 3, 4) for n in (1, 2, 3, 4)}

@@ -174,6 +174,26 @@ def test_a_tampered_masked_vector_fails_its_bucket_bound(caplog: pytest.LogCaptu
     assert "the sum fails its bound" in caplog.text
 
 
+def test_a_masked_vector_of_the_wrong_shape_is_rejected_and_its_node_recovered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ups = updates(4, seed=11)
+    strategy, layer = secure_stack(4, Settings(bucket_size=4, threshold=0.75, clip_norm=10.0))
+    seen = captured_rows(strategy, monkeypatch)
+    grid = LoopbackGrid(ups)
+
+    def truncate(m: Message) -> Message:
+        record = m.content[MASKED_KEY]
+        record["masked"] = type(record["masked"])(record["masked"].numpy()[:-1].copy())
+        return m
+
+    grid.reply_faults[(BIG + 2, COLLECT)] = truncate
+    _, metrics = run_round(grid, layer, DIM)
+    assert metrics is not None and metrics["rejected"] == 1
+    assert "masked vector of uint32 (49,)" in strategy.history[1].rejected[BIG + 2]
+    np.testing.assert_allclose(seen[0][0][0], np.mean([ups[BIG + k] for k in (0, 1, 3)], axis=0),
+                               atol=1e-6)
+
+
 def test_a_tampered_unmask_share_is_detected(caplog: pytest.LogCaptureFixture) -> None:
     ups = updates(4, seed=8)
     _strategy, layer = secure_stack(4, Settings(bucket_size=4, threshold=0.75, clip_norm=10.0))
