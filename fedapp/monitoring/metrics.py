@@ -161,6 +161,13 @@ class FederationMetrics:
         self.benched = g("fedapp_nodes_benched", "Nodes benched by the circuit breaker.")
         self.probation = g("fedapp_nodes_probation", "Nodes on probation after a bench.")
         self.nodes_quorum = g("fedapp_nodes_quorum", "min-train-nodes: fewer stops training.")
+        c = self._counter  # secure aggregation (secagg=true; fedapp.secagg)
+        self.secagg_buckets = c("fedapp_secagg_buckets", "Buckets formed by secure aggregation.")
+        self.secagg_dropped = c("fedapp_secagg_buckets_dropped",
+                                "Buckets left out of a round (too few contributors or "
+                                "share holders, shares that disagree, a sum out of bounds).")
+        self.secagg_seconds = c("fedapp_secagg_seconds",
+                                "Server time in secure aggregation's extra stages.")
 
     def observe(self, row: Mapping[str, float], stats: RoundStats | None,
                 reputation: Mapping[int, float]) -> None:
@@ -253,6 +260,9 @@ class FederationMetrics:
         for gauge, key in pairs:
             if key in row:
                 gauge.set(row[key])
+        self.secagg_buckets.inc(row.get("secagg-buckets", 0))
+        self.secagg_dropped.inc(row.get("secagg-buckets-dropped", 0))
+        self.secagg_seconds.inc(row.get("secagg-seconds", 0.0))
 
 
 def series_names(registry: CollectorRegistry) -> set[str]:

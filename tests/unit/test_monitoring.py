@@ -80,6 +80,16 @@ def test_one_round_sets_every_family_from_the_row_and_the_diagnostics() -> None:
     assert value(m, "process_resident_memory_bytes") > 0
 
 
+def test_secure_aggregation_rounds_count_buckets_and_protocol_seconds() -> None:
+    m = metrics()
+    for r in (1, 2):
+        m.observe(row(r, **{"secagg-buckets": 3, "secagg-buckets-dropped": r - 1,
+                            "secagg-seconds": 0.5}), None, {})
+    assert value(m, "fedapp_secagg_buckets_total") == 6
+    assert value(m, "fedapp_secagg_buckets_dropped_total") == 1
+    assert value(m, "fedapp_secagg_seconds_total") == 1.0
+
+
 def test_best_accuracy_holds_and_the_streak_counts_consecutive_flagged_rounds() -> None:
     m = metrics()
     m.observe(row(1, **{"server-accuracy": 0.9}), stats(1, (1, 2), {2: ("cosine",)}), {})
