@@ -142,7 +142,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on local data; reply with weights and metrics.
 
     The reply's MetricRecord holds ``num-examples`` (the server's weight), ``dp-epsilon``
-    under ``dp='local'``, and ``train-loss`` / ``train-accuracy`` unless
+    under ``dp='local'`` or ``'distributed'``, and ``train-loss`` / ``train-accuracy`` unless
     ``train-metrics='none'``: none of them is covered by DP (docs/node-data.md). An unusable
     data file (``DATA_ERROR``) or a spent DP budget (``BUDGET_REFUSED``: the run's
     ``dp-epsilon``, the node's lifetime ``dp-budget``, or an unusable privacy ledger) is
@@ -154,15 +154,13 @@ def train(msg: Message, context: Context) -> Message:
         return _refuse(msg, DATA_ERROR, exc)
     device = resolve_device(cfg.device)  # 'cuda' without CUDA raises, naming the key
     metrics = MetricRecord({"num-examples": len(train_data)})
-    if cfg.dp == "local":  # DP-SGD (Opacus, imported only here); refused past the budget
-        from fedapp.privacy import BudgetExhausted, private_round
-        from fedapp.privacy.ledger import node_budget
+    if cfg.dp in ("local", "distributed"):  # refused past the budget (fedapp.privacy)
+        from fedapp.privacy import BudgetExhausted
 
-        try:  # charged to the node's lifetime ledger before it trains (privacy.ledger)
-            budget = node_budget(cfg, node_config_of(context), context.run_id,
-                                 int(msg.content["config"]["server-round"]))  # type: ignore[arg-type]
-            loss, acc, metrics["dp-epsilon"] = private_round(cfg, model, train_data, seed,
-                                                              context.state, budget, device)
+        step = _local_dp_round if cfg.dp == "local" else _distributed_step
+        try:
+            loss, acc, metrics["dp-epsilon"] = step(cfg, model, train_data, msg, context,
+                                                    seed, device)
         except BudgetExhausted as exc:
             return _refuse(msg, BUDGET_REFUSED, exc)
     else:
@@ -174,6 +172,40 @@ def train(msg: Message, context: Context) -> Message:
         metrics[PARTITION_METRIC] = node_config_of(context).partition_id
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
+
+
+def _local_dp_round(cfg: RunConfig, model: torch.nn.Module, data: Split, msg: Message,
+                    context: Context, seed: int, device: torch.device
+                    ) -> tuple[float, float, float]:
+    """``dp='local'``: DP-SGD (Opacus, imported only here), charged to the node's lifetime
+    ledger before it trains (``fedapp.privacy.ledger``)."""
+    from fedapp.privacy import private_round
+    from fedapp.privacy.ledger import node_budget
+
+    budget = node_budget(cfg, node_config_of(context), context.run_id,
+                         int(msg.content["config"]["server-round"]))  # type: ignore[arg-type]
+    return private_round(cfg, model, data, seed, context.state, budget, device)
+
+
+def _distributed_step(cfg: RunConfig, model: torch.nn.Module, data: Split, msg: Message,
+                      context: Context, seed: int, device: torch.device
+                      ) -> tuple[float, float, float]:
+    """``dp='distributed'``: the model's weights become ``w + sum clip_C(g_i)`` (the update
+    the secure-aggregation mod noises, masks and sends; ``fedapp.privacy.distributed``).
+    Returns the batch's loss, no accuracy (0.0), and the run's epsilon after this round."""
+    from fedapp.privacy.distributed import distributed_round
+    from fedapp.privacy.ledger import node_budget
+
+    server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+    budget = node_budget(cfg, node_config_of(context), context.run_id, server_round)
+    grads, loss, eps = distributed_round(cfg, model, data, server_round, budget)
+    with torch.no_grad():
+        offset = 0
+        for value in model.state_dict().values():
+            n = value.numel()
+            value.add_(torch.from_numpy(grads[offset:offset + n]).view_as(value))
+            offset += n
+    return loss, 0.0, eps
 
 
 @app.evaluate()

@@ -51,6 +51,12 @@ def cross_checks(cfg: RunConfig) -> list[str]:
             f"output-dir={cfg.output_dir!r} must be an absolute path (or start with ~): "
             "the ServerApp's working directory is wherever the SuperLink started"
         )
+    if cfg.dp == "distributed" and not cfg.secagg:
+        errors.append("dp='distributed' needs secagg=true: each node adds only a share of "
+                      "the noise, which protects a record only inside a secure sum")
+    if cfg.dp == "distributed" and cfg.secagg_bits < 16:
+        errors.append(f"dp='distributed' needs secagg-bits >= 16, got {cfg.secagg_bits}: "
+                      "the noisy sums need the room")
     return errors + secagg_checks(cfg)
 
 

@@ -42,7 +42,7 @@ ATTACK_NAMES = (
 )
 PERTURBATIONS = ("unit", "sign", "std")
 INITIAL_MODELS = ("fresh", "champion")
-DP_MODES = ("off", "local", "central")
+DP_MODES = ("off", "local", "central", "distributed")
 PREAGGREGATIONS = ("none", "bucketing", "nnm")
 TRAIN_METRICS = ("send", "none")
 COMPRESSION_CODECS = ("off", "fp16", "qsgd", "topk", "topk-qsgd")
@@ -125,14 +125,19 @@ class RunConfig:
     attack_perturbation: str = field(
         default="unit", metadata=_key("attack-perturbation", choices=PERTURBATIONS)
     )
-    # Differential privacy (fedapp.privacy): per-node DP-SGD ("local", Opacus) or
-    # client-level DP on the server ("central": clipped mean + Gaussian noise).
+    # Differential privacy (fedapp.privacy): per-node DP-SGD ("local", Opacus), client-level
+    # DP on the server ("central": clipped mean + Gaussian noise), or DP-SGD whose noise is
+    # shared among the nodes of each secure sum ("distributed", with secagg).
     dp: str = field(default="off", metadata=_key("dp", choices=DP_MODES))
     dp_epsilon: float = field(default=3.0, metadata=_key("dp-epsilon", min=1e-3))
     dp_delta: float = field(default=1e-5, metadata=_key("dp-delta", min=1e-12, max=0.1))
     dp_max_grad_norm: float = field(default=1.0, metadata=_key("dp-max-grad-norm", min=1e-6))
     dp_clip: float = field(default=1.0, metadata=_key("dp-clip", min=1e-6))
     dp_noise: float = field(default=0.0, metadata=_key("dp-noise", min=0.0))
+    # dp='distributed' (fedapp.privacy.distributed; needs secagg): one DP-SGD step per round,
+    # each record Poisson-sampled with this rate; noise shares summed securely.
+    dp_sample_rate: float = field(default=0.05, metadata=_key("dp-sample-rate", min=1e-6,
+                                                              max=1.0))
     # What a node reports with its update besides num-examples (and dp-epsilon): "send" its
     # train loss and accuracy (not covered by DP), "none" nothing more.
     train_metrics: str = field(default="send", metadata=_key("train-metrics",

@@ -1,4 +1,5 @@
-"""One bucket's protocol state within a round, and the check of a node's masked vector."""
+"""One bucket's protocol state within a round, the check of a node's masked vector, and
+what a bucket's recovered sum becomes for the strategy."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import RecordDict
 
-from fedapp.secagg import masking
+from fedapp.config import RunConfig
+from fedapp.secagg import masking, protocol
 from fedapp.secagg.client import MASKED_KEY
 from fedapp.secagg.unmask import Encoding
 from fedapp.validation import ReplyRejected
@@ -46,3 +48,33 @@ def masked_vector(content: RecordDict, size: int, bits: int) -> np.ndarray:
         raise ReplyRejected(f"masked vector of {array.dtype} {array.shape}, expected {dtype} "
                             f"({size},)", "masked")
     return array
+
+
+def bucket_row(b: Bucket, settings: protocol.Settings,
+               node_metrics: dict[int, dict[str, float]]) -> np.ndarray:
+    """A bucket's row for the strategy: the mean of its contributors' clipped updates;
+    under distributed DP, the DP-SGD step ``-lr * sum / (q N_b)`` of its records (``N_b``:
+    the contributors' reported example counts)."""
+    assert b.total is not None
+    if not b.enc.dp_unit:
+        total = masking.dequantize(b.total, b.enc.clip_norm, b.enc.num_levels)
+        return (total / len(b.contributors)).astype(np.float32)
+    records = sum(node_metrics[n].get("num-examples", 0.0) for n in b.contributors)
+    noisy_sum = b.total.astype(np.float64) * b.enc.dp_unit
+    step = -settings.dp_lr * noisy_sum / (settings.dp_sample_rate * max(records, 1.0))
+    return step.astype(np.float32)
+
+
+def settings_of(cfg: RunConfig) -> protocol.Settings:
+    """The ``secagg-*`` keys; the buckets' shuffle is seeded by the run's ``seed``. Under
+    ``dp='distributed'`` also the noise multiplier (calibrated as the nodes calibrate it),
+    the clip, the sample rate and the DP-SGD step's ``learning-rate``."""
+    from fedapp.privacy.distributed import noise_multiplier  # torch and Opacus: server only
+
+    z = noise_multiplier(cfg) if cfg.dp == "distributed" else 0.0
+    return protocol.Settings(bucket_size=cfg.secagg_bucket_size,
+                             threshold=cfg.secagg_threshold, degree=cfg.secagg_degree,
+                             clip_norm=cfg.secagg_clip_norm, bits=cfg.secagg_bits, seed=cfg.seed,
+                             dp_noise=z, dp_clip=cfg.dp_max_grad_norm,
+                             dp_sample_rate=cfg.dp_sample_rate, dp_lr=cfg.learning_rate,
+                             dp_delta=cfg.dp_delta)

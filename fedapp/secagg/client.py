@@ -54,6 +54,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_separate
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
+from fedapp.config import run_config_of
 from fedapp.node_errors import SECAGG_ERROR, error_reply
 from fedapp.secagg import masking
 from fedapp.updates import update_of
@@ -88,7 +89,8 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             records[RECORD_KEY_STATE] = ConfigRecord(SecAggPlusState().to_dict())
             return trained
     try:
-        reply = _run_stage(state, configs, msg, trained)
+        noise = dp_share_std(context, state) if trained is not None else 0.0
+        reply = _run_stage(state, configs, msg, trained, noise)
     except (ValueError, KeyError, TypeError) as exc:  # ProtocolError and Flower's checks
         return _failed(msg, records, exc)
     records[RECORD_KEY_STATE] = ConfigRecord(state.to_dict())
@@ -101,7 +103,7 @@ def _failed(msg: Message, records: dict, exc: Exception) -> Message:  # type: ig
 
 
 def _run_stage(state: SecAggPlusState, configs: ConfigRecord, msg: Message,
-               trained: Message | None) -> Message:
+               trained: Message | None, noise_std: float = 0.0) -> Message:
     stage = state.current_stage
     if stage == Stage.SETUP:
         state.nid = msg.metadata.dst_node_id
@@ -115,11 +117,24 @@ def _run_stage(state: SecAggPlusState, configs: ConfigRecord, msg: Message,
     update = update_of(msg.content["arrays"], trained.content["arrays"])
     if isinstance(update, str):
         raise ProtocolError(f"no update to mask: {update}")
-    masked = masked_update(state, update, available, np.random.default_rng())
+    masked = masked_update(state, update, available, np.random.default_rng(),
+                           noise_std=noise_std)
     content = RecordDict({MASKED_KEY: ArrayRecord({"masked": Array(masked)})})
     for name, record in trained.content.metric_records.items():
         content[name] = record
     return Message(content=content, reply_to=msg)
+
+
+def dp_share_std(context: Context, state: SecAggPlusState) -> float:
+    """This node's noise share under ``dp='distributed'`` (else 0): ``z C / sqrt(t)``, with
+    ``t`` the bucket's threshold, the fewest contributors a released sum can have (this
+    node refuses to help unmask fewer: ``unmask_shares``)."""
+    cfg = run_config_of(context)
+    if cfg.dp != "distributed":
+        return 0.0
+    from fedapp.privacy.distributed import noise_multiplier, share_std
+
+    return share_std(noise_multiplier(cfg), cfg.dp_max_grad_norm, int(state.threshold))
 
 
 def _answer(msg: Message, values: dict) -> Message:  # type: ignore[type-arg]
@@ -153,13 +168,20 @@ def receive_shares(state: SecAggPlusState, configs: ConfigRecord) -> list[int]:
 
 
 def masked_update(state: SecAggPlusState, update: np.ndarray, available: list[int],
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator, noise_std: float = 0.0) -> np.ndarray:
     """``update`` clipped to the norm ``state.clipping_range``, quantized to
     ``state.target_range`` levels, masked with the private mask and one pairwise mask per
-    available neighbour, in ``Z_M`` (``M = state.mod_range``), in the wire dtype."""
+    available neighbour, in ``Z_M`` (``M = state.mod_range``), in the wire dtype. With
+    ``noise_std`` (``dp='distributed'``: this node's noise share) the update is a clipped
+    gradient sum: Gaussian noise of that std is added and the result quantized in steps of
+    ``masking.dp_unit``, without clipping."""
     bits = int(state.mod_range).bit_length() - 1
     bound, num_levels = float(state.clipping_range), int(state.target_range)
-    q = masking.quantize(masking.clip_to_norm(update, bound), bound, num_levels, rng)
+    if noise_std > 0:
+        noisy = update.astype(np.float64) + rng.normal(0.0, noise_std, update.size)
+        q = masking.quantize_unbounded(noisy, masking.dp_unit(noise_std, bits), rng)
+    else:
+        q = masking.quantize(masking.clip_to_norm(update, bound), bound, num_levels, rng)
     v = masking.add_mask(masking.to_ring(q, bits), masking.prg(state.rd_seed, q.size, bits),
                          1, bits)
     own_key = bytes_to_private_key(state.sk1)
@@ -174,6 +196,9 @@ def unmask_shares(state: SecAggPlusState, configs: ConfigRecord) -> dict:  # typ
     """The shares the server asks for (module docstring, stage 4)."""
     active = cast(list[int], configs[Key.ACTIVE_NODE_ID_LIST])
     dead = cast(list[int], configs[Key.DEAD_NODE_ID_LIST])
+    if len(active) < state.threshold:
+        raise ProtocolError(f"{len(active)} contributors named, fewer than the threshold "
+                            f"{state.threshold}: the sum would hide too little")
     both = set(active) & set(dead)
     if both:
         raise ProtocolError(f"nodes {sorted(both)} named both contributing and dropped")

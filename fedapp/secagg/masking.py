@@ -71,6 +71,24 @@ def quantize(x: np.ndarray, bound: float, num_levels: int,
     return np.clip(q, -num_levels, num_levels).astype(np.int64)
 
 
+def quantize_unbounded(x: np.ndarray, unit: float, rng: np.random.Generator) -> np.ndarray:
+    """Stochastic rounding of ``x / unit`` to int64, without clipping: under distributed DP
+    (``dp='distributed'``) a node's noisy gradient sum is not bounded, and reducing the sum
+    modulo ``M`` is post-processing of the integer sum (it can only cost accuracy, if a
+    coordinate ever reached ``M / 2`` units)."""
+    y = np.asarray(x, dtype=np.float64) / unit
+    low = np.floor(y)
+    return (low + (rng.random(y.shape) < (y - low))).astype(np.int64)
+
+
+def dp_unit(share_std: float, bits: int) -> float:
+    """The quantization step under distributed DP: 1/1000 of a node's noise std (32 bits),
+    1/10 with fewer bits. Rounding after the noise is then a lattice sample of a density
+    whose Gaussian part is 1000 (10) steps wide (analysis: ``docs/privacy.md``)."""
+    wire_dtype(bits)
+    return share_std / (1000.0 if bits > 16 else 10.0)
+
+
 def dequantize(q: np.ndarray, bound: float, num_levels: int) -> np.ndarray:
     """Inverse scale of ``quantize`` (float64): a sum of quantized vectors becomes the
     sum of the vectors, up to the rounding (at most ``C / L`` per coordinate each)."""

@@ -37,6 +37,13 @@ class Settings:
     clip_norm: float = 5.0
     bits: int = 32
     seed: int = 0
+    # dp='distributed' (fedapp.privacy.distributed): noise multiplier z (0: off), per-example
+    # clip C, sample rate q and the DP-SGD step's learning rate.
+    dp_noise: float = 0.0
+    dp_clip: float = 1.0
+    dp_sample_rate: float = 1.0
+    dp_lr: float = 0.0
+    dp_delta: float = 1e-5
 
 
 def assign_buckets(nodes: Sequence[int], size: int, seed: int, server_round: int
@@ -89,6 +96,8 @@ def recoverable(graph: Mapping[int, Sequence[int]], alive: set[int], contributed
     if len(contributed) < t:
         return f"{len(contributed)} nodes contributed, fewer than the threshold {t}"
     for node, holders in graph.items():
+        if node not in contributed and not any(h in contributed for h in holders if h != node):
+            continue  # no contributor masked with it: its key is not needed
         live = sum(1 for h in holders if h in alive)
         if live < t:
             what = "mask seed" if node in contributed else "key of a dropped node"

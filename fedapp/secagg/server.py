@@ -33,10 +33,11 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.serverapp import Grid
 
 from fedapp.compression.wire import serialized_bytes
-from fedapp.config import RunConfig
 from fedapp.node_errors import KINDS, SECAGG_ERROR, kind_of
+from fedapp.privacy.accounting import epsilon_of
+from fedapp.privacy.distributed import share_std
 from fedapp.secagg import masking, protocol
-from fedapp.secagg.bucket import Bucket, masked_vector
+from fedapp.secagg.bucket import Bucket, bucket_row, masked_vector
 from fedapp.secagg.unmask import Encoding, UnmaskFailed, bucket_sum
 from fedapp.server.buckets import BucketRound
 from fedapp.server.strategy import RobustStrategy
@@ -44,13 +45,6 @@ from fedapp.server.wrappers import StrategyWrapper
 from fedapp.validation import ReplyRejected, check_metrics
 
 SECAGG_KIND = KINDS[SECAGG_ERROR]
-
-
-def settings_of(cfg: RunConfig) -> protocol.Settings:
-    """The ``secagg-*`` keys; the buckets' shuffle is seeded by the run's ``seed``."""
-    return protocol.Settings(bucket_size=cfg.secagg_bucket_size,
-                             threshold=cfg.secagg_threshold, degree=cfg.secagg_degree,
-                             clip_norm=cfg.secagg_clip_norm, bits=cfg.secagg_bits, seed=cfg.seed)
 
 
 class SecureAggregation(StrategyWrapper):
@@ -103,8 +97,11 @@ class SecureAggregation(StrategyWrapper):
         buckets = []
         for members in protocol.assign_buckets(nodes, s.bucket_size, s.seed, server_round):
             shares = len(protocol.neighbours(members, s.degree)[members[0]])
-            enc = Encoding(s.bits, s.clip_norm, masking.levels(s.bits, len(members)))
-            bucket = Bucket(members, protocol.threshold(s.threshold, shares), enc)
+            t = protocol.threshold(s.threshold, shares)
+            unit = (masking.dp_unit(share_std(s.dp_noise, s.dp_clip, t), s.bits)
+                    if s.dp_noise else 0.0)
+            enc = Encoding(s.bits, s.clip_norm, masking.levels(s.bits, len(members)), unit)
+            bucket = Bucket(members, t, enc)
             buckets.append(bucket)
             if len(members) < bucket.t:  # a lone node: its sum would be its update
                 self._drop(bucket, f"{len(members)} node(s) cannot hide an update in a sum",
@@ -216,15 +213,20 @@ class SecureAggregation(StrategyWrapper):
                 bucketed.dropped.append((b.members, b.dropped_reason))
             elif b.total is not None:
                 bucketed.members.append(b.contributors)
-                bucketed.rows.append((masking.dequantize(b.total, b.enc.clip_norm,
-                                                         b.enc.num_levels)
-                                      / len(b.contributors)).astype(np.float32))
+                bucketed.rows.append(bucket_row(b, self.settings, bucketed.node_metrics))
+                bucketed.row_weights.append(float(len(b.contributors)) if not b.enc.dp_unit
+                                            else sum(bucketed.node_metrics[n]["num-examples"]
+                                                     for n in b.contributors))
         self._seconds += time.perf_counter() - started
         arrays, metrics = self.robust.aggregate_buckets(server_round, bucketed)
         if metrics is not None:
             metrics["secagg-buckets"] = len(self._buckets)
             metrics["secagg-buckets-dropped"] = len(bucketed.dropped)
             metrics["secagg-seconds"] = self._seconds
+            if self.settings.dp_noise:  # every record's epsilon: one step per round
+                metrics["dp-epsilon"] = epsilon_of([(self.settings.dp_noise,
+                                                     self.settings.dp_sample_rate,
+                                                     server_round)], self.settings.dp_delta)
         self._buckets = []
         return arrays, metrics
 
@@ -256,6 +258,10 @@ class SecureAggregation(StrategyWrapper):
             if len(b.masked) < b.t:
                 self._drop(b, f"{len(b.masked)} masked vectors accepted, fewer than the "
                            f"threshold {b.t}", server_round)
+                continue
+            reason = protocol.recoverable(b.graph, set(b.masked), set(b.masked), b.t)
+            if reason:
+                self._drop(b, f"before unmask, {reason}", server_round)
                 continue
             dropped = b.shared - set(b.masked)
             for node in b.masked:

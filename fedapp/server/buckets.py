@@ -39,13 +39,15 @@ class BucketRound:
     rows: list[np.ndarray] = field(default_factory=list)
     members: list[tuple[int, ...]] = field(default_factory=list)
     dropped: list[tuple[tuple[int, ...], str]] = field(default_factory=list)
+    row_weights: list[float] = field(default_factory=list)  # default: contributors per row
 
     def labels(self) -> list[int]:
         """Row labels for screening: ``-1, -2, ...`` (a bucket is not a node)."""
         return [-(i + 1) for i in range(len(self.rows))]
 
     def weights(self) -> list[float]:
-        return [float(len(m)) for m in self.members]
+        """Each row's weight: ``row_weights`` if given, else its number of contributors."""
+        return list(self.row_weights) or [float(len(m)) for m in self.members]
 
     def matrix(self, size: int) -> np.ndarray:
         """The bucket means as one ``(buckets, size)`` float32 matrix."""

@@ -87,7 +87,8 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
     if state.dp_accountant is not None and cfg.dp == "central":
         stack = CentralDPAccounting(stack, state.dp_accountant)
     if cfg.secagg:  # the config refuses central DP and server-side attacks with it
-        from fedapp.secagg.server import SecureAggregation, settings_of
+        from fedapp.secagg.bucket import settings_of
+        from fedapp.secagg.server import SecureAggregation
 
         stack = SecureAggregation(robust, settings_of(cfg), timeout=cfg.round_timeout)
     if cfg.attack != "none":

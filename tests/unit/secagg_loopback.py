@@ -11,6 +11,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
+from fedapp.config import RunConfig
 from fedapp.secagg.client import secagg_mod
 from fedapp.secagg.protocol import Settings
 from fedapp.secagg.server import SecureAggregation
@@ -28,10 +29,11 @@ class LoopbackGrid:
     """Delivers every message to its node's mod at once; ``faults[(node, stage)]`` may drop
     or change the instruction before the node sees it, ``reply_faults`` its answer."""
 
-    def __init__(self, updates: dict[int, np.ndarray]) -> None:
+    def __init__(self, updates: dict[int, np.ndarray], cfg: RunConfig | None = None) -> None:
         self.updates = updates
+        run_config = (cfg or RunConfig(secagg=True)).to_flower()
         self.contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(),
-                                    run_config={}) for n in updates}
+                                    run_config=dict(run_config)) for n in updates}
         self.faults: dict[tuple[int, str], Tamper] = {}
         self.reply_faults: dict[tuple[int, str], Tamper] = {}
         self.trained: set[int] = set()
