@@ -102,3 +102,28 @@ def test_the_step_is_the_clipped_sum_over_the_expected_batch() -> None:
     noise = share_std(noise_multiplier(cfg), cfg.dp_max_grad_norm, 2) * math.sqrt(3)
     np.testing.assert_allclose(arrays["w"].numpy(), expected,
                                atol=6 * noise * 0.2 / (0.1 * 30) + 1e-6)
+
+
+def test_each_round_is_charged_to_the_hospital_ledger_at_its_own_delta(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedapp.config import NodeConfig
+    from fedapp.privacy.budget import BudgetExhausted
+    from fedapp.privacy.distributed import distributed_round
+    from fedapp.privacy.ledger import node_budget
+
+    cfg = RunConfig(dp="distributed", secagg=True, dp_epsilon=3.0, dp_sample_rate=0.2,
+                    num_server_rounds=4)
+    node = NodeConfig(partition_id=0, num_partitions=2, privacy_ledger=str(tmp_path / "l.json"),
+                      dp_budget=100.0, dp_delta=1e-7)
+    rng = np.random.default_rng(1)
+    data = Split(rng.normal(size=(30, 8)).astype(np.float32), rng.integers(0, 3, 30))
+    model = MLP(8, 3, hidden=4)
+    for r in (1, 2, 3):
+        budget = node_budget(cfg, node, run=9, server_round=r)
+        grads, _, eps = distributed_round(cfg, model, data, r, budget, deterministic_seed=r)
+        assert grads.shape == (sum(v.numel() for v in model.state_dict().values()),)
+        assert eps == pytest.approx(epsilon_after(cfg, r))
+    # three (z, q, 1 step) entries, composed at the hospital's delta (1e-7), not the run's
+    assert budget.spent() == pytest.approx(epsilon_after(cfg, 3, delta=1e-7), rel=1e-6)
+    assert budget.spent() > epsilon_after(cfg, 3)
+    with pytest.raises(BudgetExhausted, match="would bring epsilon"):
+        distributed_round(cfg, model, data, 9, None)  # past the run's planned rounds
