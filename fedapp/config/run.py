@@ -217,7 +217,7 @@ class RunConfig:
     # secagg-clip-norm; secagg-threshold of its share holders must stay; secagg-degree: share
     # holders per node besides itself (0 = its whole bucket); secagg-bits: the ring Z_2^bits.
     secagg: bool = field(default=False, metadata=_key("secagg"))
-    secagg_bucket_size: int = field(default=4, metadata=_key("secagg-bucket-size", min=2))
+    secagg_bucket_size: int = field(default=2, metadata=_key("secagg-bucket-size", min=2))
     secagg_threshold: float = field(default=0.75, metadata=_key("secagg-threshold", min=0.51,
                                                                 max=1.0))
     secagg_degree: int = field(default=0, metadata=_key("secagg-degree", min=0))

@@ -31,7 +31,7 @@ import numpy as np
 class Settings:
     """The run config's ``secagg-*`` keys (``fedapp.config.RunConfig``)."""
 
-    bucket_size: int = 4
+    bucket_size: int = 2
     threshold: float = 0.75
     degree: int = 0
     clip_norm: float = 5.0

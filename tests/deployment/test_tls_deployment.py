@@ -667,6 +667,33 @@ def test_secure_aggregation_recovers_the_broken_hospital_after_it_shared_keys(
                           f"{s:.1f}s" for _, s in sorted(round_seconds(output).items())))
 
 
+def test_distributed_dp_sgd_runs_over_secure_aggregation(federation: Federation) -> None:
+    """dp='distributed' in a deployment: one DP-SGD step per round, each hospital's noise
+    share inside the one secure sum; every record's epsilon as the accountant says."""
+    from fedapp.config import RunConfig
+    from fedapp.privacy.distributed import epsilon_after
+
+    fed, rounds = federation, 3
+    base = RUN_CONFIG.replace("median", "fedavg").replace(f"num-server-rounds={ROUNDS}",
+                                                          f"num-server-rounds={rounds}")
+    run_config = (f"{base} secagg=true secagg-bucket-size={len(MEMBERS)} dp='distributed' "
+                  "dp-epsilon=8.0 dp-sample-rate=0.2 learning-rate=1.0")
+    started = time.perf_counter()
+    output = flwr_run(fed, fed.root / "out-ddp", fed.root / "logs" / "flwr-run-ddp.log",
+                      run_config)
+    run_id = find_run_id(fed, output)
+    assert final_status(fed, run_id)["status"] == "finished:completed", output
+    rows = json.loads((fed.root / "out-ddp" / f"run-{run_id}" / "rounds.json").read_text())
+    cfg = RunConfig(dp="distributed", secagg=True, dp_epsilon=8.0, dp_sample_rate=0.2,
+                    num_server_rounds=rounds)
+    for row in rows[1:]:
+        assert (row["accepted"], row["failed-data"], row["secagg-buckets-dropped"]) == (
+            HOSPITALS, 1, 0), row
+        assert row["dp-epsilon"] == pytest.approx(epsilon_after(cfg, int(row["round"])))
+    fed.record_timing(f"distributed DP-SGD run ({rounds} rounds, {len(MEMBERS)} hospitals, one "
+                      f"dropout per round): {time.perf_counter() - started:.1f}s wall")
+
+
 # ------------------------------------------------------------------ removal
 
 
