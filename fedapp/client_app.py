@@ -193,12 +193,13 @@ def _distributed_step(cfg: RunConfig, model: torch.nn.Module, data: Split, msg: 
     """``dp='distributed'``: the model's weights become ``w + sum clip_C(g_i)`` (the update
     the secure-aggregation mod noises, masks and sends; ``fedapp.privacy.distributed``).
     Returns the batch's loss, no accuracy (0.0), and the run's epsilon after this round."""
-    from fedapp.privacy.distributed import distributed_round
+    from fedapp.privacy.distributed import distributed_round, run_noise
     from fedapp.privacy.ledger import node_budget
 
     server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
     budget = node_budget(cfg, node_config_of(context), context.run_id, server_round)
-    grads, loss, eps = distributed_round(cfg, model, data, server_round, budget)
+    grads, loss, eps = distributed_round(cfg, model, data, server_round, budget,
+                                         z=run_noise(cfg, context.state))
     with torch.no_grad():
         offset = 0
         for value in model.state_dict().values():

@@ -34,6 +34,7 @@ from logging import WARNING
 
 import numpy as np
 import torch
+from flwr.app import ConfigRecord, RecordDict
 from flwr.common.logger import log
 from torch import nn
 
@@ -43,12 +44,28 @@ from fedapp.privacy.accounting import calibrate_noise, epsilon_of
 from fedapp.privacy.budget import BudgetExhausted
 from fedapp.privacy.ledger import LedgerError, NodeBudget
 
+STATE_KEY = "fedapp.distributed-dp"  # the node's calibrated z, in context.state
+
 
 def noise_multiplier(cfg: RunConfig) -> float:
     """``z`` for the run: ``dp-epsilon`` spent after ``num-server-rounds`` steps at rate
     ``dp-sample-rate`` (one step per round), at ``dp-delta``."""
     return calibrate_noise(cfg.dp_epsilon, cfg.dp_delta, cfg.dp_sample_rate,
                            cfg.num_server_rounds)
+
+
+def run_noise(cfg: RunConfig, state: RecordDict) -> float:
+    """``noise_multiplier(cfg)``, kept in the node's ``context.state``: the calibration (a
+    bisection on the accountant, seconds on a busy CPU) then runs once per node and run,
+    not in every message's fresh ClientApp process of a deployment. Keyed by the settings
+    it depends on; the node computes it itself, it never takes it from the server."""
+    key = f"{cfg.dp_epsilon!r}/{cfg.dp_delta!r}/{cfg.dp_sample_rate!r}/{cfg.num_server_rounds}"
+    record = state.config_records.get(STATE_KEY)
+    if record is not None and record.get("key") == key:
+        return float(record["z"])  # type: ignore[arg-type]
+    z = noise_multiplier(cfg)
+    state.config_records[STATE_KEY] = ConfigRecord({"key": key, "z": z})
+    return z
 
 
 def epsilon_after(cfg: RunConfig, steps: int, delta: float | None = None) -> float:
@@ -96,16 +113,17 @@ def clipped_gradient_sum(model: nn.Module, data: Split, sample_rate: float, clip
 
 
 def distributed_round(cfg: RunConfig, model: nn.Module, data: Split, server_round: int,
-                      budget: NodeBudget | None, deterministic_seed: int | None = None
-                      ) -> tuple[np.ndarray, float, float]:
+                      budget: NodeBudget | None, deterministic_seed: int | None = None,
+                      z: float | None = None) -> tuple[np.ndarray, float, float]:
     """One round of distributed DP-SGD on this node: the clipped gradient sum as one
     float32 vector in ``model.state_dict()`` order (zeros for buffers), the batch's loss,
     and the run's epsilon after this round. Refused (``BudgetExhausted``) past the run's
     ``dp-epsilon`` or, with ``budget``, past the data's lifetime ``dp-budget``: the round
     is charged to the ledger (noise ``z``, rate ``q``, one step) before it computes
-    anything. Sampling is seeded from the OS's entropy unless ``deterministic_seed``."""
-    z = noise_multiplier(cfg)
-    eps = epsilon_after(cfg, server_round)
+    anything. Sampling is seeded from the OS's entropy unless ``deterministic_seed``;
+    ``z``: the run's noise multiplier if already known (``run_noise``)."""
+    z = noise_multiplier(cfg) if z is None else z
+    eps = epsilon_of([(z, cfg.dp_sample_rate, server_round)], cfg.dp_delta)
     if eps > cfg.dp_epsilon * 1.001:
         raise BudgetExhausted(f"DP budget: round {server_round} would bring epsilon to "
                               f"{eps:.3f} > dp-epsilon={cfg.dp_epsilon}; not training")

@@ -132,9 +132,9 @@ def dp_share_std(context: Context, state: SecAggPlusState) -> float:
     cfg = run_config_of(context)
     if cfg.dp != "distributed":
         return 0.0
-    from fedapp.privacy.distributed import noise_multiplier, share_std
+    from fedapp.privacy.distributed import run_noise, share_std
 
-    return share_std(noise_multiplier(cfg), cfg.dp_max_grad_norm, int(state.threshold))
+    return share_std(run_noise(cfg, context.state), cfg.dp_max_grad_norm, int(state.threshold))
 
 
 def _answer(msg: Message, values: dict) -> Message:  # type: ignore[type-arg]

@@ -673,7 +673,7 @@ def test_distributed_dp_sgd_runs_over_secure_aggregation(federation: Federation)
     from fedapp.config import RunConfig
     from fedapp.privacy.distributed import epsilon_after
 
-    fed, rounds = federation, 3
+    fed, rounds = federation, 2
     base = RUN_CONFIG.replace("median", "fedavg").replace(f"num-server-rounds={ROUNDS}",
                                                           f"num-server-rounds={rounds}")
     run_config = (f"{base} secagg=true secagg-bucket-size={len(MEMBERS)} dp='distributed' "
