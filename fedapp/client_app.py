@@ -1,7 +1,9 @@
 """fedapp ClientApp: wiring only (load local data, train or evaluate, reply).
 
 In deployment every message starts a fresh process that imports this module, so
-the import path is kept lean: torch and Flower's client API only. Dataset
+the import path is kept lean: Flower's client API and fedapp's mods; torch is imported by
+the train and evaluate handlers only (a secure-aggregation stage that does not train,
+``fedapp.secagg``, never imports it). Dataset
 libraries are imported inside the data loaders, when (and only if) needed, and a
 hospital's parsed file is cached between messages (fedapp.data.local). Local
 training avoids ``torch.optim`` (its first use imports ``torch._dynamo``, seconds per
@@ -22,22 +24,23 @@ import zlib
 from collections.abc import Callable
 from logging import INFO, WARNING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from fedapp import task
 from fedapp.attacks.mod import PARTITION_METRIC, attack_mod, training_data
 from fedapp.compression.mod import compression_mod
 from fedapp.config import RunConfig, node_config_of, run_config_of
 from fedapp.data import Split
 from fedapp.data.loading import dataset_spec, load_node_data
 from fedapp.data.local import DataFileError
-from fedapp.device import resolve_device
 from fedapp.node_errors import BUDGET_REFUSED, DATA_ERROR, error_reply
 from fedapp.secagg.client import secagg_mod
+
+if TYPE_CHECKING:
+    import torch
 
 # Mods, outermost first. secagg_mod runs the stages of secure aggregation when a TRAIN
 # message carries them (secagg=true; it masks the update, so it comes last on the way
@@ -64,6 +67,8 @@ def _limit_torch_threads() -> None:
     threads = int(wanted) if wanted.isdigit() else 1 if not wanted else 0
     if threads < 1:
         raise ValueError(f"{TORCH_THREADS_ENV}={wanted!r}: expected a positive integer or 'auto'")
+    import torch
+
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
@@ -115,6 +120,8 @@ def _setup(msg: Message, context: Context
             entered_epoch - entered, entered_epoch)
     spec = dataset_spec(cfg)
     train_data = training_data(cfg, node, train_data, spec.num_classes)  # attack: sim only
+    from fedapp import task
+
     model = task.build_model(cfg.model, spec, cfg.hidden_units)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
@@ -152,6 +159,9 @@ def train(msg: Message, context: Context) -> Message:
         cfg, model, train_data, _, seed = _setup(msg, context)
     except DataFileError as exc:
         return _refuse(msg, DATA_ERROR, exc)
+    from fedapp import task
+    from fedapp.device import resolve_device
+
     device = resolve_device(cfg.device)  # 'cuda' without CUDA raises, naming the key
     metrics = MetricRecord({"num-examples": len(train_data)})
     if cfg.dp in ("local", "distributed"):  # refused past the budget (fedapp.privacy)
@@ -200,6 +210,8 @@ def _distributed_step(cfg: RunConfig, model: torch.nn.Module, data: Split, msg: 
     budget = node_budget(cfg, node_config_of(context), context.run_id, server_round)
     grads, loss, eps = distributed_round(cfg, model, data, server_round, budget,
                                          z=run_noise(cfg, context.state))
+    import torch
+
     with torch.no_grad():
         offset = 0
         for value in model.state_dict().values():
@@ -219,6 +231,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     except DataFileError as exc:
         return _refuse(msg, DATA_ERROR, exc)
     data = val_data if len(val_data) else train_data
+    from fedapp import task
+    from fedapp.device import resolve_device
+
     loss, acc = task.evaluate(model, data, device=resolve_device(cfg.device))
     metrics = MetricRecord({"num-examples": len(data), "eval-loss": loss, "eval-accuracy": acc})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
