@@ -102,6 +102,11 @@ def interleave(cases: Mapping[str, Callable[[], T]], repeats: int,
     return samples
 
 
+def medians(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """The median of each case's samples (``interleave``'s result)."""
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 # ---------------------------------------------------------------- outputs
 
 
