@@ -1,4 +1,4 @@
-"""Sample-level DP-SGD with Opacus's PrivacyEngine, in the fastest per-sample-gradient mode.
+"""Sample-level DP-SGD: fedapp's ``fused`` mode or Opacus's PrivacyEngine, whichever is fastest.
 
 Guarantee: each node's *reply* (its trained weights, hence its update) is
 ``(epsilon, delta)``-DP with respect to adding or removing one example of that
@@ -137,10 +137,11 @@ def dp_train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: fl
     so far (non-decreasing across calls). After training the wrapper is removed
     (``to_standard_module``): ``model.state_dict()`` has the plain keys.
 
-    ``grad_sample_mode``: Opacus's per-sample-gradient engine; ``"auto"`` =
-    :func:`choose_grad_sample_mode`. If Opacus refuses the chosen mode when wrapping,
-    ``"hooks"`` is used. The mode changes speed, not the mechanism: every mode clips each
-    example's gradient to ``max_grad_norm`` and adds the same noise.
+    ``grad_sample_mode``: ``"fused"`` (:mod:`fedapp.privacy.fused`: Opacus's steps, sampling,
+    noise draws and accountant without its wrappers) or an Opacus per-sample-gradient
+    engine; ``"auto"`` = :func:`choose_grad_sample_mode`. If Opacus refuses the chosen mode
+    when wrapping, ``"hooks"`` is used. The mode changes speed, not the mechanism: every
+    mode clips each example's gradient to ``max_grad_norm`` and adds the same noise.
 
     ``device``: where the steps run (Opacus computes per-example gradients and draws the
     noise there, from a generator on that device); the Poisson sampling stays on the CPU,
