@@ -5,10 +5,12 @@
 - :mod:`fedapp.privacy.local`: :func:`private_round`, the ClientApp's entry point: one
   DP-SGD round with the node's budget enforced (:class:`BudgetExhausted` when a round
   would exceed it);
-- :mod:`fedapp.privacy.dp_sgd`: DP-SGD training with Opacus's PrivacyEngine
-  (:func:`dp_train`), in the fastest per-sample-gradient mode the model allows (ghost
-  clipping, ExpandedWeights or hooks, :func:`choose_grad_sample_mode`), and the model
-  checks (:func:`check_model`, :func:`make_compatible`);
+- :mod:`fedapp.privacy.dp_sgd`: DP-SGD training (:func:`dp_train`) in the fastest
+  per-sample-gradient mode the model allows (:func:`choose_grad_sample_mode`): ``fused``
+  (:mod:`fedapp.privacy.fused`, closed-form per-example gradients from
+  :mod:`fedapp.privacy.per_example`, Opacus's sampling, noise and accountant) or Opacus's
+  PrivacyEngine (ghost clipping, ExpandedWeights or hooks), and the model checks
+  (:func:`check_model`, :func:`make_compatible`);
 - :mod:`fedapp.privacy.budget`: the node's plan and accountant state (:class:`DPState`),
   kept in ``context.state`` (:func:`load_state`, :func:`store_state`), and the refusal test
   (:func:`would_exceed`): the run's plan;

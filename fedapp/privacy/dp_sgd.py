@@ -1,4 +1,4 @@
-"""Sample-level DP-SGD with Opacus's PrivacyEngine, in the fastest per-sample-gradient mode.
+"""Sample-level DP-SGD: fedapp's ``fused`` mode or Opacus's PrivacyEngine, whichever is fastest.
 
 Guarantee: each node's *reply* (its trained weights, hence its update) is
 ``(epsilon, delta)``-DP with respect to adding or removing one example of that
@@ -47,6 +47,13 @@ from fedapp.data.specs import Split
 from fedapp.device import device_of
 from fedapp.privacy.accounting import ACCOUNTANT, History
 from fedapp.privacy.budget import DPState
+from fedapp.privacy.fused import (
+    DPSGDConfig,
+    calls_each_layer_once,
+    fused_epochs,
+    fused_supported,
+    trainable_layers,
+)
 
 
 def check_model(model: nn.Module) -> None:
@@ -73,17 +80,13 @@ def make_compatible(model: nn.Module) -> nn.Module:
     return fixed
 
 
-#: Opacus per-sample-gradient modes :func:`dp_train` accepts ("auto" picks one).
-GRAD_SAMPLE_MODES = ("auto", "ghost", "ew", "hooks", "functorch")
+#: Per-sample-gradient modes :func:`dp_train` accepts ("auto" picks one): ``"fused"``
+#: (:mod:`fedapp.privacy.fused`) or one of Opacus's ``grad_sample_mode``s.
+GRAD_SAMPLE_MODES = ("auto", "fused", "ghost", "ew", "hooks", "functorch")
 #: Expected batch size from which "auto" prefers ghost clipping to expanded weights for
 #: models made only of layers with a ghost norm sampler (measured on the 64-64-10 MLP,
 #: benchmarks/privacy.py: ghost is faster from batch 128, slower at 32-64).
 GHOST_MIN_BATCH = 96
-
-
-def _trainable_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules()
-            if any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
 def _expanded_weights_layers() -> tuple[type[nn.Module], ...]:
@@ -92,9 +95,14 @@ def _expanded_weights_layers() -> tuple[type[nn.Module], ...]:
             nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
-def choose_grad_sample_mode(model: nn.Module, expected_batch_size: float) -> str:
-    """The fastest Opacus ``grad_sample_mode`` that supports every trainable layer of ``model``.
+def choose_grad_sample_mode(model: nn.Module, expected_batch_size: float, *,
+                            fused: bool = True) -> str:
+    """The fastest DP-SGD mode that supports every trainable layer of ``model``.
 
+    - ``"fused"`` (:mod:`fedapp.privacy.fused`: closed-form per-example gradients, clipping
+      fused into the sum, no Opacus wrappers) when every trainable layer is a Linear, Conv2d
+      or GroupNorm (:func:`~fedapp.privacy.fused.fused_supported`) and ``fused``; else
+      Opacus's modes:
     - ``"ghost"`` (ghost clipping: per-example gradient *norms* without materialising the
       per-example gradients, then a second backward pass) when every trainable layer has a
       ghost norm sampler in Opacus (Linear, Embedding) and the expected batch is at least
@@ -105,7 +113,9 @@ def choose_grad_sample_mode(model: nn.Module, expected_batch_size: float) -> str
     """
     from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
-    layers = _trainable_layers(model)
+    if fused and fused_supported(model):
+        return "fused"
+    layers = trainable_layers(model)
     ghost = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
     if layers and expected_batch_size >= GHOST_MIN_BATCH and all(
             type(m) in ghost for m in layers):
@@ -127,10 +137,11 @@ def dp_train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: fl
     so far (non-decreasing across calls). After training the wrapper is removed
     (``to_standard_module``): ``model.state_dict()`` has the plain keys.
 
-    ``grad_sample_mode``: Opacus's per-sample-gradient engine; ``"auto"`` =
-    :func:`choose_grad_sample_mode`. If Opacus refuses the chosen mode when wrapping,
-    ``"hooks"`` is used. The mode changes speed, not the mechanism: every mode clips each
-    example's gradient to ``max_grad_norm`` and adds the same noise.
+    ``grad_sample_mode``: ``"fused"`` (:mod:`fedapp.privacy.fused`: Opacus's steps, sampling,
+    noise draws and accountant without its wrappers) or an Opacus per-sample-gradient
+    engine; ``"auto"`` = :func:`choose_grad_sample_mode`. If Opacus refuses the chosen mode
+    when wrapping, ``"hooks"`` is used. The mode changes speed, not the mechanism: every
+    mode clips each example's gradient to ``max_grad_norm`` and adds the same noise.
 
     ``device``: where the steps run (Opacus computes per-example gradients and draws the
     noise there, from a generator on that device); the Poisson sampling stays on the CPU,
@@ -158,18 +169,36 @@ def dp_train(model: nn.Module, data: Split, epochs: int, batch_size: int, lr: fl
     # DataLoader's per-example fetch and collate would cost more than a step here).
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
                                          batch_size=batch_size, generator=sampling)
-    mode = grad_sample_mode
-    if mode == "auto":
-        mode = choose_grad_sample_mode(model, len(data) / len(loader))
     model.to(device).train()
+    xy = (x.to(device), y.to(device))
+    q = 1 / len(loader)
     try:
-        loss, acc, history = _private_epochs(model, lr, loader, noise_multiplier, max_grad_norm,
-                                             noise, state, mode,
-                                             (x.to(device), y.to(device)), epochs)
+        mode = _resolve_mode(grad_sample_mode, model, xy[0], q)
+        if mode == "fused":  # Opacus's expected batch size, int(N * q), float for float
+            cfg = DPSGDConfig(lr, max_grad_norm, noise_multiplier, q, int(len(data) * q))
+            loss, acc, history = fused_epochs(model, *xy, epochs, cfg, (sampling, noise),
+                                              list(state.history))
+        else:
+            loss, acc, history = _private_epochs(model, lr, loader, noise_multiplier,
+                                                 max_grad_norm, noise, state, mode, xy, epochs)
     finally:
         model.to(home)
     new_state = state.with_history(history)
     return loss, acc, new_state.epsilon, new_state
+
+
+def _resolve_mode(mode: str, model: nn.Module, x: torch.Tensor, sample_rate: float) -> str:
+    """``mode``, or :func:`choose_grad_sample_mode`'s pick for ``"auto"``; ``"fused"`` only
+    if a forward pass on one row calls each trainable layer once (else ``"auto"`` takes
+    Opacus's pick without it and an explicit ``"fused"`` raises ``ValueError``)."""
+    if mode == "auto":
+        mode = choose_grad_sample_mode(model, sample_rate * len(x))
+        if mode == "fused" and not calls_each_layer_once(model, x[:1]):
+            return choose_grad_sample_mode(model, sample_rate * len(x), fused=False)
+    elif mode == "fused" and not (fused_supported(model) and calls_each_layer_once(model, x[:1])):
+        raise ValueError("grad_sample_mode='fused' needs Linear, Conv2d (groups=1) or affine "
+                         "GroupNorm trainable layers, each called once per forward pass")
+    return mode
 
 
 def _private_epochs(model: nn.Module, lr: float, loader: torch.utils.data.DataLoader,
