@@ -1,12 +1,12 @@
-"""One bucket's protocol state within a round, the check of a node's masked vector, and
-what a bucket's recovered sum becomes for the strategy."""
+"""One bucket's protocol state within a round, the check of a node's masked vector, the
+bytes of a stage message, and what a bucket's recovered sum becomes for the strategy."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import Message, RecordDict
 
 from fedapp.config import RunConfig
 from fedapp.secagg import masking, protocol
@@ -78,3 +78,21 @@ def settings_of(cfg: RunConfig) -> protocol.Settings:
                              dp_noise=z, dp_clip=cfg.dp_max_grad_norm,
                              dp_sample_rate=cfg.dp_sample_rate, dp_lr=cfg.learning_rate,
                              dp_delta=cfg.dp_delta)
+
+
+def stage_bytes(msg: Message) -> int:
+    """Bytes of a stage message's config records (keys, encrypted shares, node ids as 8
+    bytes each), key names included; Flower's framing is not counted. (Flower's own
+    ``ConfigRecord.count_bytes`` fails on an empty list.)"""
+    if not msg.has_content():
+        return 0
+
+    def size(value: object) -> int:
+        if isinstance(value, bytes | str):
+            return len(value)
+        if isinstance(value, list):
+            return sum(size(v) for v in value)
+        return 8
+
+    return sum(len(k) + size(v) for record in msg.content.config_records.values()
+               for k, v in record.items())

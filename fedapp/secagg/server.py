@@ -37,7 +37,7 @@ from fedapp.node_errors import KINDS, SECAGG_ERROR, kind_of
 from fedapp.privacy.accounting import epsilon_of
 from fedapp.privacy.distributed import share_std
 from fedapp.secagg import masking, protocol
-from fedapp.secagg.bucket import Bucket, bucket_row, masked_vector
+from fedapp.secagg.bucket import Bucket, bucket_row, masked_vector, stage_bytes
 from fedapp.secagg.unmask import Encoding, UnmaskFailed, bucket_sum
 from fedapp.server.buckets import BucketRound
 from fedapp.server.strategy import RobustStrategy
@@ -60,6 +60,7 @@ class SecureAggregation(StrategyWrapper):
         self._buckets: list[Bucket] = []
         self._failed: dict[int, str] = {}
         self._seconds = 0.0
+        self._bytes = 0  # the extra stages' messages, both directions
 
     def summary(self) -> None:
         super().summary()
@@ -72,7 +73,7 @@ class SecureAggregation(StrategyWrapper):
                         grid: Grid) -> Iterable[Message]:
         messages = list(self.robust.configure_train(server_round, arrays, config, grid))
         started = time.perf_counter()
-        self._grid, self._failed = grid, {}
+        self._grid, self._failed, self._bytes = grid, {}, 0
         self._buckets = self._plan(server_round, [m.metadata.dst_node_id for m in messages])
         self._setup(server_round)
         self._share_keys(server_round)
@@ -129,7 +130,8 @@ class SecureAggregation(StrategyWrapper):
         out = [Message(RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: stage, **req})}),
                        dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
                for node, req in requests.items()]
-        replies = self._grid.send_and_receive(out, timeout=self.timeout) if out else []
+        replies = list(self._grid.send_and_receive(out, timeout=self.timeout)) if out else []
+        self._bytes += sum(stage_bytes(m) for m in (*out, *replies))
         by_id = {m.metadata.message_id: m.metadata.dst_node_id for m in out}
         answers: dict[int, ConfigRecord] = {}
         for reply in replies:
@@ -223,6 +225,7 @@ class SecureAggregation(StrategyWrapper):
             metrics["secagg-buckets"] = len(self._buckets)
             metrics["secagg-buckets-dropped"] = len(bucketed.dropped)
             metrics["secagg-seconds"] = self._seconds
+            metrics["secagg-bytes"] = self._bytes  # setup, share_keys, unmask; both ways
             if self.settings.dp_noise:  # every record's epsilon: one step per round
                 metrics["dp-epsilon"] = epsilon_of([(self.settings.dp_noise,
                                                      self.settings.dp_sample_rate,

@@ -62,6 +62,8 @@ def test_rows_are_bucket_means_and_never_one_update(monkeypatch: pytest.MonkeyPa
     np.testing.assert_allclose(arrays["w"].numpy(), np.mean(list(ups.values()), axis=0),
                                atol=1e-5)
     assert metrics["secagg-buckets"] == 2 and metrics["secagg-buckets-dropped"] == 0
+    # keys (2 x 91 bytes per node), 3 encrypted share pairs per node, shares at unmask
+    assert 8 * 3 * 100 < metrics["secagg-bytes"] < 100_000
     assert metrics["accepted"] == 8 and metrics["failures"] == 0
 
 
