@@ -1,8 +1,8 @@
 """Anomaly detection on the ``(n, d)`` update matrix: scores and flags, pure.
 
 Detection does not aggregate and drops nothing by itself: it scores every row and
-says which rows look Byzantine and why. Four scores, each aimed at a family of attacks
-(``O(n d)``, plus one ``n x n`` Gram matrix for the copies):
+says which rows look Byzantine and why. Five scores, each aimed at a family of attacks
+(``O(n d)``, plus one ``n x n`` Gram matrix for the copies and the cluster):
 
 * **Norm z-score** (scaling, model replacement, Gaussian noise). With
   ``r_i = ||u_i||``, ``med = median_i r_i`` and ``MAD = median_i |r_i - med|``, the
@@ -45,6 +45,10 @@ says which rows look Byzantine and why. Four scores, each aimed at a family of a
   2020, https://arxiv.org/abs/1808.04866) down-weights sybils by update similarity in the
   same spirit. The other checks use, as reference, the coordinate-wise median of the rows
   no check suspects (see ``detect_anomalies``).
+* **Cluster** (those colluders with independent noise on their copies: ``min-max-noisy``,
+  ``alie-noisy-adaptive``). Two such rows differ only by noise that no other update
+  shares; ``fedapp.robust.collusion.cluster_ratio`` scores it from the same Gram matrix
+  (formula and measurements there); flagged below ``cluster_threshold`` (0 turns it off).
 
 **Computation** (``scan_rows``, kernels in ``fedapp.robust.screening_kernels``): the
 matrix is read in column blocks, twice. Pass 1 gives the float64 row norms, so the norm
@@ -69,6 +73,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedapp.robust.collusion import cluster_ratio
 from fedapp.robust.detection_report import CHECKS, DetectionReport, flag_rows
 from fedapp.robust.distances import distances_to, pairwise_sq_distances
 from fedapp.robust.screening_kernels import (
@@ -191,34 +196,45 @@ class Scan:
     norms: torch.Tensor
 
 
-def _median_reference(x: np.ndarray, z: torch.Tensor, thresholds: tuple[float, float, float]
-                      ) -> tuple[torch.Tensor, torch.Tensor, RowSums]:
+def _median_reference(x: np.ndarray, z: torch.Tensor,
+                      thresholds: tuple[float, float, float, float]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RowSums]:
     """Sign skews to the median of all rows, nearest-neighbour ratios, and the dots of
     every row with the cosine's reference: the median of the rows no check suspects, or of
-    all rows when those are fewer than half (or all). Pass 2 computes it for the rows the
-    norm check leaves; a third pass only if the copy or sign check suspects others."""
-    norm_threshold, sign_threshold, duplicate_threshold = thresholds
+    all rows when those are fewer than half (or all); and cluster ratios. Pass 2 computes
+    it for the rows the norm check leaves; a third pass only if another check suspects
+    others."""
+    norm_threshold, sign_threshold, duplicate_threshold, cluster_threshold = thresholds
     n = x.shape[0]
     early = z > norm_threshold
     listed = torch.nonzero(early).reshape(-1).tolist()
     merged = median_pass(x, listed if listed and 2 * (n - len(listed)) >= n else ())
     skew = _skew(merged.pos, merged.neg)
     similarity = ratio_to_typical(torch.from_numpy(sq_distances(merged.gram)))
-    suspect = early | (similarity < duplicate_threshold)
+    cluster = _cluster(merged.gram, cluster_threshold, ~early)
+    suspect = early | (similarity < duplicate_threshold) | (cluster < cluster_threshold)
     if sign_threshold > 0:
         suspect |= skew.abs() > sign_threshold
     clean = torch.nonzero(~suspect).reshape(-1).tolist()
     if not 0 < len(clean) < n or 2 * len(clean) < n:
-        return skew, similarity, merged.all_rows
+        return skew, similarity, cluster, merged.all_rows
     if merged.others is not None and torch.equal(suspect, early):
-        return skew, similarity, merged.others
-    return skew, similarity, clean_median_dots(x, clean)
+        return skew, similarity, cluster, merged.others
+    return skew, similarity, cluster, clean_median_dots(x, clean)
+
+
+def _cluster(gram: np.ndarray, threshold: float, observers: torch.Tensor) -> torch.Tensor:
+    """Cluster ratios (``collusion.cluster_ratio``, observed by the rows the norm check
+    leaves) when the check is on, else ones."""
+    if threshold <= 0:
+        return torch.ones(gram.shape[0], dtype=torch.float64)
+    return torch.from_numpy(cluster_ratio(gram, observers.numpy()))
 
 
 def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
               cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
               duplicate_threshold: float = 0.1, reference: torch.Tensor | None = None,
-              cosine_spread: float = 0.0) -> Scan:
+              cosine_spread: float = 0.0, cluster_threshold: float = 0.0) -> Scan:
     """``detect_anomalies`` (same arguments), with the row norms for clipping. Two passes
     over the matrix (``screening_kernels``): the norms, then the median with the sign
     counts, the Gram matrix and the dots against it; a third only when the copy or sign
@@ -232,17 +248,20 @@ def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
     norms = torch.from_numpy(np.sqrt(squared_norms(x)))
     z = robust_z_scores(norms)
     if reference is None:
-        thresholds = (norm_threshold, sign_threshold, duplicate_threshold)
-        skew, similarity, sums = _median_reference(x, z, thresholds)
+        thresholds = (norm_threshold, sign_threshold, duplicate_threshold, cluster_threshold)
+        skew, similarity, cluster, sums = _median_reference(x, z, thresholds)
     else:
         pos, neg, gram, sums = reference_pass(x, _as_numpy(reference.reshape(-1)))
         skew = _skew(pos, neg)
         similarity = ratio_to_typical(torch.from_numpy(sq_distances(gram)))
+        cluster = _cluster(gram, cluster_threshold, ~(z > norm_threshold))
     ref_norm = torch.tensor(sums.ref_sq, dtype=torch.float64).sqrt()
     cos, _ = _cosine(torch.from_numpy(sums.dots), norms, ref_norm)
     report = flag_rows(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()),
                        tuple(similarity.tolist()), norm_threshold, cosine_threshold,
-                       sign_threshold, duplicate_threshold, cosine_spread=cosine_spread)
+                       sign_threshold, duplicate_threshold, cosine_spread=cosine_spread,
+                       cluster=tuple(cluster.tolist()) if cluster_threshold > 0 else (),
+                       cluster_threshold=cluster_threshold)
     return Scan(report, norms)
 
 
@@ -255,12 +274,14 @@ def detect_anomalies(
     duplicate_threshold: float = 0.1,
     reference: torch.Tensor | None = None,
     cosine_spread: float = 0.0,
+    cluster_threshold: float = 0.0,
 ) -> DetectionReport:
     """Score and flag every row (module docstring): norm z-score above ``norm_threshold``,
     sign skew beyond ``+-sign_threshold`` (0 turns it off), nearest-neighbour ratio below
     ``duplicate_threshold`` (0 turns it off), cosine to the reference below
     ``cosine_threshold`` and, with ``cosine_spread = k > 0``, ``k`` robust stds below the
-    round's median cosine (``detection_report.cosine_cut``).
+    round's median cosine (``detection_report.cosine_cut``); cluster ratio below
+    ``cluster_threshold`` (default 0: off).
 
     Without ``reference`` the sign skew is taken to the coordinate-wise median of all rows
     and the cosine to the coordinate-wise median of the rows the other three checks leave
@@ -271,7 +292,8 @@ def detect_anomalies(
     """
     return scan_rows(updates, norm_threshold=norm_threshold, cosine_threshold=cosine_threshold,
                      sign_threshold=sign_threshold, duplicate_threshold=duplicate_threshold,
-                     reference=reference, cosine_spread=cosine_spread).report
+                     reference=reference, cosine_spread=cosine_spread,
+                     cluster_threshold=cluster_threshold).report
 
 
 def clip_factors(norms: torch.Tensor, norm_threshold: float) -> torch.Tensor:
