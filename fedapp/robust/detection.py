@@ -40,27 +40,21 @@ says which rows look Byzantine and why. Five scores, each aimed at a family of a
   times closer to another update than updates typically are). Independent training on
   different data never gives two hospitals the same update, and the rule is scale-free:
   an IID federation, where all updates are close, has a larger typical distance too.
-  Colluders who add independent noise to their copies escape it (the norm check then sees
-  the noise); it is one signal among four. FoolsGold (Fung, Yoon, Beschastnikh, RAID
-  2020, https://arxiv.org/abs/1808.04866) down-weights sybils by update similarity in the
-  same spirit. The other checks use, as reference, the coordinate-wise median of the rows
-  no check suspects (see ``detect_anomalies``).
+  Colluders who add independent noise to their copies escape it (the cluster check
+  below sees them). FoolsGold (Fung et al., RAID 2020, https://arxiv.org/abs/1808.04866)
+  down-weights sybils by update similarity in the same spirit. The other checks use, as
+  reference, the median of the rows no check suspects (see ``detect_anomalies``).
 * **Cluster** (those colluders with independent noise on their copies: ``min-max-noisy``,
   ``alie-noisy-adaptive``). Two such rows differ only by noise that no other update
   shares; ``fedapp.robust.collusion.cluster_ratio`` scores it from the same Gram matrix
   (formula and measurements there); flagged below ``cluster_threshold`` (0 turns it off).
 
-**Computation** (``scan_rows``, kernels in ``fedapp.robust.screening_kernels``): the
-matrix is read in column blocks, twice. Pass 1 gives the float64 row norms, so the norm
-check is known before any median. Pass 2 selects the coordinate-wise median block by
-block (``np.partition``, not a sort) and, in the same block, counts each row's
-coordinates above and below it, takes its dot with every row (``cos_i`` needs only
-``<u_i, r>``, ``||u_i||`` and ``||r||``) and adds the block to one Gram matrix of the
-rows centered on the median (the nearest-neighbour distances). When the norm check
-suspects rows, pass 2 sorts the other rows once and gets both the median of all rows
-(merged with the sorted suspects) and the median of the others. A third pass (selection
-on the clean rows) runs only when the copy or sign check suspects rows that the norm
-check did not. No copy of the matrix is made; scratch is a few column blocks.
+**Computation** (``scan_rows``, kernels in ``fedapp.robust.screening_kernels``): column
+blocks, two passes. Pass 1: the float64 row norms (the norm check). Pass 2: the
+coordinate-wise median by selection and, per block, each row's sign counts and dot with
+it and one Gram matrix of the rows centered on it (copies, cluster); with norm suspects it
+also gives the median of the others. A third pass (the median of the clean rows) runs only
+when another check suspects rows that the norm check did not. No copy of the matrix.
 
 Per-node cosine reputations across rounds, and exclusion, are the server's
 (``fedapp.server.screen``); this module is pure.
