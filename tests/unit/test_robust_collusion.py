@@ -104,3 +104,23 @@ def test_the_default_screen_drops_min_max_noisy_colluders() -> None:
     assert set(range(14, 20)) <= set(plan.dropped)
     cluster = {i for i, checks in plan.report.checks.items() if "cluster" in checks}
     assert cluster == set(range(14, 20))
+
+
+def test_monitoring_counts_the_cluster_check() -> None:
+    """Prometheus' flagged / excluded counters carry a ``check="cluster"`` series, exported
+    at 0 before any flag and counted when the check fires."""
+    from fedapp.monitoring import FederationMetrics
+    from fedapp.server.rounds import RoundStats
+
+    m = FederationMetrics(run_id=1, dataset="digits", aggregator="fedavg", planned_rounds=2,
+                          quorum=2, model_bytes=100, dp_budget=None)
+    sample = m.registry.get_sample_value
+    assert sample("fedapp_updates_flagged_total", {"check": "cluster"}) == 0
+    stats = RoundStats(1, accepted=3, accepted_nodes=(1, 2, 3),
+                       flagged_checks={2: ("cluster",), 3: ("cluster", "norm")},
+                       excluded_nodes=(2, 3))
+    row = {"round": 1, "replies": 3, "accepted": 3, "rejected": 0, "failures": 0,
+           "flagged": 2, "excluded": 2}
+    m.observe(row, stats, {})
+    assert sample("fedapp_updates_flagged_total", {"check": "cluster"}) == 2
+    assert sample("fedapp_updates_excluded_total", {"check": "cluster"}) == 2
