@@ -41,8 +41,9 @@ matrix: ``sum_k w_k (K_ik - K_jk)^2 = S_i + S_j - 2 (K W K)_ij`` with ``w_k = 1 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-__all__ = ["centred_gram", "cluster_ratio", "pair_alignment"]
+__all__ = ["centred_gram", "cluster_ratio", "cluster_scores", "pair_alignment"]
 
 
 def centred_gram(gram: np.ndarray, observers: np.ndarray | None = None) -> np.ndarray:
@@ -100,3 +101,11 @@ def cluster_ratio(gram: np.ndarray, observers: np.ndarray | None = None) -> np.n
     if typical > 0 and np.isfinite(typical):
         return nearest / typical
     return np.where(nearest > 0, np.inf, 0.0)
+
+
+def cluster_scores(gram: np.ndarray, threshold: float, observers: torch.Tensor) -> torch.Tensor:
+    """``cluster_ratio`` as float64 torch, observed by the rows of the boolean ``observers``
+    (detection: the rows the norm check leaves) when ``threshold > 0``, else ones (off)."""
+    if threshold <= 0:
+        return torch.ones(gram.shape[0], dtype=torch.float64)
+    return torch.from_numpy(cluster_ratio(gram, observers.numpy()))

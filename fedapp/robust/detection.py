@@ -44,10 +44,9 @@ says which rows look Byzantine and why. Five scores, each aimed at a family of a
   below sees them). FoolsGold (Fung et al., RAID 2020, https://arxiv.org/abs/1808.04866)
   down-weights sybils by update similarity in the same spirit. The other checks use, as
   reference, the median of the rows no check suspects (see ``detect_anomalies``).
-* **Cluster** (those colluders with independent noise on their copies: ``min-max-noisy``,
-  ``alie-noisy-adaptive``). Two such rows differ only by noise that no other update
-  shares; ``fedapp.robust.collusion.cluster_ratio`` scores it from the same Gram matrix
-  (formula and measurements there); flagged below ``cluster_threshold`` (0 turns it off).
+* **Cluster** (colluders with independent noise on their copies): two rows that differ
+  only by noise no other update shares (``fedapp.robust.collusion``, formula and
+  measurements there), from the same Gram matrix; below ``cluster_threshold`` (0: off).
 
 **Computation** (``scan_rows``, kernels in ``fedapp.robust.screening_kernels``): column
 blocks, two passes. Pass 1: the float64 row norms (the norm check). Pass 2: the
@@ -67,7 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedapp.robust.collusion import cluster_ratio
+from fedapp.robust.collusion import cluster_scores as _cluster
 from fedapp.robust.detection_report import CHECKS, DetectionReport, flag_rows
 from fedapp.robust.distances import distances_to, pairwise_sq_distances
 from fedapp.robust.screening_kernels import (
@@ -216,13 +215,6 @@ def _median_reference(x: np.ndarray, z: torch.Tensor,
         return skew, similarity, cluster, merged.others
     return skew, similarity, cluster, clean_median_dots(x, clean)
 
-
-def _cluster(gram: np.ndarray, threshold: float, observers: torch.Tensor) -> torch.Tensor:
-    """Cluster ratios (``collusion.cluster_ratio``, observed by the rows the norm check
-    leaves) when the check is on, else ones."""
-    if threshold <= 0:
-        return torch.ones(gram.shape[0], dtype=torch.float64)
-    return torch.from_numpy(cluster_ratio(gram, observers.numpy()))
 
 
 def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
