@@ -14,7 +14,7 @@ from robustness_report import best_flower, byzantine, pct, where
 DEFENSE_NOTES = [
     "How `anomaly-detection=exclude` defends (`fedapp/robust/detection.py`, "
     "`fedapp/server/screen.py`): "
-    "every update is scored four ways, and the flagged updates, the most severe first, "
+    "every update is scored five ways, and the flagged updates, the most severe first, "
     "are left out up to just under half of the round (`(n - 1) // 2`, whatever the "
     "Byzantine fraction); the rest are scaled down to the norm threshold. Self-reported "
     "counts weigh at most 2x the median of the non-outlier counts, an outlier count as "
@@ -23,6 +23,11 @@ DEFENSE_NOTES = [
     "- norm: robust z-score of the update's norm above 3.5 (scaling, Gaussian noise);",
     "- copies: nearest other update ten times closer than updates typically are "
     "(colluders sending one crafted update: ALIE, IPM, min-max, min-sum);",
+    "- cluster: the update differs from some other update only by noise that no other "
+    "update shares: the mean squared cosine of their difference to the other updates is "
+    "under 0.1x the typical such value (`fedapp/robust/collusion.py`; colluders who make "
+    "their copies distinct with independent noise: min-max-noisy, alie-noisy-adaptive, "
+    "sign-balanced);",
     "- sign skew: above the coordinate-wise median on 3 coordinates for every 1 below, "
     "or the reverse (shifts by a multiple of the coordinate-wise std: ALIE);",
     "- cosine reputation: the node's cosines to the median of the unsuspected updates, "

@@ -113,6 +113,9 @@ class RunConfig:
     # The cosine check also needs a node this many robust stds below the round's median.
     detect_cosine_spread: float = field(default=3.0,
                                         metadata=_key("detect-cosine-spread", min=0.0))
+    # Cluster check (fedapp.robust.collusion): noisy copies of one update; 0 turns it off.
+    detect_cluster: float = field(default=0.1, metadata=_key("detect-cluster", min=0.0,
+                                                              max=1.0))
     reputation_memory: float = field(
         default=0.9, metadata=_key("reputation-memory", min=0.0, max=0.999)
     )

@@ -1,8 +1,8 @@
 """Anomaly detection on the ``(n, d)`` update matrix: scores and flags, pure.
 
 Detection does not aggregate and drops nothing by itself: it scores every row and
-says which rows look Byzantine and why. Four scores, each aimed at a family of attacks
-(``O(n d)``, plus one ``n x n`` Gram matrix for the copies):
+says which rows look Byzantine and why. Five scores, each aimed at a family of attacks
+(``O(n d)``, plus one ``n x n`` Gram matrix for the copies and the cluster):
 
 * **Norm z-score** (scaling, model replacement, Gaussian noise). With
   ``r_i = ||u_i||``, ``med = median_i r_i`` and ``MAD = median_i |r_i - med|``, the
@@ -40,23 +40,20 @@ says which rows look Byzantine and why. Four scores, each aimed at a family of a
   times closer to another update than updates typically are). Independent training on
   different data never gives two hospitals the same update, and the rule is scale-free:
   an IID federation, where all updates are close, has a larger typical distance too.
-  Colluders who add independent noise to their copies escape it (the norm check then sees
-  the noise); it is one signal among four. FoolsGold (Fung, Yoon, Beschastnikh, RAID
-  2020, https://arxiv.org/abs/1808.04866) down-weights sybils by update similarity in the
-  same spirit. The other checks use, as reference, the coordinate-wise median of the rows
-  no check suspects (see ``detect_anomalies``).
+  Colluders who add independent noise to their copies escape it (the cluster check
+  below sees them). FoolsGold (Fung et al., RAID 2020, https://arxiv.org/abs/1808.04866)
+  down-weights sybils by update similarity in the same spirit. The other checks use, as
+  reference, the median of the rows no check suspects (see ``detect_anomalies``).
+* **Cluster** (colluders with independent noise on their copies): two rows that differ
+  only by noise no other update shares (``fedapp.robust.collusion``, formula and
+  measurements there), from the same Gram matrix; below ``cluster_threshold`` (0: off).
 
-**Computation** (``scan_rows``, kernels in ``fedapp.robust.screening_kernels``): the
-matrix is read in column blocks, twice. Pass 1 gives the float64 row norms, so the norm
-check is known before any median. Pass 2 selects the coordinate-wise median block by
-block (``np.partition``, not a sort) and, in the same block, counts each row's
-coordinates above and below it, takes its dot with every row (``cos_i`` needs only
-``<u_i, r>``, ``||u_i||`` and ``||r||``) and adds the block to one Gram matrix of the
-rows centered on the median (the nearest-neighbour distances). When the norm check
-suspects rows, pass 2 sorts the other rows once and gets both the median of all rows
-(merged with the sorted suspects) and the median of the others. A third pass (selection
-on the clean rows) runs only when the copy or sign check suspects rows that the norm
-check did not. No copy of the matrix is made; scratch is a few column blocks.
+**Computation** (``scan_rows``, kernels in ``fedapp.robust.screening_kernels``): column
+blocks, two passes. Pass 1: the float64 row norms (the norm check). Pass 2: the
+coordinate-wise median by selection and, per block, each row's sign counts and dot with
+it and one Gram matrix of the rows centered on it (copies, cluster); with norm suspects it
+also gives the median of the others. A third pass (the median of the clean rows) runs only
+when another check suspects rows that the norm check did not. No copy of the matrix.
 
 Per-node cosine reputations across rounds, and exclusion, are the server's
 (``fedapp.server.screen``); this module is pure.
@@ -69,6 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedapp.robust.collusion import cluster_scores as _cluster
 from fedapp.robust.detection_report import CHECKS, DetectionReport, flag_rows
 from fedapp.robust.distances import distances_to, pairwise_sq_distances
 from fedapp.robust.screening_kernels import (
@@ -191,34 +189,38 @@ class Scan:
     norms: torch.Tensor
 
 
-def _median_reference(x: np.ndarray, z: torch.Tensor, thresholds: tuple[float, float, float]
-                      ) -> tuple[torch.Tensor, torch.Tensor, RowSums]:
+def _median_reference(x: np.ndarray, z: torch.Tensor,
+                      thresholds: tuple[float, float, float, float]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RowSums]:
     """Sign skews to the median of all rows, nearest-neighbour ratios, and the dots of
     every row with the cosine's reference: the median of the rows no check suspects, or of
-    all rows when those are fewer than half (or all). Pass 2 computes it for the rows the
-    norm check leaves; a third pass only if the copy or sign check suspects others."""
-    norm_threshold, sign_threshold, duplicate_threshold = thresholds
+    all rows when those are fewer than half (or all); and cluster ratios. Pass 2 computes
+    it for the rows the norm check leaves; a third pass only if another check suspects
+    others."""
+    norm_threshold, sign_threshold, duplicate_threshold, cluster_threshold = thresholds
     n = x.shape[0]
     early = z > norm_threshold
     listed = torch.nonzero(early).reshape(-1).tolist()
     merged = median_pass(x, listed if listed and 2 * (n - len(listed)) >= n else ())
     skew = _skew(merged.pos, merged.neg)
     similarity = ratio_to_typical(torch.from_numpy(sq_distances(merged.gram)))
-    suspect = early | (similarity < duplicate_threshold)
+    cluster = _cluster(merged.gram, cluster_threshold, ~early)
+    suspect = early | (similarity < duplicate_threshold) | (cluster < cluster_threshold)
     if sign_threshold > 0:
         suspect |= skew.abs() > sign_threshold
     clean = torch.nonzero(~suspect).reshape(-1).tolist()
     if not 0 < len(clean) < n or 2 * len(clean) < n:
-        return skew, similarity, merged.all_rows
+        return skew, similarity, cluster, merged.all_rows
     if merged.others is not None and torch.equal(suspect, early):
-        return skew, similarity, merged.others
-    return skew, similarity, clean_median_dots(x, clean)
+        return skew, similarity, cluster, merged.others
+    return skew, similarity, cluster, clean_median_dots(x, clean)
+
 
 
 def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
               cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
               duplicate_threshold: float = 0.1, reference: torch.Tensor | None = None,
-              cosine_spread: float = 0.0) -> Scan:
+              cosine_spread: float = 0.0, cluster_threshold: float = 0.0) -> Scan:
     """``detect_anomalies`` (same arguments), with the row norms for clipping. Two passes
     over the matrix (``screening_kernels``): the norms, then the median with the sign
     counts, the Gram matrix and the dots against it; a third only when the copy or sign
@@ -232,17 +234,20 @@ def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
     norms = torch.from_numpy(np.sqrt(squared_norms(x)))
     z = robust_z_scores(norms)
     if reference is None:
-        thresholds = (norm_threshold, sign_threshold, duplicate_threshold)
-        skew, similarity, sums = _median_reference(x, z, thresholds)
+        thresholds = (norm_threshold, sign_threshold, duplicate_threshold, cluster_threshold)
+        skew, similarity, cluster, sums = _median_reference(x, z, thresholds)
     else:
         pos, neg, gram, sums = reference_pass(x, _as_numpy(reference.reshape(-1)))
         skew = _skew(pos, neg)
         similarity = ratio_to_typical(torch.from_numpy(sq_distances(gram)))
+        cluster = _cluster(gram, cluster_threshold, ~(z > norm_threshold))
     ref_norm = torch.tensor(sums.ref_sq, dtype=torch.float64).sqrt()
     cos, _ = _cosine(torch.from_numpy(sums.dots), norms, ref_norm)
     report = flag_rows(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()),
                        tuple(similarity.tolist()), norm_threshold, cosine_threshold,
-                       sign_threshold, duplicate_threshold, cosine_spread=cosine_spread)
+                       sign_threshold, duplicate_threshold, cosine_spread=cosine_spread,
+                       cluster=tuple(cluster.tolist()) if cluster_threshold > 0 else (),
+                       cluster_threshold=cluster_threshold)
     return Scan(report, norms)
 
 
@@ -255,12 +260,14 @@ def detect_anomalies(
     duplicate_threshold: float = 0.1,
     reference: torch.Tensor | None = None,
     cosine_spread: float = 0.0,
+    cluster_threshold: float = 0.0,
 ) -> DetectionReport:
     """Score and flag every row (module docstring): norm z-score above ``norm_threshold``,
     sign skew beyond ``+-sign_threshold`` (0 turns it off), nearest-neighbour ratio below
     ``duplicate_threshold`` (0 turns it off), cosine to the reference below
     ``cosine_threshold`` and, with ``cosine_spread = k > 0``, ``k`` robust stds below the
-    round's median cosine (``detection_report.cosine_cut``).
+    round's median cosine (``detection_report.cosine_cut``); cluster ratio below
+    ``cluster_threshold`` (default 0: off).
 
     Without ``reference`` the sign skew is taken to the coordinate-wise median of all rows
     and the cosine to the coordinate-wise median of the rows the other three checks leave
@@ -271,7 +278,8 @@ def detect_anomalies(
     """
     return scan_rows(updates, norm_threshold=norm_threshold, cosine_threshold=cosine_threshold,
                      sign_threshold=sign_threshold, duplicate_threshold=duplicate_threshold,
-                     reference=reference, cosine_spread=cosine_spread).report
+                     reference=reference, cosine_spread=cosine_spread,
+                     cluster_threshold=cluster_threshold).report
 
 
 def clip_factors(norms: torch.Tensor, norm_threshold: float) -> torch.Tensor:

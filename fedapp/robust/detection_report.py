@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-CHECKS = ("norm", "cosine", "sign", "copy")  # the four checks, as named in reports
+CHECKS = ("norm", "cosine", "sign", "copy", "cluster")  # the checks, as named in reports
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class DetectionReport:
 
     ``reasons`` maps each flagged row to a readable reason, e.g. ``"norm z=7.3 > 3.5"``,
     ``"cosine -0.98 < 0.0"`` or ``"sign skew -0.83 beyond +-0.5"`` (joined by ``"; "``);
-    ``checks`` names the checks behind each (``CHECKS``: norm, cosine, sign, copy).
+    ``checks`` names the checks behind each (``CHECKS``: norm, cosine, sign, copy, cluster).
     ``cosine_reputation`` is empty, or one smoothed cosine per row that the cosine check
     used instead of ``cosine`` (see ``with_reputation``).
     """
@@ -39,22 +39,27 @@ class DetectionReport:
     duplicate_threshold: float = 0.1
     cosine_spread: float = 0.0  # margin in robust stds below the round's median (cosine_cut)
     cosine_cut: float = 0.0  # the cosine check's effective threshold this round
+    cluster_ratio: tuple[float, ...] = ()  # fedapp.robust.collusion.cluster_ratio per row
+    cluster_threshold: float = 0.0  # 0: the cluster check is off
 
     def _cos(self, i: int) -> float:
         return self.cosine_reputation[i] if self.cosine_reputation else self.cosine[i]
 
     def severity(self, i: int) -> float:
         """How far row ``i`` is past the thresholds: ``max(z_i / t_z, (1 - c_i) / (1 - t_cos),
-        |skew_i| / t_skew, t_dup / q_i)`` with ``c_i`` the cosine the check uses and ``q_i``
-        the row's nearest-neighbour ratio. Each term exceeds 1 exactly when its check fires,
-        so flagged rows have severity > 1 and the scales of the checks are comparable."""
+        |skew_i| / t_skew, t_dup / q_i, t_cl / k_i)`` with ``c_i`` the cosine the check uses,
+        ``q_i`` the row's nearest-neighbour ratio and ``k_i`` its cluster ratio. Each term
+        exceeds 1 exactly when its check fires, so flagged rows have severity > 1 and the
+        scales of the checks are comparable."""
         by_norm = self.norm_z[i] / self.norm_threshold if self.norm_threshold > 0 else 0.0
         by_cos = (1.0 - self._cos(i)) / max(1.0 - self.cosine_cut, 1e-12)
         by_sign = (abs(self.sign_skew[i]) / self.sign_threshold
                    if self.sign_skew and self.sign_threshold > 0 else 0.0)
         by_copy = (self.duplicate_threshold / max(self.nearest_ratio[i], 1e-12)
                    if self.nearest_ratio else 0.0)
-        return max(by_norm, by_cos, by_sign, by_copy)
+        by_cluster = (self.cluster_threshold / max(self.cluster_ratio[i], 1e-12)
+                      if self.cluster_ratio and self.cluster_threshold > 0 else 0.0)
+        return max(by_norm, by_cos, by_sign, by_copy, by_cluster)
 
     def most_severe(self, limit: int | None) -> tuple[int, ...]:
         """The flagged rows to exclude when at most ``limit`` may go (None: all of them):
@@ -77,7 +82,8 @@ class DetectionReport:
         return flag_rows(self.norm_z, self.cosine, self.sign_skew, self.nearest_ratio,
                          self.norm_threshold, self.cosine_threshold, self.sign_threshold,
                          self.duplicate_threshold, tuple(float(c) for c in cosine_reputation),
-                         cosine_spread=self.cosine_spread)
+                         cosine_spread=self.cosine_spread, cluster=self.cluster_ratio,
+                         cluster_threshold=self.cluster_threshold)
 
 
 def cosine_cut(values: Sequence[float], threshold: float, spread: float) -> float:
@@ -101,10 +107,12 @@ def cosine_cut(values: Sequence[float], threshold: float, spread: float) -> floa
 def flag_rows(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[float, ...],
               ratio: tuple[float, ...], norm_threshold: float, cosine_threshold: float,
               sign_threshold: float, duplicate_threshold: float,
-              reputation: tuple[float, ...] = (), *, cosine_spread: float = 0.0
+              reputation: tuple[float, ...] = (), *, cosine_spread: float = 0.0,
+              cluster: tuple[float, ...] = (), cluster_threshold: float = 0.0
               ) -> DetectionReport:
-    """Apply the four checks to the scores (see the module docstring); the cosine check
-    against ``cosine_cut`` of the cosines it uses (the reputations when given)."""
+    """Apply the checks to the scores (see the module docstring); the cosine check
+    against ``cosine_cut`` of the cosines it uses (the reputations when given); the
+    cluster check (``cluster`` ratios below ``cluster_threshold``) when both are given."""
     reasons: dict[int, str] = {}
     checks: dict[int, tuple[str, ...]] = {}
     used = reputation or cosine
@@ -124,6 +132,9 @@ def flag_rows(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[
         if ratio and ratio[i] < duplicate_threshold:
             parts.append(("copy", f"nearest update at {ratio[i]:.3f} x the typical distance "
                           f"< {duplicate_threshold}"))
+        if cluster and cluster_threshold > 0 and cluster[i] < cluster_threshold:
+            parts.append(("cluster", f"differs from another update only by unshared noise: "
+                          f"cluster ratio {cluster[i]:.3f} < {cluster_threshold}"))
         if parts:
             reasons[i] = "; ".join(text for _, text in parts)
             checks[i] = tuple(check for check, _ in parts)
@@ -132,4 +143,5 @@ def flag_rows(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[
                            cosine_threshold=cosine_threshold, sign_skew=skew,
                            sign_threshold=sign_threshold, cosine_reputation=reputation,
                            nearest_ratio=ratio, duplicate_threshold=duplicate_threshold,
-                           cosine_spread=cosine_spread, cosine_cut=cut)
+                           cosine_spread=cosine_spread, cosine_cut=cut,
+                           cluster_ratio=cluster, cluster_threshold=cluster_threshold)

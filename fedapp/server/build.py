@@ -73,6 +73,7 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
         sign_threshold=cfg.detect_sign_skew,
         duplicate_threshold=cfg.detect_duplicate,
         cosine_spread=cfg.detect_cosine_spread,
+        cluster_threshold=cfg.detect_cluster,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_train_nodes,

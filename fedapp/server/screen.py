@@ -3,7 +3,7 @@
 ``Screen`` is the server's defense in front of the aggregation rule:
 
 1. ``fedapp.robust.detection.scan_rows`` (``detect_anomalies`` plus the row norms) scores
-   every row (norm z, cosine to a robust reference, sign skew, copies);
+   every row (norm z, cosine to a robust reference, sign skew, copies, noisy-copy cluster);
 2. each node's cosine joins its ``Reputation`` (a moving average across rounds, part of the
    server state) and the cosine check is made on the reputation
    (``DetectionReport.with_reputation``): one round's cosine is noise on non-IID data;
@@ -187,6 +187,7 @@ class Screen:
     min_keep: int = 1
     cosine_spread: float = 0.0
     reputation: Reputation = field(default_factory=Reputation)
+    cluster_threshold: float = 0.0  # 0: the cluster check (fedapp.robust.collusion) is off
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -207,7 +208,8 @@ class Screen:
                          cosine_threshold=self.cosine_threshold,
                          sign_threshold=self.sign_threshold,
                          duplicate_threshold=self.duplicate_threshold,
-                         cosine_spread=self.cosine_spread)
+                         cosine_spread=self.cosine_spread,
+                         cluster_threshold=self.cluster_threshold)
         cosines = dict(zip(nodes, scan.report.cosine, strict=True))
         preview = self.reputation.preview(cosines)
         report = scan.report.with_reputation([preview[n] for n in nodes])

@@ -73,7 +73,8 @@ class RobustStrategy(FedAvg):
                  reputation_memory: float = 0.9,
                  state: ServerState | None = None, wait_timeout: float = 300.0,
                  weight_cap: float = 2.0, health_max_failures: int = 3,
-                 health_cooldown: int = 5, **fedavg_kwargs: object) -> None:
+                 health_cooldown: int = 5, cluster_threshold: float = 0.0,
+                 **fedavg_kwargs: object) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.state = state or ServerState(
             reputation=Reputation(memory=reputation_memory, threshold=cosine_threshold))
@@ -84,7 +85,8 @@ class RobustStrategy(FedAvg):
                                      sign_threshold, duplicate_threshold,
                                      min_keep=self.min_train_nodes,
                                      cosine_spread=cosine_spread,
-                                     reputation=self.state.reputation)
+                                     reputation=self.state.reputation,
+                                     cluster_threshold=cluster_threshold)
         self.wait_timeout = wait_timeout
         self.weight_cap = weight_cap
         self.breaker = Breaker(health_max_failures, health_cooldown)
