@@ -641,14 +641,19 @@ def test_flwr_run_with_authenticated_hospitals_completes(federation: Federation)
     assert sorted(per_round) == list(range(1, ROUNDS + 1)), f"round lines missing:\n{output}"
 
 
-def test_secure_aggregation_recovers_the_broken_hospital_after_it_shared_keys(
+def test_secure_aggregation_with_distributed_dp_recovers_the_broken_hospital(
         federation: Federation) -> None:
-    """SecAgg+ over TLS and node auth: the four hospitals form one bucket; the broken one
-    answers setup and share_keys, then fails to train, so its masks are removed through
-    the others' Shamir shares (threshold 3 of 4) and the round learns from the sum of three."""
+    """SecAgg+ over TLS and node auth, with distributed DP-SGD: the four hospitals form one
+    bucket; the broken one answers setup and share_keys, then fails to train, so its masks
+    are removed through the others' Shamir shares (threshold 3 of 4) and each round is one
+    DP-SGD step on the sum of three, every record's epsilon as the accountant says."""
+    from fedapp.config import RunConfig
+    from fedapp.privacy.distributed import epsilon_after
+
     fed = federation
     run_config = (f"{RUN_CONFIG.replace('median', 'fedavg')} secagg=true "
-                  f"secagg-bucket-size={len(MEMBERS)} secagg-threshold=0.75")
+                  f"secagg-bucket-size={len(MEMBERS)} secagg-threshold=0.75 "
+                  "dp='distributed' dp-epsilon=8.0 dp-sample-rate=0.2 learning-rate=1.0")
     started = time.perf_counter()
     output = flwr_run(fed, fed.root / "out-secagg", fed.root / "logs" / "flwr-run-secagg.log",
                       run_config)
@@ -656,42 +661,19 @@ def test_secure_aggregation_recovers_the_broken_hospital_after_it_shared_keys(
     run = final_status(fed, run_id)
     assert run["status"] == "finished:completed", f"run {run_id}: {run}\n{output}"
     rows = json.loads((fed.root / "out-secagg" / f"run-{run_id}" / "rounds.json").read_text())
-    for row in rows[1:]:
-        assert (row["accepted"], row["failed-data"], row["secagg-buckets-dropped"]) == (
-            HOSPITALS, 1, 0), row
-    assert rows[-1]["server-accuracy"] > max(rows[0]["server-accuracy"], 0.85), rows
-    assert "Secure aggregation: SecAgg+ in buckets of 4" in output
-    fed.record_timing(f"secure aggregation run ({len(MEMBERS)} hospitals, one recovered "
-                      f"dropout per round, {ROUNDS} rounds): "
-                      f"{time.perf_counter() - started:.1f}s wall; per round: " + ", ".join(
-                          f"{s:.1f}s" for _, s in sorted(round_seconds(output).items())))
-
-
-def test_distributed_dp_sgd_runs_over_secure_aggregation(federation: Federation) -> None:
-    """dp='distributed' in a deployment: one DP-SGD step per round, each hospital's noise
-    share inside the one secure sum; every record's epsilon as the accountant says."""
-    from fedapp.config import RunConfig
-    from fedapp.privacy.distributed import epsilon_after
-
-    fed, rounds = federation, 2
-    base = RUN_CONFIG.replace("median", "fedavg").replace(f"num-server-rounds={ROUNDS}",
-                                                          f"num-server-rounds={rounds}")
-    run_config = (f"{base} secagg=true secagg-bucket-size={len(MEMBERS)} dp='distributed' "
-                  "dp-epsilon=8.0 dp-sample-rate=0.2 learning-rate=1.0")
-    started = time.perf_counter()
-    output = flwr_run(fed, fed.root / "out-ddp", fed.root / "logs" / "flwr-run-ddp.log",
-                      run_config)
-    run_id = find_run_id(fed, output)
-    assert final_status(fed, run_id)["status"] == "finished:completed", output
-    rows = json.loads((fed.root / "out-ddp" / f"run-{run_id}" / "rounds.json").read_text())
     cfg = RunConfig(dp="distributed", secagg=True, dp_epsilon=8.0, dp_sample_rate=0.2,
-                    num_server_rounds=rounds)
+                    num_server_rounds=ROUNDS)
     for row in rows[1:]:
         assert (row["accepted"], row["failed-data"], row["secagg-buckets-dropped"]) == (
             HOSPITALS, 1, 0), row
         assert row["dp-epsilon"] == pytest.approx(epsilon_after(cfg, int(row["round"])))
-    fed.record_timing(f"distributed DP-SGD run ({rounds} rounds, {len(MEMBERS)} hospitals, one "
-                      f"dropout per round): {time.perf_counter() - started:.1f}s wall")
+    # two noisy steps: it learns (0.41 -> 0.65 to 0.91 measured), by how much varies
+    assert rows[-1]["server-accuracy"] > rows[0]["server-accuracy"] + 0.1, rows
+    assert "Secure aggregation: SecAgg+ in buckets of 4" in output
+    fed.record_timing(f"secure aggregation + distributed DP-SGD run ({len(MEMBERS)} hospitals, "
+                      f"one recovered dropout per round, {ROUNDS} rounds): "
+                      f"{time.perf_counter() - started:.1f}s wall; per round: " + ", ".join(
+                          f"{s:.1f}s" for _, s in sorted(round_seconds(output).items())))
 
 
 # ------------------------------------------------------------------ removal

@@ -18,9 +18,9 @@ pytestmark = [pytest.mark.simulation, pytest.mark.timeout(600)]
 def test_distributed_dp_sgd_learns_and_spends_what_the_accountant_says(
         local_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run_config = {"num-server-rounds": 25, "output-dir": str(out), "tracking": False,
+    run_config = {"num-server-rounds": 15, "output-dir": str(out), "tracking": False,
                   "fraction-evaluate": 0.0, "secagg": True, "secagg-bucket-size": 6,
-                  "dp": "distributed", "dp-epsilon": 8.0, "dp-sample-rate": 0.1,
+                  "dp": "distributed", "dp-epsilon": 8.0, "dp-sample-rate": 0.2,
                   "learning-rate": 1.0, "anomaly-detection": "off", "checkpoint-keep": 0}
     run_id, _ = runner.run_and_check(
         REPO, run_config, federation_config="num-supernodes=6 client-resources-num-cpus=1",
