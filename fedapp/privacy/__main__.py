@@ -30,7 +30,7 @@ def summary(doc: dict[str, Any], delta: float | None = None) -> list[dict[str, A
         out.append({
             "dataset": dataset, "describe": record.get("describe", {}), "delta": at,
             "cap": record.get("cap"),
-            "runs": [{"run": run, "rounds": len(entries),
+            "runs": [{"run": run, "rounds": sum(int(e.get("rounds", 1)) for e in entries),
                       "steps": sum(int(e["steps"]) for e in entries),
                       "pending": sum(e["status"] == PENDING for e in entries),
                       "epsilon": epsilon_of(entry_history(entries), at)}

@@ -20,7 +20,11 @@ that released nothing, never under-count one that released an update.
 File format (JSON, one object): ``format``, ``version``, ``accountant`` (``"rdp"``),
 ``datasets`` (identity -> ``{"describe", "delta", "cap", "entries"}``; an entry is
 ``{"id", "run", "round", "noise-multiplier", "sample-rate", "steps", "status", "time"}``) and
-``sha256``, the digest of the rest. Writes are atomic (temp file, fsync, rename, fsync of the
+``sha256``, the digest of the rest. A settled round is merged into the entry before it when
+both are done and share run, noise multiplier and sample rate (:func:`compact`: ``steps``
+add up, ``rounds`` counts them, ``last-round`` and ``last-time`` name the newest), so a
+run's hundreds of rounds take one entry and a round's cost does not grow with the
+hospital's history. Writes are atomic (temp file, fsync, rename, fsync of the
 directory) under an exclusive ``fcntl.flock`` on ``<ledger>.lock``, so concurrent writers
 (simulated nodes in one process, SuperNodes on one machine) lose no entry. A file that does
 not parse, has another format or a wrong digest raises :class:`LedgerError` (the node
@@ -103,6 +107,27 @@ def entry_history(entries: list[dict[str, Any]]) -> History:
                          for e in entries)
 
 
+def compact(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``entries`` with each done entry merged into the done entry just before it of the
+    same run, noise multiplier and sample rate. Exact for the ledger's accountant: the RDP
+    of the subsampled Gaussian mechanism composes additively over steps (Mironov 2017,
+    "Renyi Differential Privacy", Prop. 1; Mironov, Talwar, Zhang 2019 for the sampled
+    case), so ``(z, q, a) + (z, q, b)`` spends what ``(z, q, a + b)`` spends. Pending
+    entries are never merged (a crashed round stays visible)."""
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        last = out[-1] if out else None
+        if (last is not None and last["status"] == DONE == entry["status"]
+                and all(last[k] == entry[k] for k in ("run", "noise-multiplier", "sample-rate"))):
+            out[-1] = {**last, "steps": int(last["steps"]) + int(entry["steps"]),
+                       "rounds": int(last.get("rounds", 1)) + int(entry.get("rounds", 1)),
+                       "last-round": entry.get("last-round", entry["round"]),
+                       "last-time": entry.get("last-time", entry["time"])}
+        else:
+            out.append(entry)
+    return out
+
+
 class PrivacyLedger:
     """The ledger file at ``path`` (``<path>.lock`` beside it serialises writers)."""
 
@@ -157,6 +182,8 @@ class PrivacyLedger:
         return doc
 
     def _write(self, doc: dict[str, Any]) -> None:
+        for record in doc["datasets"].values():
+            record["entries"] = compact(record["entries"])
         doc["sha256"] = _digest(doc)
         try:
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
