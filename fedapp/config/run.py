@@ -218,7 +218,8 @@ class RunConfig:
     # the robust pipeline across the bucket means. secagg-bucket-size >= the round's nodes is
     # plain secure aggregation: one sum, no robustness. Each node clips its update to
     # secagg-clip-norm; secagg-threshold of its share holders must stay; secagg-degree: share
-    # holders per node besides itself (0 = its whole bucket); secagg-bits: the ring Z_2^bits.
+    # holders per node besides itself (0 = its whole bucket); secagg-bits: the ring Z_2^bits;
+    # secagg-key-rounds: rounds a node's key pairs serve (1 = fresh keys every round).
     secagg: bool = field(default=False, metadata=_key("secagg"))
     secagg_bucket_size: int = field(default=2, metadata=_key("secagg-bucket-size", min=2))
     secagg_threshold: float = field(default=0.75, metadata=_key("secagg-threshold", min=0.51,
@@ -226,6 +227,7 @@ class RunConfig:
     secagg_degree: int = field(default=0, metadata=_key("secagg-degree", min=0))
     secagg_clip_norm: float = field(default=5.0, metadata=_key("secagg-clip-norm", min=1e-6))
     secagg_bits: int = field(default=32, metadata=_key("secagg-bits", min=8, max=32))
+    secagg_key_rounds: int = field(default=10, metadata=_key("secagg-key-rounds", min=1))
 
     def __post_init__(self) -> None:
         errors = [e for f in dataclasses.fields(self) if (e := _check_field(self, f))]

@@ -168,6 +168,8 @@ class FederationMetrics:
                                 "share holders, shares that disagree, a sum out of bounds).")
         self.secagg_seconds = c("fedapp_secagg_seconds",
                                 "Server time in secure aggregation's extra stages.")
+        self.secagg_setups = c("fedapp_secagg_key_setups",
+                               "Nodes that drew new key pairs (the others kept theirs).")
 
     def observe(self, row: Mapping[str, float], stats: RoundStats | None,
                 reputation: Mapping[int, float]) -> None:
@@ -263,6 +265,7 @@ class FederationMetrics:
         self.secagg_buckets.inc(row.get("secagg-buckets", 0))
         self.secagg_dropped.inc(row.get("secagg-buckets-dropped", 0))
         self.secagg_seconds.inc(row.get("secagg-seconds", 0.0))
+        self.secagg_setups.inc(row.get("secagg-setup-nodes", 0))
 
 
 def series_names(registry: CollectorRegistry) -> set[str]:

@@ -1,18 +1,25 @@
-"""One bucket's protocol state within a round, the check of a node's masked vector, the
-bytes of a stage message, and what a bucket's recovered sum becomes for the strategy."""
+"""One bucket's protocol state within a round, the round's setup parameters, the check of
+a node's masked reply, the bytes of a stage message, and what a bucket's recovered sum
+becomes for the strategy. Server side."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from logging import WARNING
 
 import numpy as np
 from flwr.app import Message, RecordDict
+from flwr.common.logger import log
+from flwr.common.secure_aggregation.secaggplus_constants import Key
 
+from fedapp.compression.wire import serialized_bytes
 from fedapp.config import RunConfig
+from fedapp.node_errors import kind_of
 from fedapp.secagg import masking, protocol
 from fedapp.secagg.client import MASKED_KEY
 from fedapp.secagg.unmask import Encoding
-from fedapp.validation import ReplyRejected
+from fedapp.server.buckets import BucketRound
+from fedapp.validation import ReplyRejected, check_metrics
 
 
 @dataclass
@@ -32,6 +39,16 @@ class Bucket:
     dropped_reason: str = ""
 
 
+def setup_params(b: Bucket, degree: int) -> dict[str, int | float]:
+    """The round's parameters for a node of bucket ``b``: Flower's setup-stage keys (the
+    setup request; again in share_keys' round record, for nodes with kept keys)."""
+    shares = len(protocol.neighbours(b.members, degree)[b.members[0]])
+    return {Key.SAMPLE_NUMBER: len(b.members), Key.SHARE_NUMBER: shares,
+            Key.THRESHOLD: b.t, Key.CLIPPING_RANGE: float(b.enc.clip_norm),
+            Key.TARGET_RANGE: b.enc.num_levels, Key.MOD_RANGE: 1 << b.enc.bits,
+            Key.MAX_WEIGHT: 1.0}
+
+
 def masked_vector(content: RecordDict, size: int, bits: int) -> np.ndarray:
     """The one flat array of ``Z_M`` a node sends in stage 3; ``ReplyRejected`` (kind
     ``masked``) names what is wrong with it."""
@@ -48,6 +65,29 @@ def masked_vector(content: RecordDict, size: int, bits: int) -> np.ndarray:
         raise ReplyRejected(f"masked vector of {array.dtype} {array.shape}, expected {dtype} "
                             f"({size},)", "masked")
     return array
+
+
+def accept_masked(server_round: int, bucketed: BucketRound, node: int, msg: Message,
+                  size: int, bits: int) -> np.ndarray | None:
+    """The masked vector of a train reply, or None (failure or rejection recorded)."""
+    bucketed.replies += 1
+    if msg.has_error():
+        kind, reason = kind_of(msg.error.code), msg.error.reason.strip().splitlines()
+        bucketed.failures[node] = (kind, reason[0] if reason else "no reason given")
+        log(WARNING, "round %d: node %d failed (%s): %s", server_round, node, kind,
+            bucketed.failures[node][1])
+        return None
+    bucketed.bytes_up += serialized_bytes(msg.content)
+    try:
+        vector = masked_vector(msg.content, size, bits)
+        metrics = check_metrics(msg.content)
+    except ReplyRejected as exc:
+        bucketed.rejected[node] = (exc.kind, str(exc))
+        log(WARNING, "round %d: rejected masked reply of node %d: %s", server_round, node,
+            exc)
+        return None
+    bucketed.node_metrics[node] = metrics
+    return vector
 
 
 def bucket_row(b: Bucket, settings: protocol.Settings,
@@ -75,6 +115,7 @@ def settings_of(cfg: RunConfig) -> protocol.Settings:
     return protocol.Settings(bucket_size=cfg.secagg_bucket_size,
                              threshold=cfg.secagg_threshold, degree=cfg.secagg_degree,
                              clip_norm=cfg.secagg_clip_norm, bits=cfg.secagg_bits, seed=cfg.seed,
+                             key_rounds=cfg.secagg_key_rounds,
                              dp_noise=z, dp_clip=cfg.dp_max_grad_norm,
                              dp_sample_rate=cfg.dp_sample_rate, dp_lr=cfg.learning_rate,
                              dp_delta=cfg.dp_delta)

@@ -7,10 +7,15 @@ a run, so a deployment's one-process-per-message ClientApp works too.
 
 Stages (the server's order, ``fedapp.secagg.server``):
 
-1. ``setup``: two key pairs (Flower's ``_setup``: ``generate_key_pairs``);
-2. ``share_keys``: Shamir shares of the private mask seed and of the first private key,
-   each encrypted for its neighbour with a key agreed by ECDH (Flower's ``_share_keys``:
-   ``create_shares``, ``generate_shared_key``, Fernet ``encrypt``);
+1. ``setup``: two key pairs (Flower's ``_setup``: ``generate_key_pairs``). Only when the
+   server asks: a node that completed the previous round's unmask stage keeps its key
+   pairs for up to ``secagg-key-rounds`` rounds (``enter_stage``);
+2. ``share_keys``: a fresh private mask seed; Shamir shares of it and of the first private
+   key, each encrypted for its neighbour with a key agreed by ECDH (Flower's
+   ``_share_keys``: ``create_shares``, ``generate_shared_key``, Fernet ``encrypt``). The
+   message's ``secagg-round`` record names the round (pairwise masks are bound to it, and
+   a node with kept keys refuses a round that is not after its last one) and the round's
+   parameters (bucket size, threshold, ranges);
 3. ``collect_masked_vectors``: the ClientApp trains as usual (``call_next``); the update
    ``w_local - w_global`` is clipped to ``clip_norm``, quantized, masked
    (``fedapp.secagg.masking``) and sent instead of the weights. The shares received are
@@ -60,6 +65,8 @@ from fedapp.secagg import masking
 from fedapp.updates import update_of
 
 MASKED_KEY = "secagg-masked"  # the reply's ArrayRecord: one flat array in Z_M
+ROUND_KEY = "secagg-round"  # share_keys: the round and its setup parameters (ConfigRecord)
+NODE_KEY = "secagg-node"  # context.state: the round this node's shares and masks are for
 
 
 class ProtocolError(ValueError):
@@ -76,10 +83,11 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     records = context.state.config_records
     state = SecAggPlusState(**records.get(RECORD_KEY_STATE, ConfigRecord({})))
     configs = ConfigRecord(dict(msg.content.config_records[RECORD_KEY_CONFIGS]))
+    if NODE_KEY not in records:
+        records[NODE_KEY] = ConfigRecord({"round": 0})
+    node = records[NODE_KEY]
     try:
-        check_stage(state.current_stage, configs)
-        state.current_stage = cast(str, configs.pop(Key.STAGE))
-        check_configs(state.current_stage, configs)
+        enter_stage(state, configs, msg.content.config_records.get(ROUND_KEY), node)
     except (ValueError, KeyError, TypeError) as exc:
         return _failed(msg, records, exc)
     trained = None
@@ -90,11 +98,46 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             return trained
     try:
         noise = dp_share_std(context, state) if trained is not None else 0.0
-        reply = _run_stage(state, configs, msg, trained, noise)
+        reply = _run_stage(state, configs, msg, trained, noise, int(node["round"]))
     except (ValueError, KeyError, TypeError) as exc:  # ProtocolError and Flower's checks
         return _failed(msg, records, exc)
     records[RECORD_KEY_STATE] = ConfigRecord(state.to_dict())
     return reply
+
+
+def enter_stage(state: SecAggPlusState, configs: ConfigRecord,
+                round_record: ConfigRecord | None, node: ConfigRecord) -> None:
+    """Check the stage ``configs`` names against ``state`` (Flower's order: setup,
+    share_keys, collect_masked_vectors, unmask) and enter it. A share_keys stage needs the
+    round record; right after an unmask stage it keeps this node's key pairs and takes the
+    round's parameters from the record, for a round after the last one (``node``)."""
+    if configs.get(Key.STAGE) == Stage.SHARE_KEYS:
+        if round_record is None:
+            raise ProtocolError(f"share_keys without the {ROUND_KEY!r} record")
+        server_round, last = int(cast(int, round_record["round"])), int(cast(int, node["round"]))
+        if state.current_stage != Stage.SETUP:
+            if state.current_stage != Stage.UNMASK or not state.sk1:
+                raise ProtocolError("no key pairs kept from a completed round (this node's "
+                                    "protocol state was reset): the server must run setup")
+            if server_round <= last:
+                raise ProtocolError(f"round {server_round} is not after round {last}: "
+                                    "pairwise masks would repeat")
+            keep_keys(state, round_record)
+        node["round"] = server_round
+    check_stage(state.current_stage, configs)
+    state.current_stage = cast(str, configs.pop(Key.STAGE))
+    check_configs(state.current_stage, configs)
+
+
+def keep_keys(state: SecAggPlusState, params: ConfigRecord) -> None:
+    """Enter a round with the key pairs of an earlier one: Flower's ``_setup`` takes the
+    round's parameters and empties the share dictionaries; the key pairs it draws are
+    replaced by the kept ones."""
+    check_configs(Stage.SETUP, params)
+    kept = (state.sk1, state.pk1, state.sk2, state.pk2)
+    _setup(state, params)
+    state.sk1, state.pk1, state.sk2, state.pk2 = kept
+    state.current_stage = Stage.SETUP
 
 
 def _failed(msg: Message, records: dict, exc: Exception) -> Message:  # type: ignore[type-arg]
@@ -103,7 +146,7 @@ def _failed(msg: Message, records: dict, exc: Exception) -> Message:  # type: ig
 
 
 def _run_stage(state: SecAggPlusState, configs: ConfigRecord, msg: Message,
-               trained: Message | None, noise_std: float = 0.0) -> Message:
+               trained: Message | None, noise_std: float, server_round: int) -> Message:
     stage = state.current_stage
     if stage == Stage.SETUP:
         state.nid = msg.metadata.dst_node_id
@@ -118,7 +161,7 @@ def _run_stage(state: SecAggPlusState, configs: ConfigRecord, msg: Message,
     if isinstance(update, str):
         raise ProtocolError(f"no update to mask: {update}")
     masked = masked_update(state, update, available, np.random.default_rng(),
-                           noise_std=noise_std)
+                           noise_std=noise_std, server_round=server_round)
     content = RecordDict({MASKED_KEY: ArrayRecord({"masked": Array(masked)})})
     for name, record in trained.content.metric_records.items():
         content[name] = record
@@ -168,10 +211,12 @@ def receive_shares(state: SecAggPlusState, configs: ConfigRecord) -> list[int]:
 
 
 def masked_update(state: SecAggPlusState, update: np.ndarray, available: list[int],
-                  rng: np.random.Generator, noise_std: float = 0.0) -> np.ndarray:
+                  rng: np.random.Generator, noise_std: float = 0.0, server_round: int = 0
+                  ) -> np.ndarray:
     """``update`` clipped to the norm ``state.clipping_range``, quantized to
     ``state.target_range`` levels, masked with the private mask and one pairwise mask per
-    available neighbour, in ``Z_M`` (``M = state.mod_range``), in the wire dtype. With
+    available neighbour (bound to ``server_round``), in ``Z_M`` (``M = state.mod_range``),
+    in the wire dtype. With
     ``noise_std`` (``dp='distributed'``: this node's noise share) the update is a clipped
     gradient sum: Gaussian noise of that std is added and the result quantized in steps of
     ``masking.dp_unit``, without clipping."""
@@ -187,7 +232,8 @@ def masked_update(state: SecAggPlusState, update: np.ndarray, available: list[in
     own_key = bytes_to_private_key(state.sk1)
     for node in available:
         shared = generate_shared_key(own_key, bytes_to_public_key(state.public_keys_dict[node][0]))
-        v = masking.add_mask(v, masking.prg(shared, q.size, bits),
+        v = masking.add_mask(v, masking.prg(shared, q.size, bits,
+                                            masking.round_context(server_round)),
                              masking.pairwise_sign(state.nid, node), bits)
     return v.astype(masking.wire_dtype(bits))
 

@@ -16,7 +16,10 @@ pairwise mask ``+PRG(s_ij)`` if ``i > j`` else ``-PRG(s_ij)``; pairwise masks ca
 the sum, private masks are removed by the server after it reconstructs ``b_i`` from
 Shamir shares. ``prg`` expands a 32-byte secret with ChaCha20 (``cryptography``), keyed
 through HKDF-SHA256: a cryptographic generator, unlike a numpy generator seeded with 32
-bits (which a server could search).
+bits (which a server could search). A node's key pairs may serve several rounds
+(``secagg-key-rounds``), so a pairwise mask is bound to its round (``round_context`` in
+HKDF's info): the same pair of nodes never adds the same mask twice. Private mask seeds
+are fresh every round (they are revealed at unmask).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MIN_BITS, MAX_BITS = 8, 32
-_NONCE = bytes(16)  # each key expands one mask only: a fixed nonce is safe
+_NONCE = bytes(16)  # each (secret, context) key expands one mask only: a fixed nonce is safe
 _INFO = b"fedapp secure aggregation mask v1"
 
 
@@ -108,18 +111,26 @@ def centered(v: np.ndarray, bits: int) -> np.ndarray:
     return np.where(signed >= m // 2, signed - m, signed)
 
 
-def secret_key(secret: bytes) -> bytes:
+def round_context(server_round: int) -> bytes:
+    """HKDF info that binds a pairwise mask to ``server_round`` (module docstring)."""
+    return f" round {int(server_round)}".encode()
+
+
+def secret_key(secret: bytes, context: bytes = b"") -> bytes:
     """32 bytes of key material from a secret of at least 128 bits of entropy (a private
-    mask seed, or a Flower shared key from ``generate_shared_key``): HKDF-SHA256."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(secret)
+    mask seed, or a Flower shared key from ``generate_shared_key``): HKDF-SHA256, with
+    ``context`` appended to the info (different contexts give independent keys)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=_INFO + context).derive(secret)
 
 
-def prg(secret: bytes, size: int, bits: int) -> np.ndarray:
+def prg(secret: bytes, size: int, bits: int, context: bytes = b"") -> np.ndarray:
     """``size`` uniform elements of ``Z_M`` (uint64) from ``secret``: the ChaCha20
-    keystream under ``secret_key(secret)``, read as uint32 and reduced mod ``2**bits``
-    (``M`` divides ``2**32``, so the reduction stays uniform)."""
+    keystream under ``secret_key(secret, context)``, read as uint32 and reduced mod
+    ``2**bits`` (``M`` divides ``2**32``, so the reduction stays uniform)."""
     wire_dtype(bits)
-    encryptor = Cipher(algorithms.ChaCha20(secret_key(secret), _NONCE), mode=None).encryptor()
+    key = secret_key(secret, context)
+    encryptor = Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
     stream = encryptor.update(bytes(4 * size))
     words = np.frombuffer(stream, dtype="<u4").astype(np.uint64)
     return words & np.uint64((1 << bits) - 1)

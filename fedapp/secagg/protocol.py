@@ -37,6 +37,7 @@ class Settings:
     clip_norm: float = 5.0
     bits: int = 32
     seed: int = 0
+    key_rounds: int = 10  # rounds a node's key pairs serve (fedapp.secagg.keys)
     # dp='distributed' (fedapp.privacy.distributed): noise multiplier z (0: off), per-example
     # clip C, sample rate q and the DP-SGD step's learning rate.
     dp_noise: float = 0.0

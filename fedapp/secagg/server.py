@@ -3,8 +3,10 @@
 Each training round (``fedapp.secagg`` for the protocol, ``protocol`` for the plan):
 
 1. ``configure_train``: the robust strategy samples the round's nodes as usual; they are
-   shuffled into buckets; the ``setup`` and ``share_keys`` stages run through the Grid
-   (one message per node per stage; all buckets at once); the round's train messages
+   shuffled into buckets; the ``setup`` stage runs for the nodes without kept keys
+   (``fedapp.secagg.keys``: what is reused across rounds, and why it is safe), then
+   ``share_keys`` for all, through the Grid (one message per node per stage; all buckets
+   at once); the round's train messages
    then carry, per node, the encrypted shares its neighbours sent it. Nodes that fail a
    stage are left out with a reason (kind ``secagg``); a bucket left with fewer nodes than
    its threshold is left out of the round, the other buckets go on.
@@ -26,23 +28,28 @@ import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp import Grid
 
-from fedapp.compression.wire import serialized_bytes
 from fedapp.node_errors import KINDS, SECAGG_ERROR, kind_of
 from fedapp.privacy.accounting import epsilon_of
 from fedapp.privacy.distributed import share_std
 from fedapp.secagg import masking, protocol
-from fedapp.secagg.bucket import Bucket, bucket_row, masked_vector, stage_bytes
+from fedapp.secagg.bucket import (
+    Bucket,
+    accept_masked,
+    bucket_row,
+    setup_params,
+    stage_bytes,
+)
+from fedapp.secagg.client import ROUND_KEY
+from fedapp.secagg.keys import KeyDirectory
 from fedapp.secagg.unmask import Encoding, UnmaskFailed, bucket_sum
 from fedapp.server.buckets import BucketRound
 from fedapp.server.strategy import RobustStrategy
 from fedapp.server.wrappers import StrategyWrapper
-from fedapp.validation import ReplyRejected, check_metrics
 
 SECAGG_KIND = KINDS[SECAGG_ERROR]
 
@@ -61,6 +68,9 @@ class SecureAggregation(StrategyWrapper):
         self._failed: dict[int, str] = {}
         self._seconds = 0.0
         self._bytes = 0  # the extra stages' messages, both directions
+        self.directory = KeyDirectory(settings.key_rounds)
+        self._setup_nodes = 0
+        self._completed: set[int] = set()  # answered this round's unmask stage
 
     def summary(self) -> None:
         super().summary()
@@ -101,7 +111,8 @@ class SecureAggregation(StrategyWrapper):
             t = protocol.threshold(s.threshold, shares)
             unit = (masking.dp_unit(share_std(s.dp_noise, s.dp_clip, t), s.bits)
                     if s.dp_noise else 0.0)
-            enc = Encoding(s.bits, s.clip_norm, masking.levels(s.bits, len(members)), unit)
+            enc = Encoding(s.bits, s.clip_norm, masking.levels(s.bits, len(members)), unit,
+                           server_round)
             bucket = Bucket(members, t, enc)
             buckets.append(bucket)
             if len(members) < bucket.t:  # a lone node: its sum would be its update
@@ -121,15 +132,20 @@ class SecureAggregation(StrategyWrapper):
         log(WARNING, "round %d: secure aggregation left bucket %s out: %s", server_round,
             list(bucket.members), reason)
 
-    def _exchange(self, server_round: int, stage: str, requests: dict[int, dict]  # type: ignore[type-arg]
+    def _exchange(self, server_round: int, stage: str, requests: dict[int, dict],  # type: ignore[type-arg]
+                  rounds: dict[int, dict] | None = None  # type: ignore[type-arg]
                   ) -> dict[int, ConfigRecord]:
-        """One stage: a TRAIN message per node carrying ``requests[node]``; the answers
-        by node. A node that fails or does not answer within the round timeout is
-        recorded as failed (kind ``secagg``)."""
+        """One stage: a TRAIN message per node carrying ``requests[node]`` (and
+        ``rounds[node]`` as the round record); the answers by node. A node that fails or
+        does not answer within the round timeout is recorded as failed (kind ``secagg``)."""
         assert self._grid is not None
-        out = [Message(RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: stage, **req})}),
-                       dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
-               for node, req in requests.items()]
+        out = []
+        for node, req in requests.items():
+            content = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: stage, **req})})
+            if rounds is not None:
+                content[ROUND_KEY] = ConfigRecord(rounds[node])
+            out.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
+                               group_id=str(server_round)))
         replies = list(self._grid.send_and_receive(out, timeout=self.timeout)) if out else []
         self._bytes += sum(stage_bytes(m) for m in (*out, *replies))
         by_id = {m.metadata.message_id: m.metadata.dst_node_id for m in out}
@@ -153,21 +169,21 @@ class SecureAggregation(StrategyWrapper):
             node, stage, reason)
 
     def _setup(self, server_round: int) -> None:
-        requests = {}
+        """Setup for the nodes without kept keys; every bucket then holds its members' keys."""
+        fresh = self.directory.needs_setup([n for b in self._live() for n in b.members],
+                                           server_round)
+        for node in fresh:
+            self.directory.forget(node)
+        requests = {node: setup_params(b, self.settings.degree)
+                    for b in self._live() for node in b.members if node in fresh}
+        answers = self._exchange(server_round, Stage.SETUP, requests) if requests else {}
+        self._setup_nodes = len(requests)
+        for node, rec in answers.items():
+            if isinstance(rec.get(Key.PUBLIC_KEY_1), bytes):
+                self.directory.register(node, (rec[Key.PUBLIC_KEY_1], rec[Key.PUBLIC_KEY_2]),  # type: ignore[arg-type]
+                                        server_round)
         for b in self._live():
-            shares = len(protocol.neighbours(b.members, self.settings.degree)[b.members[0]])
-            for node in b.members:
-                requests[node] = {
-                    Key.SAMPLE_NUMBER: len(b.members), Key.SHARE_NUMBER: shares,
-                    Key.THRESHOLD: b.t, Key.CLIPPING_RANGE: float(b.enc.clip_norm),
-                    Key.TARGET_RANGE: b.enc.num_levels, Key.MOD_RANGE: 1 << b.enc.bits,
-                    Key.MAX_WEIGHT: 1.0}
-        answers = self._exchange(server_round, Stage.SETUP, requests)
-        for b in self._live():
-            for node in b.members:
-                rec = answers.get(node)
-                if rec is not None and isinstance(rec.get(Key.PUBLIC_KEY_1), bytes):
-                    b.keys[node] = (rec[Key.PUBLIC_KEY_1], rec[Key.PUBLIC_KEY_2])  # type: ignore[assignment]
+            b.keys = {n: self.directory.keys[n] for n in b.members if n in self.directory.keys}
             live = tuple(n for n in b.members if n in b.keys)
             if len(live) < b.t:
                 self._drop(b, f"{len(live)} of {len(b.members)} nodes answered setup, fewer "
@@ -178,7 +194,9 @@ class SecureAggregation(StrategyWrapper):
     def _share_keys(self, server_round: int) -> None:
         requests = {node: {str(n): list(b.keys[n]) for n in b.graph[node]}
                     for b in self._live() for node in b.graph}
-        answers = self._exchange(server_round, Stage.SHARE_KEYS, requests)
+        rounds = {node: {"round": server_round, **setup_params(b, self.settings.degree)}
+                  for b in self._live() for node in b.graph}
+        answers = self._exchange(server_round, Stage.SHARE_KEYS, requests, rounds)
         for b in self._live():
             b.shared = {n for n in b.graph if n in answers}
             for src in b.shared:
@@ -202,12 +220,14 @@ class SecureAggregation(StrategyWrapper):
         size = self.robust.model_size()
         for msg in replies:
             node = sent.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-            vector = self._accept(server_round, bucketed, node, msg, size)
+            vector = accept_masked(server_round, bucketed, node, msg, size,
+                                   self.settings.bits)
             bucket = self._bucket_of(node)
             if vector is not None and bucket is not None:
                 bucket.masked[node] = vector
         self._failed.clear()
         self._unmask(server_round)
+        self.directory.settle([n for b in self._buckets for n in b.members], self._completed)
         for node, reason in self._failed.items():  # failed to answer the unmask stage
             bucketed.failures.setdefault(node, (SECAGG_KIND, reason))
         for b in self._buckets:
@@ -226,34 +246,13 @@ class SecureAggregation(StrategyWrapper):
             metrics["secagg-buckets-dropped"] = len(bucketed.dropped)
             metrics["secagg-seconds"] = self._seconds
             metrics["secagg-bytes"] = self._bytes  # setup, share_keys, unmask; both ways
+            metrics["secagg-setup-nodes"] = self._setup_nodes  # the others kept their keys
             if self.settings.dp_noise:  # every record's epsilon: one step per round
                 metrics["dp-epsilon"] = epsilon_of([(self.settings.dp_noise,
                                                      self.settings.dp_sample_rate,
                                                      server_round)], self.settings.dp_delta)
         self._buckets = []
         return arrays, metrics
-
-    def _accept(self, server_round: int, bucketed: BucketRound, node: int, msg: Message,
-                size: int) -> np.ndarray | None:
-        """The masked vector of a train reply, or None (failure or rejection recorded)."""
-        bucketed.replies += 1
-        if msg.has_error():
-            kind, reason = kind_of(msg.error.code), msg.error.reason.strip().splitlines()
-            bucketed.failures[node] = (kind, reason[0] if reason else "no reason given")
-            log(WARNING, "round %d: node %d failed (%s): %s", server_round, node, kind,
-                bucketed.failures[node][1])
-            return None
-        bucketed.bytes_up += serialized_bytes(msg.content)
-        try:
-            vector = masked_vector(msg.content, size, self.settings.bits)
-            metrics = check_metrics(msg.content)
-        except ReplyRejected as exc:
-            bucketed.rejected[node] = (exc.kind, str(exc))
-            log(WARNING, "round %d: rejected masked reply of node %d: %s", server_round,
-                node, exc)
-            return None
-        bucketed.node_metrics[node] = metrics
-        return vector
 
     def _unmask(self, server_round: int) -> None:
         requests = {}
@@ -272,6 +271,7 @@ class SecureAggregation(StrategyWrapper):
                 requests[node] = {Key.ACTIVE_NODE_ID_LIST: [h for h in holders if h in b.masked],
                                   Key.DEAD_NODE_ID_LIST: [h for h in holders if h in dropped]}
         answers = self._exchange(server_round, Stage.UNMASK, requests)
+        self._completed = set(answers)
         for b in self._live():
             seeds: dict[int, list[bytes]] = {}
             keys: dict[int, list[bytes]] = {}

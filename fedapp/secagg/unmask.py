@@ -39,6 +39,7 @@ class Encoding:
     clip_norm: float
     num_levels: int
     dp_unit: float = 0.0  # dp='distributed': the quantization step of noisy sums (unbounded)
+    mask_round: int = 0  # the round the pairwise masks are bound to (masking.round_context)
 
 
 def reconstruct(shares: Sequence[bytes], t: int, what: str) -> bytes:
@@ -87,7 +88,7 @@ def bucket_sum(masked: Mapping[int, np.ndarray], dropped: Sequence[int],
                                                f"dropped node {node}'s key"))
         for a in partners:
             shared = generate_shared_key(key, bytes_to_public_key(public_keys[a]))
-            mask = masking.prg(shared, size, bits)
+            mask = masking.prg(shared, size, bits, masking.round_context(enc.mask_round))
             total = masking.add_mask(total, mask, -masking.pairwise_sign(a, node), bits)
     signed = masking.centered(total, bits)
     reason = (masking.sum_bound_ok(signed, len(masked), enc.clip_norm, enc.num_levels)

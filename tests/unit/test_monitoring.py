@@ -84,8 +84,10 @@ def test_secure_aggregation_rounds_count_buckets_and_protocol_seconds() -> None:
     m = metrics()
     for r in (1, 2):
         m.observe(row(r, **{"secagg-buckets": 3, "secagg-buckets-dropped": r - 1,
-                            "secagg-seconds": 0.5}), None, {})
+                            "secagg-seconds": 0.5, "secagg-setup-nodes": 6 if r == 1 else 0}),
+                  None, {})
     assert value(m, "fedapp_secagg_buckets_total") == 6
+    assert value(m, "fedapp_secagg_key_setups_total") == 6
     assert value(m, "fedapp_secagg_buckets_dropped_total") == 1
     assert value(m, "fedapp_secagg_seconds_total") == 1.0
 
