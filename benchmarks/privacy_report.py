@@ -28,6 +28,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+MODES = ("The three DP modes (`local`, `central`, `distributed`: what each protects, whom "
+         "you trust, the measured trade-off): `docs/privacy-modes.md`; distributed DP-SGD "
+         "over secure aggregation against local DP-SGD, client-level central DP and the "
+         "centralized ceiling at epsilon 1, 3 and 8: `docs/distributed_dp.md`. This page "
+         "measures `dp='local'` on its own setting.")
+
+
 def _intro(result: dict[str, Any]) -> list[str]:
     """Title, how the page was generated, and the setting."""
     p = result["params"]
@@ -41,6 +48,8 @@ def _intro(result: dict[str, Any]) -> list[str]:
         f"{result['versions']['cpus']} CPUs shared with other work; torch "
         f"{result['versions']['torch']}, Opacus {result['versions']['opacus']}). "
         "Raw numbers: `benchmarks/results/privacy.json`.",
+        "",
+        MODES,
         "",
         "## Setting",
         "",

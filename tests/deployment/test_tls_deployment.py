@@ -667,6 +667,10 @@ def test_secure_aggregation_with_distributed_dp_recovers_the_broken_hospital(
         assert (row["accepted"], row["failed-data"], row["secagg-buckets-dropped"]) == (
             HOSPITALS, 1, 0), row
         assert row["dp-epsilon"] == pytest.approx(epsilon_after(cfg, int(row["round"])))
+    # key pairs kept across rounds: after round 1 only the broken hospital (its round ended
+    # before unmask, its protocol state reset) runs setup again
+    assert [row["secagg-setup-nodes"] for row in rows[1:]] == [len(MEMBERS)] + [1] * (
+        len(rows) - 2), rows
     # two noisy steps: it learns (0.41 -> 0.65 to 0.91 measured), by how much varies
     assert rows[-1]["server-accuracy"] > rows[0]["server-accuracy"] + 0.1, rows
     assert "Secure aggregation: SecAgg+ in buckets of 4" in output
