@@ -19,8 +19,9 @@ def budget(ledger: Path, run: int, rnd: int, cap: float | None = 50.0) -> NodeBu
                       run, rnd)
 
 
-def one_round(ledger: Path, run: int, rnd: int, z: float = 1.2, q: float = 0.1) -> None:
-    entry = PrivacyLedger(ledger).charge(budget(ledger, run, rnd), z, q, 1, 8.0)
+def one_round(ledger: Path, run: int, rnd: int, z: float = 1.2, q: float = 0.1,
+              cap: float | None = 50.0) -> None:
+    entry = PrivacyLedger(ledger).charge(budget(ledger, run, rnd, cap), z, q, 1, 8.0)
     PrivacyLedger(ledger).settle("file:sha256:abc", entry, 1)
 
 
@@ -30,14 +31,14 @@ def entries(ledger: Path) -> list[dict]:  # type: ignore[type-arg]
 
 def test_a_runs_settled_rounds_take_one_entry_and_spend_the_same(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.json"
-    for rnd in range(1, 41):
-        one_round(ledger, run=7, rnd=rnd)
+    for rnd in range(1, 13):
+        one_round(ledger, run=7, rnd=rnd, cap=None)  # recorded, not capped: no accounting
     (entry,) = entries(ledger)
-    assert (entry["steps"], entry["rounds"], entry["round"], entry["last-round"]) == (40, 40, 1, 40)
+    assert (entry["steps"], entry["rounds"], entry["round"], entry["last-round"]) == (12, 12, 1, 12)
     assert entry["status"] == DONE
     accountant = RDPAccountant()
-    accountant.history = [(1.2, 0.1, 1)] * 40  # forty separate one-step entries
-    assert budget(ledger, 7, 41).spent() == pytest.approx(accountant.get_epsilon(1e-5),
+    accountant.history = [(1.2, 0.1, 1)] * 12  # twelve separate one-step entries
+    assert budget(ledger, 7, 13).spent() == pytest.approx(accountant.get_epsilon(1e-5),
                                                           rel=1e-12)
 
 
