@@ -12,16 +12,18 @@ operation:
    ``sum_i g_i min(1, C / (||g_i|| + 1e-6))`` come in closed form from the layers' inputs
    and output gradients (:mod:`fedapp.privacy.per_example`);
 3. noise ``N(0, (z C)^2)`` drawn per parameter, in ``model.parameters()`` order, from the
-   noise generator (Opacus's order and calls), then division by Opacus's expected batch
-   size ``int(q N)``;
+   noise generator (Opacus's order and calls: a seeded generator gives Opacus's noise,
+   bit for bit), then division by Opacus's expected batch size ``int(q N)``;
 4. SGD with momentum 0.9 written out (``b = g`` on the first step, then ``b = 0.9 b + g``;
-   ``p -= lr b``: ``torch.optim.SGD``'s arithmetic, as in :func:`fedapp.task.train`);
+   ``p -= lr b``: ``torch.optim.SGD``'s arithmetic, as in :func:`fedapp.task.train`), on
+   buffers allocated once per call (one flat buffer: one call per elementwise step);
 5. the step is recorded in Opacus's RDP accountant (``accountant.step(z, q)``).
 
 What it saves: Opacus's per-layer hooks or ExpandedWeights (every example's full gradient
-materialised for Linear layers), its optimizer's per-parameter Python bookkeeping and
-``torch.optim``. It supports models whose trainable layers are all Linear, Conv2d or
-GroupNorm, each called once per forward pass (:func:`fused_supported`).
+materialised for Linear layers, and for convolutions whose ghost norm is cheaper), its
+optimizer's per-parameter Python bookkeeping and ``torch.optim``; an epoch's Poisson masks
+are drawn in one call. It supports models whose trainable layers are all Linear, Conv2d
+or GroupNorm, each called once per forward pass (:func:`fused_supported`).
 """
 
 from __future__ import annotations
@@ -114,39 +116,92 @@ def clipped_sums(tape: _Tape, loss: Tensor, max_grad_norm: float) -> dict[int, T
                            f"forward pass ({tape.calls} calls for {len(tape.layers)} layers)")
     outs = [tape.outputs[id(m)] for m in tape.layers]
     grads = torch.autograd.grad(loss, outs)
-    terms = [layer_terms(m, tape.inputs[id(m)], d) for m, d in zip(tape.layers, grads,
-                                                                     strict=True)]
-    c = clip_factors(torch.stack([sq for sq, _ in terms]).sum(0), max_grad_norm)
     sums: dict[int, Tensor] = {}
-    for params, (_, clipped) in zip(tape.params, terms, strict=True):
-        for p, s in zip(params, clipped(c), strict=True):
-            sums[id(p)] = s
+    with torch.no_grad():
+        terms = [layer_terms(m, tape.inputs[id(m)], d) for m, d in zip(tape.layers, grads,
+                                                                         strict=True)]
+        sq = terms[0][0]  # a new tensor: summed into in place
+        for other, _ in terms[1:]:
+            sq.add_(other)
+        c = clip_factors(sq, max_grad_norm)
+        for params, (_, clipped) in zip(tape.params, terms, strict=True):
+            for p, s in zip(params, clipped(c), strict=True):
+                sums[id(p)] = s
     return sums
 
 
-def noisy_mean(params: list[Tensor], sums: dict[int, Tensor], cfg: DPSGDConfig,
-               noise: torch.Generator) -> list[Tensor]:
-    """``(sum_i c_i g_i + N(0, (z C)^2 I)) / int(q N)`` per parameter; the noise is drawn in
-    ``params`` order, one ``torch.normal`` per parameter (as Opacus's ``add_noise``); an
-    empty ``sums`` (an empty batch) gives pure noise."""
-    std = cfg.noise_multiplier * cfg.max_grad_norm
-    noises = [torch.normal(0.0, std, p.shape, device=p.device, generator=noise) for p in params]
-    if sums:
-        noises = torch._foreach_add([sums[id(p)] for p in params], noises)
-    torch._foreach_div_(noises, cfg.expected_batch_size)
-    return noises
+def poisson_batches(n: int, steps: int, sample_rate: float,
+                    generator: torch.Generator) -> tuple[Tensor, ...]:
+    """One epoch of Opacus's ``UniformWithReplacementSampler``: ``steps`` batches, batch
+    ``t`` the indices (ascending) where the ``t``-th ``rand(n) < q``. The draws are one
+    ``rand(steps, n)``: the CPU generator fills it in order, so these are the numbers (and
+    the generator's state after) of ``steps`` calls of ``rand(n)``."""
+    mask = torch.rand(steps, n, generator=generator) < sample_rate
+    return mask.nonzero()[:, 1].split(mask.sum(1).tolist())
 
 
-def momentum_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor],
-                  cfg: DPSGDConfig) -> None:
-    """``torch.optim.SGD`` with momentum: ``b = g`` first, then ``b = m b + g``; ``p -= lr b``."""
-    with torch.no_grad():
-        if not buffers:
-            buffers.extend(g.clone() for g in grads)
-        else:
-            torch._foreach_mul_(buffers, cfg.momentum)
-            torch._foreach_add_(buffers, grads)
-        torch._foreach_add_(params, buffers, alpha=-cfg.lr)
+class _Update:
+    """Noise, division by ``int(q N)`` and the momentum step on buffers allocated once:
+    views of one flat buffer when the parameters share a device (the elementwise steps are
+    one call each), one buffer per parameter otherwise."""
+
+    def __init__(self, params: list[Tensor], cfg: DPSGDConfig) -> None:
+        self.params, self.cfg = params, cfg
+        self.std = cfg.noise_multiplier * cfg.max_grad_norm
+        self.flat, self.noise = _buffers(params)
+        self.momentum: Tensor | None = None
+        self.momentum_views: list[Tensor] = []
+
+    def noisy_mean(self, sums: list[Tensor], noise: torch.Generator) -> list[Tensor]:
+        """``(sum_i c_i g_i + N(0, (z C)^2 I)) / int(q N)`` per parameter: the noise drawn
+        as Opacus draws it (per parameter, in ``params`` order, from ``noise``, in the
+        default dtype: ``normal_`` into a buffer gives ``torch.normal``'s numbers); empty
+        ``sums`` (an empty batch) give pure noise. Valid until the next call."""
+        with torch.no_grad():
+            for v in self.noise:
+                v.normal_(0.0, self.std, generator=noise)
+            if sums:
+                torch._foreach_add_(self.noise, sums)
+            if self.flat is None:
+                torch._foreach_div_(self.noise, self.cfg.expected_batch_size)
+            else:
+                self.flat.div_(self.cfg.expected_batch_size)
+        return self.noise
+
+    def step(self) -> None:
+        """``torch.optim.SGD`` with momentum on the last noisy mean ``g``: ``b = g`` first,
+        then ``b = m b + g``; ``p -= lr b``."""
+        with torch.no_grad():
+            if self.flat is None:
+                if not self.momentum_views:
+                    self.momentum_views = [g.clone() for g in self.noise]
+                else:
+                    torch._foreach_mul_(self.momentum_views, self.cfg.momentum)
+                    torch._foreach_add_(self.momentum_views, self.noise)
+            elif self.momentum is None:
+                self.momentum = self.flat.clone()
+                self.momentum_views = _views(self.momentum, self.params)
+            else:
+                self.momentum.mul_(self.cfg.momentum).add_(self.flat)
+            torch._foreach_add_(self.params, self.momentum_views, alpha=-self.cfg.lr)
+
+
+def _views(flat: Tensor, params: list[Tensor]) -> list[Tensor]:
+    """``flat`` cut into views shaped as ``params`` (slices: in-place writes stay allowed)."""
+    views, start = [], 0
+    for p in params:
+        views.append(flat[start:start + p.numel()].view(p.shape))
+        start += p.numel()
+    return views
+
+
+def _buffers(params: list[Tensor]) -> tuple[Tensor | None, list[Tensor]]:
+    """A flat default-dtype buffer and its per-parameter views, or (different devices)
+    ``None`` and one buffer per parameter."""
+    if len({p.device for p in params}) != 1:
+        return None, [torch.empty(p.shape, device=p.device) for p in params]
+    flat = torch.empty(sum(p.numel() for p in params), device=params[0].device)
+    return flat, _views(flat, params)
 
 
 def fused_epochs(model: nn.Module, x: Tensor, y: Tensor, epochs: int, cfg: DPSGDConfig,
@@ -162,18 +217,18 @@ def fused_epochs(model: nn.Module, x: Tensor, y: Tensor, epochs: int, cfg: DPSGD
     accountant.history = list(history)
     layers = trainable_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    tape, buffers = _Tape(layers), []  # type: ignore[var-annotated]
+    tape, update = _Tape(layers), _Update(params, cfg)
     handles = [m.register_forward_hook(tape.hook) for m in layers]
     loss_sum, correct, seen = 0.0, 0, 0
     try:
         for _ in range(epochs):
             loss_sum, correct, seen = 0.0, 0, 0
-            for _ in range(int(1 / cfg.sample_rate)):
-                mask = torch.rand(len(y), generator=sampling) < cfg.sample_rate
-                idx = mask.nonzero().reshape(-1).to(x.device)
-                sums, batch_loss, batch_correct = (_batch(model, tape, x[idx], y[idx], cfg)
-                                                   if len(idx) else ({}, 0.0, 0))
-                momentum_step(params, noisy_mean(params, sums, cfg, noise), buffers, cfg)
+            for idx in poisson_batches(len(y), int(1 / cfg.sample_rate), cfg.sample_rate,
+                                       sampling):
+                sums, batch_loss, batch_correct = ([], 0.0, 0) if not len(idx) else _batch(
+                    model, tape, params, x, y, idx.to(x.device), cfg)
+                update.noisy_mean(sums, noise)
+                update.step()
                 accountant.step(noise_multiplier=cfg.noise_multiplier,
                                 sample_rate=cfg.sample_rate)
                 loss_sum, correct, seen = (loss_sum + batch_loss, correct + batch_correct,
@@ -186,13 +241,14 @@ def fused_epochs(model: nn.Module, x: Tensor, y: Tensor, epochs: int, cfg: DPSGD
     return loss_sum / seen, correct / seen, accountant.history
 
 
-def _batch(model: nn.Module, tape: _Tape, xb: Tensor, yb: Tensor,
-           cfg: DPSGDConfig) -> tuple[dict[int, Tensor], float, int]:
-    """Forward, backward to the layer outputs: the clipped sums, the batch's summed loss
-    and its number of correct predictions."""
+def _batch(model: nn.Module, tape: _Tape, params: list[Tensor], x: Tensor, y: Tensor,
+           idx: Tensor, cfg: DPSGDConfig) -> tuple[list[Tensor], float, int]:
+    """Forward, backward to the layer outputs on the rows ``idx``: the clipped sums (in
+    ``params`` order), the batch's summed loss and its number of correct predictions."""
     tape.clear()
-    out = model(xb)
+    yb = y[idx]
+    out = model(x[idx])
     loss = nn.functional.cross_entropy(out, yb, reduction="sum")
     sums = clipped_sums(tape, loss, cfg.max_grad_norm)
     tape.clear()
-    return sums, float(loss.detach()), int((out.argmax(1) == yb).sum())
+    return [sums[id(p)] for p in params], float(loss.detach()), int((out.argmax(1) == yb).sum())

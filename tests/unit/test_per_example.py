@@ -27,6 +27,11 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
                               nn.Conv2d(4, 6, 3, stride=2, padding=(1, 0), dilation=(1, 2)),
                               nn.Flatten(), nn.Linear(6 * 3 * 1, 5)),
                 torch.randn(7, 2, 6, 6)),
+        # conv 2: 16 output positions, 256 < 6 x 72 weights: ghost norms, no bias
+        "cnn-ghost": (nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                    nn.Conv2d(8, 6, 3, padding=1, bias=False), nn.Flatten(),
+                                    nn.Linear(6 * 4 * 4, 5)),
+                      torch.randn(7, 3, 4, 4)),
     }
 
 
@@ -45,7 +50,7 @@ def _reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return [torch.einsum("i,i...", c, g) for g in per.values()], norms
 
 
-@pytest.mark.parametrize("name", ["mlp", "mlp-no-bias", "tokens", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "mlp-no-bias", "tokens", "cnn", "cnn-ghost"])
 @pytest.mark.parametrize("c_norm", [0.05, 1e6])  # clipping binds / never binds
 def test_clipped_sums_equal_torch_func_per_example_gradients(name: str, c_norm: float) -> None:
     model, x = _models()[name]
