@@ -200,7 +200,8 @@ def audit_all(res: dict[str, Any], p: dict[str, Any], env: dict[str, str], out: 
     print(f"[audit] eps 3, seed 0, {p['shadows']} shadows x {p['audit-epochs']} epochs",
           flush=True)
     for row in (r for r in AUDITED if r in p["rows"]):
-        if any(a["row"] == row for a in res["audit"]):
+        if any(a["row"] == row and a["shadow-models"] == p["shadows"]
+               and a["recipe"]["epochs"] == p["audit-epochs"] for a in res["audit"]):
             continue
         run = audit_target(row, res, p, env, out, dump)
         if run is not None:
