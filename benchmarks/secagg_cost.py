@@ -167,7 +167,8 @@ def markdown(result: dict[str, Any]) -> str:
              "secagg_cost.json`. Timings are one noisy 2-core machine's: compare rows "
              "within a mode.", ""]
     for mode, part in result["modes"].items():
-        lines += [f"{part['nodes']} nodes, {part['rounds']} rounds.", ""]
+        lines += [f"{part['nodes']} nodes, {part['rounds']} rounds; measured by "
+                  f"`{part.get('command', result['command'])}`.", ""]
         lines += table(mode, part["summary"])
         lines += [f"1-minute load before -> after each run, in order: {loads(part['runs'])}.",
                   ""]
@@ -201,6 +202,14 @@ def main() -> None:
         runs = measure(mode, nodes, rounds, repeats)
         modes[mode] = {"nodes": nodes, "rounds": rounds, "runs": runs,
                        "summary": summary(runs)}
+    full = not args.quick and args.out_dir is None
+    if full and set(modes) != set(setting) and (RESULTS / "secagg_cost.json").is_file():
+        earlier = json.loads((RESULTS / "secagg_cost.json").read_text())
+        for part in earlier["modes"].values():
+            part.setdefault("command", earlier["command"])
+        modes = {**earlier["modes"], **modes}  # a rerun of some modes replaces only those
+    for part in modes.values():
+        part.setdefault("command", command_line("secagg_cost.py"))
     result = {"command": command_line("secagg_cost.py"), "versions": versions("flwr"),
               "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(started)),
               "minutes": (time.time() - started) / 60, "load-before": load,
@@ -208,8 +217,7 @@ def main() -> None:
     json_path, md_path = output_paths(
         ["secagg_cost.json", "secagg_cost.md"], [RESULTS / "secagg_cost.json",
                                                  DOCS / "secagg_cost.md"],
-        full=not args.quick and args.modes == "simulation,deployment",
-        out_dir=args.out_dir, prefix="fedapp-secagg-cost-")
+        full=full, out_dir=args.out_dir, prefix="fedapp-secagg-cost-")
     write_json(json_path, result)
     md_path.write_text(markdown(result) + "\n")
     print(f"wrote {json_path} and {md_path}")
