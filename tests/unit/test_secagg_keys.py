@@ -8,7 +8,12 @@ from collections import Counter
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+    Key,
+    Stage,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedapp.secagg import masking
@@ -128,9 +133,9 @@ def share_keys_again(grid: LoopbackGrid, layer, node: int, server_round: int) ->
     from fedapp.secagg.client import secagg_mod
 
     bucket_keys = {str(n): list(k) for n, k in layer.directory.keys.items()}
-    params = {"round": server_round, "secaggplus-sample-number": 4}
-    content = RecordDict({"secaggplus_configs": ConfigRecord({"stage": Stage.SHARE_KEYS,
-                                                              **bucket_keys}),
+    params = {"round": server_round, Key.SAMPLE_NUMBER: 4}
+    content = RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: Stage.SHARE_KEYS,
+                                                            **bucket_keys}),
                           ROUND_KEY: ConfigRecord(params)})
     msg = Message(content, dst_node_id=node, message_type="train")
     return secagg_mod(msg, grid.contexts[node], grid._train)
