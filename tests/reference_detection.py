@@ -1,7 +1,9 @@
 """The screening as it was before the blocked kernels (commit bd315df), kept as the
 reference the tests compare the current code with: ``fedapp/robust/detection.py``'s
 scoring functions and ``fedapp/server/screen.py``'s ``Screen.__call__``, copied verbatim
-(the report type and the flagging rules are imported: they did not change).
+(the report type and the flagging rules are imported: they did not change), with one
+later change of behaviour made here too: with copies among the rows, the norm z-scores and
+the sign skews are taken among the rows that are no copy.
 
 Do not optimise this module: it is the yardstick for "same results".
 """
@@ -16,10 +18,10 @@ import torch
 from flwr.common.logger import log
 
 from fedapp.robust.coordinate import coordinate_median
-from fedapp.robust.detection import MAD_SCALE, MEAN_AD_SCALE
 from fedapp.robust.detection_report import DetectionReport
 from fedapp.robust.detection_report import flag_rows as _flag
 from fedapp.robust.distances import distances_to, pairwise_sq_distances, rows_per_block
+from fedapp.robust.robust_stats import MAD_SCALE, MEAN_AD_SCALE
 from fedapp.server.screen import Screen
 
 
@@ -134,8 +136,15 @@ def detect_anomalies(
     norms = row_norms(updates)
     z = robust_z_scores(norms)
     similarity = nearest_ratio(updates)
+    copies = similarity < duplicate_threshold
+    if bool(copies.any()) and 2 * int((~copies).sum()) >= n:
+        med, scale = robust_location_scale(norms[~copies])
+        z = (norms - med) / scale if float(scale) > 0 else z
     median_all = coordinate_median(updates).aggregate if reference is None else reference
-    skew = sign_skew(updates, median_all)
+    distinct = torch.nonzero(~copies & ~(z > norm_threshold)).reshape(-1)
+    skew = sign_skew(updates, coordinate_median(updates[distinct]).aggregate
+                     if reference is None and bool(copies.any()) and 2 * len(distinct) >= n
+                     else median_all)
     if reference is None:
         suspect = (z > norm_threshold) | (similarity < duplicate_threshold)
         if sign_threshold > 0:

@@ -48,6 +48,15 @@ says which rows look Byzantine and why. Five scores, each aimed at a family of a
   only by noise no other update shares (``fedapp.robust.collusion``, formula and
   measurements there), from the same Gram matrix; below ``cluster_threshold`` (0: off).
 
+**Copies do not set the yardsticks.** When the copy or cluster check suspects rows, the
+norm z-scores use the median and MAD of the other rows, and the sign skews the
+coordinate-wise median of the other rows (``robust_stats.z_scores_among``,
+``screening_kernels.median_signs``; when those are at least half). Six copies of one ALIE
+row among 20 repeat one norm, which shrank the MAD until honest rows had norm z 10-12,
+and drag the median of all rows below the honest ones, which gave honest rows sign skews
+beyond +0.5: the adaptive attacker found a scale at which three honest nodes were
+dropped every round (non-IID digits, 30% Byzantine; ``docs/robustness.md``).
+
 **Computation** (``scan_rows``, kernels in ``fedapp.robust.screening_kernels``): column
 blocks, two passes. Pass 1: the float64 row norms (the norm check). Pass 2: the
 coordinate-wise median by selection and, per block, each row's sign counts and dot with
@@ -62,6 +71,7 @@ Per-node cosine reputations across rounds, and exclusion, are the server's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -69,10 +79,16 @@ import torch
 from fedapp.robust.collusion import cluster_scores as _cluster
 from fedapp.robust.detection_report import CHECKS, DetectionReport, flag_rows
 from fedapp.robust.distances import distances_to, pairwise_sq_distances
+from fedapp.robust.robust_stats import (
+    robust_location_scale,
+    robust_z_scores,
+    z_scores_among,
+)
 from fedapp.robust.screening_kernels import (
     RowSums,
     clean_median_dots,
     median_pass,
+    median_signs,
     reference_pass,
     sq_distances,
     squared_norms,
@@ -81,36 +97,6 @@ from fedapp.robust.screening_kernels import (
 __all__ = ["CHECKS", "DetectionReport", "Scan", "clip_factors", "clip_to_norm_threshold",
            "cosine_to", "detect_anomalies", "nearest_ratio", "robust_location_scale",
            "robust_z_scores", "row_norms", "scan_rows", "sign_skew"]
-
-#: 1 / Phi^-1(3/4): the MAD of a Gaussian times this is its standard deviation.
-MAD_SCALE = 1.4826
-#: sqrt(pi / 2): the mean absolute deviation of a Gaussian times this is its std.
-MEAN_AD_SCALE = 1.253314
-
-
-def robust_z_scores(values: torch.Tensor) -> torch.Tensor:
-    """Robust z-scores ``(v_i - median) / (1.4826 * MAD)`` as float64 (see module doc).
-
-    The median of an even count is the mean of the two middle values. Falls back to
-    ``1.253314 * MeanAD`` when ``MAD = 0``, and returns zeros when that is 0 too.
-    """
-    v = values.detach().to(torch.float64).reshape(-1)
-    med, scale = robust_location_scale(v)
-    if float(scale) <= 0.0:
-        return torch.zeros_like(v)
-    return (v - med) / scale
-
-
-def robust_location_scale(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(median, 1.4826 * MAD)`` of a float64 vector, with ``1.253314 * MeanAD`` as the
-    scale when ``MAD = 0`` (the denominators of ``robust_z_scores``)."""
-    med = torch.quantile(v, 0.5)
-    dev = (v - med).abs()
-    scale = MAD_SCALE * torch.quantile(dev, 0.5)
-    if float(scale) <= 0.0:
-        scale = MEAN_AD_SCALE * dev.mean()
-    return med, scale
-
 
 def row_norms(updates: torch.Tensor) -> torch.Tensor:
     """``||u_i||`` of every row, float64, in bounded-memory row blocks."""
@@ -189,32 +175,48 @@ class Scan:
     norms: torch.Tensor
 
 
-def _median_reference(x: np.ndarray, z: torch.Tensor,
-                      thresholds: tuple[float, float, float, float]
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RowSums]:
-    """Sign skews to the median of all rows, nearest-neighbour ratios, and the dots of
-    every row with the cosine's reference: the median of the rows no check suspects, or of
-    all rows when those are fewer than half (or all); and cluster ratios. Pass 2 computes
-    it for the rows the norm check leaves; a third pass only if another check suspects
-    others."""
+def _median_reference(x: np.ndarray, norms: torch.Tensor, z: torch.Tensor,
+                      thresholds: tuple[float, float, float, float]) -> _Scores:
+    """Nearest-neighbour and cluster ratios; the norm z-scores and sign skews against the
+    rows that are no copy (``_z_among_distinct``; the median of all rows when nothing is a
+    copy); the dots of every row with the cosine's reference: the median of the rows no
+    check suspects, or of all rows when those are fewer than half (or all). Pass 2 gives
+    the median of all rows and, when the norm check suspects rows, that of the others; a
+    further pass for the signs only when there are copies, and for the dots only if the
+    checks suspect other rows than the norm check did first."""
     norm_threshold, sign_threshold, duplicate_threshold, cluster_threshold = thresholds
     n = x.shape[0]
     early = z > norm_threshold
     listed = torch.nonzero(early).reshape(-1).tolist()
     merged = median_pass(x, listed if listed and 2 * (n - len(listed)) >= n else ())
-    skew = _skew(merged.pos, merged.neg)
     similarity = ratio_to_typical(torch.from_numpy(sq_distances(merged.gram)))
     cluster = _cluster(merged.gram, cluster_threshold, ~early)
-    suspect = early | (similarity < duplicate_threshold) | (cluster < cluster_threshold)
+    copies = (similarity < duplicate_threshold) | (cluster < cluster_threshold)
+    z = z_scores_among(norms, z, copies)
+    distinct = torch.nonzero(~copies & ~(z > norm_threshold)).reshape(-1).tolist()
+    if bool(copies.any()) and 2 * len(distinct) >= n:
+        skew = _skew(*median_signs(x, distinct))
+    else:
+        skew = _skew(merged.pos, merged.neg)
+    suspect = (z > norm_threshold) | copies
     if sign_threshold > 0:
         suspect |= skew.abs() > sign_threshold
     clean = torch.nonzero(~suspect).reshape(-1).tolist()
     if not 0 < len(clean) < n or 2 * len(clean) < n:
-        return skew, similarity, cluster, merged.all_rows
-    if merged.others is not None and torch.equal(suspect, early):
-        return skew, similarity, cluster, merged.others
-    return skew, similarity, cluster, clean_median_dots(x, clean)
+        sums = merged.all_rows
+    elif merged.others is not None and torch.equal(suspect, early):
+        sums = merged.others
+    else:
+        sums = clean_median_dots(x, clean)
+    return _Scores(z, skew, similarity, cluster, sums)
 
+
+class _Scores(NamedTuple):
+    z: torch.Tensor
+    skew: torch.Tensor
+    similarity: torch.Tensor
+    cluster: torch.Tensor
+    sums: RowSums
 
 
 def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
@@ -235,12 +237,14 @@ def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
     z = robust_z_scores(norms)
     if reference is None:
         thresholds = (norm_threshold, sign_threshold, duplicate_threshold, cluster_threshold)
-        skew, similarity, cluster, sums = _median_reference(x, z, thresholds)
+        z, skew, similarity, cluster, sums = _median_reference(x, norms, z, thresholds)
     else:
         pos, neg, gram, sums = reference_pass(x, _as_numpy(reference.reshape(-1)))
         skew = _skew(pos, neg)
         similarity = ratio_to_typical(torch.from_numpy(sq_distances(gram)))
         cluster = _cluster(gram, cluster_threshold, ~(z > norm_threshold))
+        z = z_scores_among(norms, z, (similarity < duplicate_threshold)
+                              | (cluster < cluster_threshold))
     ref_norm = torch.tensor(sums.ref_sq, dtype=torch.float64).sqrt()
     cos, _ = _cosine(torch.from_numpy(sums.dots), norms, ref_norm)
     report = flag_rows(tuple(z.tolist()), tuple(cos.tolist()), tuple(skew.tolist()),

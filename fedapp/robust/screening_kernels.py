@@ -205,3 +205,17 @@ def clean_median_dots(x: np.ndarray, rows: Sequence[int]) -> RowSums:
         block = x[:, cols]
         sums.add(block, select_median(block, scratch, rows))
     return sums
+
+
+def median_signs(x: np.ndarray, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Sign counts of every row against the coordinate-wise median of ``rows`` (the rows
+    that are no copy, ``detection``: copies of one crafted row would move the median)."""
+    n = x.shape[0]
+    pos, neg = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    blocks, scratch = _blocks(x)
+    for cols in blocks:
+        block = x[:, cols]
+        p, q = _signs(block, select_median(block, scratch, rows), scratch)
+        pos += p
+        neg += q
+    return pos, neg

@@ -132,6 +132,22 @@ def test_copies_are_flagged_and_the_cosine_reference_leaves_suspects_out() -> No
     assert off.cosine[14] > report.cosine[14]
 
 
+@pytest.mark.parametrize("z", [0.5, 1.0, 1.5, 2.0])
+def test_copies_do_not_move_the_norm_and_sign_statistics_of_honest_rows(z: float) -> None:
+    # 6 of 20 colluders send one ALIE row: one norm repeated six times shrinks the MAD of
+    # all norms, and six rows below the mean on every coordinate drag the median of all
+    # rows, so that honest rows looked like norm or sign outliers (at z=1 an honest row had
+    # sign skew +0.58 against the median of all rows and was flagged). Both statistics
+    # are taken among the rows that are no copy.
+    gen = torch.Generator().manual_seed(11)
+    spread = torch.linspace(0.6, 1.6, 14)[:, None]  # honest norms differ, as on non-IID data
+    honest_rows = (torch.randn(14, 400, generator=gen) + 0.3) * spread
+    report = detect_anomalies(torch.cat([honest_rows, alie(honest_rows, 6, z=z)]))
+    assert report.flagged == tuple(range(14, 20))
+    assert max(report.norm_z[:14]) < 3.5
+    assert max(abs(s) for s in report.sign_skew[:14]) < 0.3
+
+
 def test_reputation_replaces_the_rounds_cosine_in_the_cosine_check() -> None:
     x = honest()
     report = detect_anomalies(torch.cat([x, -x[:1]]), norm_threshold=1e6, sign_threshold=0.0)
