@@ -113,6 +113,32 @@ def _grid_table(results: dict[str, Any]) -> list[str]:
             "Retained (% of clean FedAvg) in the configuration where the mean over seeds is "
             "the lowest, and the lowest of any seed. Targets: 95% at up to 20% Byzantine, "
             "90% at 30%.", "",
+            *md_table(header, rows, numeric=True), "", *_oracle_table(results)]
+
+
+def _oracle_table(results: dict[str, Any]) -> list[str]:
+    """Per row: each fraction's worst case as a share of the same cell's oracle."""
+    summary, rec = results["summary"], results.get("recommended")
+    grid, configs = summary["grid"], summary["configs"]
+    header = ["aggregator"]
+    for f in grid:
+        header += [f"{byzantine(f)}: mean (where)", "min"]
+    rows = []
+    for row in results["rows"]:
+        if row in (ORACLE, REFERENCE):
+            continue
+        line = [_label(row, rec)]
+        for t in (grid[f][row] for f in grid):
+            line += ["-" if t.get("of-oracle-where") is None else
+                     f"{_share(t['of-oracle-mean'])} ({where(configs, t['of-oracle-where'])})",
+                     _share(t.get("of-oracle-min"))]
+        rows.append(line)
+    return ["The same worst case as a share of the oracle's accuracy in the same "
+            "configuration and seed (FedAvg over the honest nodes only: what a defence that "
+            "leaves every attacker out would get), lowest over the grid. Where the "
+            "attackers hold classes that no honest node has (alpha 0.1), clean FedAvg is out "
+            "of any such defence's reach; this separates \"the defence fails\" from \"the "
+            "attackers' data is gone\".", "",
             *md_table(header, rows, numeric=True), ""]
 
 

@@ -32,15 +32,19 @@ def mean_min(values: Iterable[float | None]) -> tuple[float | None, float | None
     return (statistics.fmean(vals), min(vals)) if vals else (None, None)
 
 
-def seed_summary(acc: dict[str, float | None], reference: float | None) -> dict[str, Any]:
+def seed_summary(acc: dict[str, float | None], reference: float | None,
+                 oracle: float | None = None) -> dict[str, Any]:
     """One row in one cell: worst case over the attacks (not 'none'), its attack, retained
-    (worst over ``reference``, clean FedAvg) and clean accuracy minus ``reference``."""
+    (worst over ``reference``, clean FedAvg), the worst case over ``oracle`` (the oracle's
+    accuracy in the same cell: what is left when the attackers' data is gone) and clean
+    accuracy minus ``reference``."""
     attacked = {a: v for a, v in acc.items() if a != "none" and v is not None}
     worst_attack = min(attacked, key=attacked.__getitem__, default=None)
     worst = attacked.get(worst_attack) if worst_attack else None
     clean = acc.get("none")
     return {"worst": worst, "worst-attack": worst_attack,
             "retained": worst / reference if worst is not None and reference else None,
+            "of-oracle": worst / oracle if worst is not None and oracle else None,
             "clean-delta": (clean - reference
                             if clean is not None and reference is not None else None)}
 
@@ -52,9 +56,11 @@ def config_summary(per_seed: dict[int, dict[str, Any]],
     seeds = sorted(per_seed)
     worst_mean, worst_min = mean_min(per_seed[s]["worst"] for s in seeds)
     ret_mean, ret_min = mean_min(per_seed[s]["retained"] for s in seeds)
+    of_mean, of_min = mean_min(per_seed[s]["of-oracle"] for s in seeds)
     attacks = sorted({a for s in seeds for a in acc[s]})
     return {"worst-mean": worst_mean, "worst-min": worst_min,
             "retained-mean": ret_mean, "retained-min": ret_min,
+            "of-oracle-mean": of_mean, "of-oracle-min": of_min,
             "clean-delta-mean": mean_min(per_seed[s]["clean-delta"] for s in seeds)[0],
             "worst-attacks": {str(s): per_seed[s]["worst-attack"] for s in seeds},
             "accuracy": {a: mean_min(acc[s].get(a) for s in seeds)[0] for a in attacks},
@@ -75,12 +81,21 @@ def summarise(cells: list[dict[str, Any]], rows: list[str],
         for row in rows:
             by_seed = {s: {a: acc.get((*key, s, row, a)) for a in attacks} for s in seeds
                        if (*key, s, REFERENCE, "none") in acc}
-            per_seed = {s: seed_summary(v, acc[(*key, s, REFERENCE, "none")])
+            per_seed = {s: seed_summary(v, acc[(*key, s, REFERENCE, "none")],
+                                        _oracle(acc, key, s, attacks))
                         for s, v in by_seed.items()}
             table[row] = config_summary(per_seed, by_seed)
         configs[config_name(key)] = {"nodes": key[0], "alpha": key[1], "fraction": key[2],
                                      "rows": table}
     return {"configs": configs, "grid": grid_worst(configs, rows)}
+
+
+def _oracle(acc: dict[tuple[Any, ...], float | None], key: Key, seed: int,
+            attacks: list[str]) -> float | None:
+    """The oracle's accuracy in one cell (it plays one attack, which stands for all)."""
+    vals = [v for a in attacks if a != "none"
+            if (v := acc.get((*key, seed, ORACLE, a))) is not None]
+    return min(vals, default=None)
 
 
 def _lowest(configs: dict[str, Any], row: str, field: str) -> tuple[float | None, str | None]:
@@ -102,8 +117,12 @@ def grid_worst(configs: dict[str, Any], rows: list[str]) -> dict[str, Any]:
             ret, where = _lowest(at, row, "retained-mean")
             ret_min, where_min = _lowest(at, row, "retained-min")
             delta, delta_where = _lowest(at, row, "clean-delta-mean")
+            of_mean, of_where = _lowest(at, row, "of-oracle-mean")
+            of_min = _lowest(at, row, "of-oracle-min")[0]
             out[str(f)][row] = {"retained-mean": ret, "where": where,
                                 "retained-min": ret_min, "where-min": where_min,
+                                "of-oracle-mean": of_mean, "of-oracle-where": of_where,
+                                "of-oracle-min": of_min,
                                 "clean-delta-mean": delta, "clean-delta-where": delta_where}
     return out
 
@@ -221,15 +240,21 @@ def clean_finding(summary: dict[str, Any], rec: str) -> str:
 
 
 def oracle_finding(f: str, summary: dict[str, Any], rec: str) -> str | None:
-    """The oracle's worst case over the grid and how much of it the recommended row keeps."""
-    grid = summary["grid"][f]
+    """The oracle's worst case over the grid, and the recommended row's worst case as a
+    share of the oracle's accuracy in the same configuration (lowest over the grid)."""
+    grid, configs = summary["grid"][f], summary["configs"]
     if ORACLE not in grid or not grid[ORACLE]["retained-mean"] or \
-            grid[rec]["retained-mean"] is None:
+            grid[rec]["of-oracle-mean"] is None:
         return None
-    o = grid[ORACLE]["retained-mean"]
-    return (f"{byzantine(f)}: the oracle (FedAvg over the honest nodes only) keeps {pct(o)}% "
-            f"in its worst configuration ({where(summary['configs'], grid[ORACLE]['where'])}); "
-            f"`{rec}`'s worst case is {pct(grid[rec]['retained-mean'] / o)}% of that.")
+    o, t = grid[ORACLE], grid[rec]
+    return (f"{byzantine(f)}: the oracle (FedAvg over the honest nodes only) keeps "
+            f"{pct(o['retained-mean'])}% of clean FedAvg in its worst configuration "
+            f"({where(configs, o['where'])}): leaving the attackers' data out costs that much, "
+            f"so no defence that leaves them out can reach clean FedAvg there. Against the oracle "
+            f"of the same configuration `{rec}`'s worst case keeps at least "
+            f"{pct(t['of-oracle-mean'])}% (mean over seeds, at "
+            f"{where(configs, t['of-oracle-where'])}; {pct(t['of-oracle-min'])}% for the "
+            "worst seed).")
 
 
 def recommendation_finding(summary: dict[str, Any], rows: list[str], rec: str) -> str:

@@ -193,3 +193,25 @@ def test_run_config_sets_the_cell() -> None:
                                                "learning-rate": 0.1, "batch-size": 8})
     assert (cfg["dirichlet-alpha"], cfg["seed"], cfg["attack-fraction"]) == (0.3, 2, 0.1)
     assert cfg["min-train-nodes"] == cfg["min-available-nodes"] == 40
+
+
+def test_worst_case_as_a_share_of_the_same_cells_oracle() -> None:
+    cells = grid_cells()
+    # The oracle plays one attack per cell; n=20 at 20% loses much to the attackers' data.
+    cells += table(10, 0.1, 0.2, 0, {ORACLE: {"a": 0.90}})
+    cells += table(10, 0.1, 0.2, 1, {ORACLE: {"a": 0.95}})
+    cells += table(20, 0.1, 0.2, 0, {ORACLE: {"a": 0.64}})
+    cells += table(20, 0.1, 0.2, 1, {ORACLE: {"a": 0.80}})
+    s = report.summarise(cells, [*ROWS, ORACLE], ATTACKS)
+    ours = s["configs"]["n20-a0.1-f0.2"]["rows"][OURS]
+    assert ours["of-oracle-mean"] == pytest.approx((0.60 / 0.64 + 0.80 / 0.80) / 2)
+    assert ours["of-oracle-min"] == pytest.approx(0.60 / 0.64)
+    g = s["grid"]["0.2"][OURS]
+    # n=10: (0.86 / 0.90 + 0.76 / 0.95) / 2 = 0.878 is lower than n=20's 0.969
+    assert g["of-oracle-where"] == "n10-a0.1-f0.2"
+    assert g["of-oracle-mean"] == pytest.approx((0.86 / 0.90 + 0.76 / 0.95) / 2)
+    assert g["of-oracle-min"] == pytest.approx(0.76 / 0.95)
+    # no oracle in the cell: no share
+    assert s["configs"]["n20-a0.1-f0.3"]["rows"][OURS]["of-oracle-mean"] is None
+    line = report.oracle_finding("0.2", s, OURS)
+    assert line is not None and "keeps at least 87.8% (mean over seeds, at n=10" in line
