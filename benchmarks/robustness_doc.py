@@ -20,7 +20,9 @@ DEFENSE_NOTES = [
     "counts weigh at most 2x the median of the non-outlier counts, an outlier count as "
     "that median (`fedapp/robust/weights.py`).",
     "",
-    "- norm: robust z-score of the update's norm above 3.5 (scaling, Gaussian noise);",
+    "- norm: robust z-score of the update's norm above 3.5 (scaling, Gaussian noise); "
+    "with copies among the updates (the next two checks), the median and MAD are those of "
+    "the other updates: one norm repeated by colluders would shrink the MAD;",
     "- copies: nearest other update ten times closer than updates typically are "
     "(colluders sending one crafted update: ALIE, IPM, min-max, min-sum);",
     "- cluster: the update differs from some other update only by noise that no other "
@@ -29,7 +31,8 @@ DEFENSE_NOTES = [
     "their copies distinct with independent noise: min-max-noisy, alie-noisy-adaptive, "
     "sign-balanced);",
     "- sign skew: above the coordinate-wise median on 3 coordinates for every 1 below, "
-    "or the reverse (shifts by a multiple of the coordinate-wise std: ALIE);",
+    "or the reverse (shifts by a multiple of the coordinate-wise std: ALIE); the median of "
+    "the updates that are no copy, when there are copies;",
     "- cosine reputation: the node's cosines to the median of the unsuspected updates, "
     "averaged over rounds (memory 0.9), below 0 and 3 robust stds below the round's "
     "median reputation (sign flipping, IPM, min-max / min-sum along the mean). One "
