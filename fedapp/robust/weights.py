@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from fedapp.robust.robust_stats import robust_z_scores
+from fedapp.robust.detection import robust_z_scores
 
 #: Default cap: no node weighs more than twice the median node. It keeps part of
 #: honest size differences (a big hospital still counts double a typical one)
