@@ -178,7 +178,7 @@ class Scan:
 def _median_reference(x: np.ndarray, norms: torch.Tensor, z: torch.Tensor,
                       thresholds: tuple[float, float, float, float]) -> _Scores:
     """Nearest-neighbour and cluster ratios; the norm z-scores and sign skews against the
-    rows that are no copy (``_z_among_distinct``; the median of all rows when nothing is a
+    rows that are no copy (``robust_stats.z_scores_among``; the median of all rows when nothing is a
     copy); the dots of every row with the cosine's reference: the median of the rows no
     check suspects, or of all rows when those are fewer than half (or all). Pass 2 gives
     the median of all rows and, when the norm check suspects rows, that of the others; a

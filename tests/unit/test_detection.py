@@ -19,6 +19,7 @@ from fedapp.robust.detection import (
     robust_z_scores,
     sign_skew,
 )
+from fedapp.robust.robust_stats import z_scores_among
 from fedapp.server.screen import Reputation
 
 
@@ -78,6 +79,19 @@ def test_zero_rows_have_undefined_cosine_and_are_not_flagged_by_it() -> None:
     x = torch.cat([honest(), torch.zeros(1, 20)])
     report = detect_anomalies(x)
     assert report.cosine[9] == 0.0 and 9 not in report.flagged
+
+
+def test_z_scores_among_the_rows_that_are_no_copy_by_hand() -> None:
+    norms = torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0, 0.5, 0.5, 0.5], dtype=torch.float64)
+    copies = torch.tensor([False] * 5 + [True] * 3)
+    z_all = robust_z_scores(norms)
+    # median and MAD of [1, 2, 3, 4, 100]: 3 and 1, so z = (v - 3) / 1.4826
+    z = z_scores_among(norms, z_all, copies)
+    assert z.tolist() == pytest.approx(((norms - 3.0) / 1.4826).tolist())
+    # fewer than half of the rows would be left, or no copies: the z-scores of all rows
+    assert torch.equal(z_scores_among(norms, z_all, torch.tensor([True] * 5 + [False] * 3)),
+                       z_all)
+    assert torch.equal(z_scores_among(norms, z_all, torch.zeros(8, dtype=torch.bool)), z_all)
 
 
 def test_sign_skew_by_hand() -> None:
