@@ -191,7 +191,9 @@ def reference_screen(screen: Screen, nodes: Sequence[int], updates: torch.Tensor
                            cosine_spread=screen.cosine_spread)
     cosines = dict(zip(nodes, raw.cosine, strict=True))
     preview = screen.reputation.preview(cosines)
-    report = raw.with_reputation([preview[n] for n in nodes])
+    evidence = [screen.reputation.evidence(n) + 1 for n in nodes]
+    report = raw.with_reputation([preview[n] for n in nodes], evidence,
+                                 floor=screen.cosine_floor, floor_rounds=screen.floor_rounds)
     if record:
         screen.reputation.update(cosines, flagged={nodes[i] for i in report.flagged})
     if screen.mode != "exclude":

@@ -41,6 +41,9 @@ def cross_checks(cfg: RunConfig) -> list[str]:
         if cfg.anomaly_detection == "exclude":
             errors.append("dp='central' cannot use anomaly-detection='exclude' (excluding "
                           "nodes after seeing their updates voids the accounting)")
+    if cfg.detect_cosine_floor > -1.0 and cfg.detect_cosine_floor > cfg.detect_cosine:
+        errors.append(f"detect-cosine-floor={cfg.detect_cosine_floor} must be <= "
+                      f"detect-cosine={cfg.detect_cosine} (or -1: no floor)")
     if not cfg.experiment:
         errors.append("experiment='' must name an MLflow experiment")
     if any(c in cfg.registered_model for c in "/:"):

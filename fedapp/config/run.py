@@ -119,6 +119,11 @@ class RunConfig:
     reputation_memory: float = field(
         default=0.9, metadata=_key("reputation-memory", min=0.0, max=0.999)
     )
+    # A reputation below this after reputation-warmup rounds is flagged whatever the
+    # round's spread (detection_report.reputation_floor); -1 turns the floor off.
+    detect_cosine_floor: float = field(default=-0.05,
+                                       metadata=_key("detect-cosine-floor", min=-1.0, max=1.0))
+    reputation_warmup: int = field(default=3, metadata=_key("reputation-warmup", min=1))
     # Attack simulation (fedapp.attacks): simulation only.
     attack: str = field(default="none", metadata=_key("attack", choices=ATTACK_NAMES))
     attack_fraction: float = field(

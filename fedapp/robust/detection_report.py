@@ -41,18 +41,27 @@ class DetectionReport:
     cosine_cut: float = 0.0  # the cosine check's effective threshold this round
     cluster_ratio: tuple[float, ...] = ()  # fedapp.robust.collusion.cluster_ratio per row
     cluster_threshold: float = 0.0  # 0: the cluster check is off
+    evidence: tuple[int, ...] = ()  # rounds behind each row's reputation (with_reputation)
+    cosine_floor: float | None = None  # reputation_floor: level; None: no floor
+    floor_rounds: int = 3  # reputation_floor: the rounds of evidence it needs
 
     def _cos(self, i: int) -> float:
         return self.cosine_reputation[i] if self.cosine_reputation else self.cosine[i]
 
+    def row_cut(self, i: int) -> float:
+        """The cosine check's threshold for row ``i``: the round's ``cosine_cut``, raised to
+        the reputation floor when the row's node has enough evidence (``reputation_floor``)."""
+        evidence = self.evidence[i] if self.evidence else 0
+        return reputation_floor(self.cosine_cut, evidence, self.cosine_floor, self.floor_rounds)
+
     def severity(self, i: int) -> float:
-        """How far row ``i`` is past the thresholds: ``max(z_i / t_z, (1 - c_i) / (1 - t_cos),
+        """How far row ``i`` is past the thresholds: ``max(z_i / t_z, (1 - c_i) / (1 - t_i),
         |skew_i| / t_skew, t_dup / q_i, t_cl / k_i)`` with ``c_i`` the cosine the check uses,
-        ``q_i`` the row's nearest-neighbour ratio and ``k_i`` its cluster ratio. Each term
-        exceeds 1 exactly when its check fires, so flagged rows have severity > 1 and the
-        scales of the checks are comparable."""
+        ``t_i`` its cosine threshold (``row_cut``), ``q_i`` the row's nearest-neighbour ratio
+        and ``k_i`` its cluster ratio. Each term exceeds 1 exactly when its check fires, so
+        flagged rows have severity > 1 and the scales of the checks are comparable."""
         by_norm = self.norm_z[i] / self.norm_threshold if self.norm_threshold > 0 else 0.0
-        by_cos = (1.0 - self._cos(i)) / max(1.0 - self.cosine_cut, 1e-12)
+        by_cos = (1.0 - self._cos(i)) / max(1.0 - self.row_cut(i), 1e-12)
         by_sign = (abs(self.sign_skew[i]) / self.sign_threshold
                    if self.sign_skew and self.sign_threshold > 0 else 0.0)
         by_copy = (self.duplicate_threshold / max(self.nearest_ratio[i], 1e-12)
@@ -73,17 +82,41 @@ class DetectionReport:
         ranked = sorted(self.flagged, key=lambda i: (-self.severity(i), i))
         return tuple(sorted(ranked[: max(limit, 0)]))
 
-    def with_reputation(self, cosine_reputation: Sequence[float]) -> DetectionReport:
+    def with_reputation(self, cosine_reputation: Sequence[float],
+                        evidence: Sequence[int] = (), *, floor: float | None = None,
+                        floor_rounds: int = 3) -> DetectionReport:
         """The same scores, flagged again with each row's smoothed cosine (its node's
-        ``Reputation`` score, this round included) in place of this round's cosine."""
-        if len(cosine_reputation) != len(self.cosine):
-            raise ValueError(f"{len(cosine_reputation)} reputation scores for "
-                             f"{len(self.cosine)} rows")
+        ``Reputation`` score, this round included) in place of this round's cosine;
+        ``evidence``: the rounds behind each score, for the reputation ``floor``
+        (``reputation_floor``; None: none)."""
+        if len(cosine_reputation) != len(self.cosine) or (
+                evidence and len(evidence) != len(self.cosine)):
+            raise ValueError(f"{len(cosine_reputation)} reputation scores and "
+                             f"{len(evidence)} evidence counts for {len(self.cosine)} rows")
         return flag_rows(self.norm_z, self.cosine, self.sign_skew, self.nearest_ratio,
                          self.norm_threshold, self.cosine_threshold, self.sign_threshold,
                          self.duplicate_threshold, tuple(float(c) for c in cosine_reputation),
                          cosine_spread=self.cosine_spread, cluster=self.cluster_ratio,
-                         cluster_threshold=self.cluster_threshold)
+                         cluster_threshold=self.cluster_threshold,
+                         evidence=tuple(int(e) for e in evidence), cosine_floor=floor,
+                         floor_rounds=floor_rounds)
+
+
+def reputation_floor(cut: float, evidence: int, floor: float | None, rounds: int) -> float:
+    """A node's cosine threshold: ``max(cut, floor)`` once its reputation rests on at
+    least ``rounds`` rounds, else ``cut`` (``floor`` None: ``cut``).
+
+    ``cosine_cut``'s margin is in robust stds of the round's reputations, and 30%
+    attackers who all point away from the consensus widen that spread themselves (a
+    bimodal round: honest 0.05 to 0.42, sign flippers at -0.2, cut -0.5). A reputation is
+    a mean of cosines to the robust reference; an honest node's is near or above 0
+    (honest updates are nearly orthogonal, and agree more as training converges), so a
+    mean clearly below 0 (``floor``, default -0.05: a margin for honest nodes that sit
+    just below 0) over enough rounds (``rounds``, default 3: one round's cosine is noise)
+    means a node that pulls against the others whatever the spread."""
+    if floor is None or evidence < rounds:
+        return cut
+    return max(cut, floor)
 
 
 def cosine_cut(values: Sequence[float], threshold: float, spread: float) -> float:
@@ -108,11 +141,14 @@ def flag_rows(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[
               ratio: tuple[float, ...], norm_threshold: float, cosine_threshold: float,
               sign_threshold: float, duplicate_threshold: float,
               reputation: tuple[float, ...] = (), *, cosine_spread: float = 0.0,
-              cluster: tuple[float, ...] = (), cluster_threshold: float = 0.0
-              ) -> DetectionReport:
+              cluster: tuple[float, ...] = (), cluster_threshold: float = 0.0,
+              evidence: tuple[int, ...] = (), cosine_floor: float | None = None,
+              floor_rounds: int = 3) -> DetectionReport:
     """Apply the checks to the scores (see the module docstring); the cosine check
-    against ``cosine_cut`` of the cosines it uses (the reputations when given); the
-    cluster check (``cluster`` ratios below ``cluster_threshold``) when both are given."""
+    against ``cosine_cut`` of the cosines it uses (the reputations when given), raised to
+    ``cosine_floor`` for rows with ``floor_rounds`` rounds of ``evidence``
+    (``reputation_floor``); the cluster check (``cluster`` ratios below
+    ``cluster_threshold``) when both are given."""
     reasons: dict[int, str] = {}
     checks: dict[int, tuple[str, ...]] = {}
     used = reputation or cosine
@@ -123,10 +159,14 @@ def flag_rows(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[
         parts: list[tuple[str, str]] = []
         if norm_z[i] > norm_threshold:
             parts.append(("norm", f"norm z={norm_z[i]:.1f} > {norm_threshold}"))
-        if used[i] < cut:
+        row = reputation_floor(cut, evidence[i] if evidence else 0, cosine_floor,
+                               floor_rounds)
+        if used[i] < row:
             what = "cosine reputation" if reputation else "cosine"
             now = f" (this round {cosine[i]:.2f})" if reputation else ""
-            parts.append(("cosine", f"{what} {used[i]:.2f} < {cut_text}{now}"))
+            why = (cut_text if row == cut else
+                   f"{row:g} (the floor, after {evidence[i]} rounds)")
+            parts.append(("cosine", f"{what} {used[i]:.2f} < {why}{now}"))
         if skew and sign_threshold > 0 and abs(skew[i]) > sign_threshold:
             parts.append(("sign", f"sign skew {skew[i]:+.2f} beyond +-{sign_threshold}"))
         if ratio and ratio[i] < duplicate_threshold:
@@ -144,4 +184,6 @@ def flag_rows(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[
                            sign_threshold=sign_threshold, cosine_reputation=reputation,
                            nearest_ratio=ratio, duplicate_threshold=duplicate_threshold,
                            cosine_spread=cosine_spread, cosine_cut=cut,
-                           cluster_ratio=cluster, cluster_threshold=cluster_threshold)
+                           cluster_ratio=cluster, cluster_threshold=cluster_threshold,
+                           evidence=evidence, cosine_floor=cosine_floor,
+                           floor_rounds=floor_rounds)

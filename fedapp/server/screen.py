@@ -7,6 +7,8 @@
 2. each node's cosine joins its ``Reputation`` (a moving average across rounds, part of the
    server state) and the cosine check is made on the reputation
    (``DetectionReport.with_reputation``): one round's cosine is noise on non-IID data;
+   a node whose reputation rests on ``floor_rounds`` rounds is also flagged below
+   ``cosine_floor`` (``detection_report.reputation_floor``);
 3. in ``exclude`` mode at most ``limit`` flagged rows are dropped, the most severe first
    (``exclusion_limit``: fewer than half of the round's rows, whatever the Byzantine
    fraction; all flagged rows when ``limit`` is None), none if fewer than ``min_keep``
@@ -110,6 +112,11 @@ class Reputation:
             out[int(node)] = self._score(rec.ema, rec.rounds)
         return out
 
+    def evidence(self, node: int) -> int:
+        """The rounds recorded for ``node`` (0 for a node not seen yet)."""
+        rec = self._nodes.get(int(node))
+        return rec.rounds if rec else 0
+
     def scores(self) -> dict[int, float]:
         """Current score of every node seen so far."""
         return {node: self._score(rec.ema, rec.rounds) for node, rec in self._nodes.items()}
@@ -188,10 +195,17 @@ class Screen:
     cosine_spread: float = 0.0
     reputation: Reputation = field(default_factory=Reputation)
     cluster_threshold: float = 0.0  # 0: the cluster check (fedapp.robust.collusion) is off
+    cosine_floor: float | None = None  # detection_report.reputation_floor; None: no floor
+    floor_rounds: int = 3
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"detection={self.mode!r} is not one of: {', '.join(MODES)}")
+        if self.cosine_floor is not None and self.cosine_floor > self.cosine_threshold:
+            raise ValueError(f"the reputation floor ({self.cosine_floor}) must not be above "
+                             f"the cosine threshold ({self.cosine_threshold})")
+        if self.floor_rounds < 1:
+            raise ValueError(f"floor_rounds must be >= 1, got {self.floor_rounds}")
 
     def __call__(self, nodes: Sequence[int], updates: torch.Tensor, weights: torch.Tensor, *,
                  limit: int | None, record: bool = True) -> Screened:
@@ -212,7 +226,10 @@ class Screen:
                          cluster_threshold=self.cluster_threshold)
         cosines = dict(zip(nodes, scan.report.cosine, strict=True))
         preview = self.reputation.preview(cosines)
-        report = scan.report.with_reputation([preview[n] for n in nodes])
+        evidence = [self.reputation.evidence(n) + 1 for n in nodes]  # this round included
+        report = scan.report.with_reputation([preview[n] for n in nodes], evidence,
+                                             floor=self.cosine_floor,
+                                             floor_rounds=self.floor_rounds)
         if record:
             self.reputation.update(cosines, flagged={nodes[i] for i in report.flagged})
         every = tuple(range(len(nodes)))

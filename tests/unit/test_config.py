@@ -56,6 +56,8 @@ def test_all_errors_reported_at_once() -> None:
         ("dataset", "mnist", "dataset='mnist' is not one of: digits, breast-cancer"),
         ("output-dir", "runs", "output-dir='runs' must be an absolute path"),
         ("min-train-nodes", 5, "min-train-nodes=5 must be <= min-available-nodes=2"),
+        ("detect-cosine-floor", 0.1, "detect-cosine-floor=0.1 must be <= detect-cosine=0.0"),
+        ("reputation-warmup", 0, "reputation-warmup=0 must be >= 1"),
     ],
 )
 def test_bad_values(key: str, value: object, expected: str) -> None:

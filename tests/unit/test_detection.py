@@ -252,3 +252,45 @@ def test_a_slightly_negative_honest_reputation_is_not_flagged_a_sign_flipper_is(
     assert margin.flagged == (9,)
     assert margin.cosine_cut < -0.1 and "robust stds below the round's median" in (
         margin.reasons[9])
+
+
+def test_the_reputation_floor_needs_its_rounds_of_evidence() -> None:
+    from fedapp.robust.detection_report import reputation_floor
+
+    assert reputation_floor(-0.5, 3, -0.05, 3) == -0.05  # enough rounds: raised
+    assert reputation_floor(-0.5, 2, -0.05, 3) == -0.5  # too few: the round's cut
+    assert reputation_floor(-0.01, 9, -0.05, 3) == -0.01  # never lowers the cut
+    assert reputation_floor(-0.5, 9, None, 3) == -0.5  # no floor
+
+
+def bimodal_round(evidence: list[int]) -> DetectionReport:
+    """14 honest reputations spread 0.05 to 0.42, six attackers' at -0.2 to -0.25: the
+    attackers widen the round's spread so much that 3 robust stds reach below them."""
+    honest_reps = [0.05 + 0.37 * i / 13 for i in range(14)]
+    reps = [*honest_reps, -0.2, -0.21, -0.22, -0.23, -0.24, -0.25]
+    report = DetectionReport(flagged=(), norm_z=(0.0,) * 20, cosine=(0.0,) * 20,
+                             cosine_spread=3.0)
+    return report.with_reputation(reps, evidence, floor=-0.05, floor_rounds=3)
+
+
+def test_the_floor_catches_a_third_of_the_nodes_pulling_against_the_others() -> None:
+    without = DetectionReport(flagged=(), norm_z=(0.0,) * 20, cosine=(0.0,) * 20,
+                              cosine_spread=3.0).with_reputation(
+        [0.05 + 0.37 * i / 13 for i in range(14)] + [-0.2, -0.21, -0.22, -0.23, -0.24, -0.25])
+    assert without.flagged == () and without.cosine_cut < -0.25  # the spread hides them
+    report = bimodal_round([3] * 20)
+    assert report.flagged == tuple(range(14, 20))
+    assert "the floor, after 3 rounds" in report.reasons[14]
+    assert all(report.severity(i) > 1.0 for i in report.flagged)
+    assert all(report.severity(i) < 1.0 for i in range(14))
+    young = bimodal_round([3] * 14 + [2] * 6)  # the six joined a round later: not yet
+    assert young.flagged == ()
+
+
+def test_an_honest_node_just_below_zero_is_not_floored() -> None:
+    reps = [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2, -0.01, -0.04]
+    report = DetectionReport(flagged=(), norm_z=(0.0,) * 10, cosine=(0.0,) * 10,
+                             cosine_spread=3.0).with_reputation(reps, [12] * 10, floor=-0.05)
+    assert report.flagged == ()  # -0.01 and -0.04 sit within the floor's margin
+    with pytest.raises(ValueError, match="evidence counts"):
+        report.with_reputation(reps, [3] * 9)

@@ -11,6 +11,7 @@ kept row's coefficient is rounded once instead of the row being scaled first).
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -165,6 +166,8 @@ def test_default_strategy_end_to_end_equals_the_reference(monkeypatch: pytest.Mo
     robust, _ = build_strategy(cfg)
     old_screen = Screen("exclude", min_keep=cfg.min_train_nodes,
                         cosine_spread=cfg.detect_cosine_spread,
+                        cosine_floor=cfg.detect_cosine_floor,
+                        floor_rounds=cfg.reputation_warmup,
                         reputation=Reputation(memory=cfg.reputation_memory))
     monkeypatch.setattr(ScreenPlan, "materialise", lambda *a: pytest.fail("matrix copied"))
     global_flat = np.linspace(-1, 1, d, dtype=np.float32)
@@ -201,3 +204,38 @@ def test_exact_copies_tie_and_the_lowest_rows_go_first() -> None:
     plan = Screen("exclude", min_keep=2).plan(list(range(10)), x, limit=2)
     assert [plan.report.nearest_ratio[i] for i in range(6, 10)] == [0.0] * 4
     assert plan.dropped == (6, 7)
+
+
+
+def rows_with_cosines(cosines: list[float]) -> torch.Tensor:
+    """Rows whose cosine to the coordinate-wise median is exactly ``cosines`` (each > 0 or
+    < 0): ``sign(c) * common + own``, ``own`` on coordinates no other row touches, so the
+    median of the rows is ``common`` (most signs positive) and ``cos = sign(c) /
+    sqrt(1 + |own|^2 / |common|^2)``."""
+    n, width = len(cosines), 10
+    rows = torch.zeros(n, 100 + width * n, dtype=torch.float64)
+    for i, c in enumerate(cosines):
+        rows[i, :100] = 1.0 if c > 0 else -1.0
+        own = math.sqrt(100.0 * (1.0 / c**2 - 1.0))  # |common|^2 = 100
+        rows[i, 100 + width * i: 100 + width * (i + 1)] = own / math.sqrt(width)
+    return rows
+
+
+def test_the_floor_counts_each_nodes_own_rounds() -> None:
+    """A node flagged by the floor needs ``floor_rounds`` rounds of its own: one that joins
+    late is judged by the round's cut until then, and ``record=False`` counts no round.
+    The honest cosines spread from 0.02 to 0.9, so the round's cut lies far below -0.1."""
+    screen = Screen("flag", norm_threshold=1e9, sign_threshold=0.0, duplicate_threshold=0.0,
+                    cosine_spread=3.0, cosine_floor=-0.05, floor_rounds=3)  # cosine only
+    rows = rows_with_cosines([0.02, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, -0.1])
+    nodes = [*range(10), 99]  # node 99 pulls against the others
+    for r in range(1, 5):
+        if r < 3:
+            screen.plan(nodes, rows, limit=None, record=False)  # counts nothing
+        report = screen.plan(nodes, rows, limit=None).report
+        assert report.cosine[10] == pytest.approx(-0.1) and report.cosine_cut < -0.3
+        assert report.flagged == ((10,) if r >= 3 else ()), r
+    assert "the floor, after 4 rounds" in report.reasons[10]
+    late = screen.plan([*range(10), 77], rows, limit=None).report
+    assert screen.reputation.evidence(77) == 1 and late.evidence[10] == 1
+    assert late.flagged == ()
