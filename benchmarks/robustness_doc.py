@@ -35,9 +35,10 @@ DEFENSE_NOTES = [
     "the updates that are no copy, when there are copies;",
     "- cosine reputation: the node's cosines to the median of the unsuspected updates, "
     "averaged over rounds (memory 0.9), below 0 and 3 robust stds below the round's "
-    "median reputation (sign flipping, IPM, min-max / min-sum along the mean). One "
-    "round's cosine is noise on this non-IID data: honest updates are nearly orthogonal "
-    "to each other.",
+    "median reputation (sign flipping, IPM, min-max / min-sum along the mean), or below "
+    "-0.05 once it rests on 3 of the node's rounds, whatever the spread (30% attackers "
+    "pointing away widen the spread themselves). One round's cosine is noise on this "
+    "non-IID data: honest updates are nearly orthogonal to each other.",
     "",
 ]
 SHORT = {"flwr-fedavg": "Avg", "flwr-multikrum": "MK", "flwr-fedmedian": "Med",
