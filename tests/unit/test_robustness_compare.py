@@ -36,12 +36,12 @@ def test_the_two_rows_worst_cases_and_the_attack_moves() -> None:
                                       f"{OURS} (old)"))
     assert moves == pytest.approx({"a": 0.32, "b": -0.06, "none": -0.02})
     assert next(iter(moves)) == "a"  # the largest change first
-    assert "Of the 3 scenarios of the other rows played in both, 0 gave" in lines[2]
+    assert "of the 3 scenarios of the other rows played in both, 0 gave" in lines[2]
 
 
 def test_a_shared_scenario_that_differs_is_counted() -> None:
     new, old = results({"none": 0.8}), results({"none": 0.8}, multikrum_a=0.6)
-    assert compare.shared_evidence(new, old, OURS) == (3, 1)
+    assert compare.shared_evidence(new, old, OURS) == pytest.approx((3, 1, 0.1, 0.1))
 
 
 def test_the_section_replaces_its_old_self(tmp_path: Path) -> None:
