@@ -41,7 +41,7 @@ def cross_checks(cfg: RunConfig) -> list[str]:
         if cfg.anomaly_detection == "exclude":
             errors.append("dp='central' cannot use anomaly-detection='exclude' (excluding "
                           "nodes after seeing their updates voids the accounting)")
-    if cfg.detect_cosine_floor > -1.0 and cfg.detect_cosine_floor > cfg.detect_cosine:
+    if cfg.cosine_floor is not None and cfg.cosine_floor > cfg.detect_cosine:
         errors.append(f"detect-cosine-floor={cfg.detect_cosine_floor} must be <= "
                       f"detect-cosine={cfg.detect_cosine} (or -1: no floor)")
     if not cfg.experiment:

@@ -241,6 +241,11 @@ class RunConfig:
             raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
 
     @property
+    def cosine_floor(self) -> float | None:
+        """``detect-cosine-floor``, or None when it is -1 (no floor)."""
+        return None if self.detect_cosine_floor <= -1.0 else self.detect_cosine_floor
+
+    @property
     def output_path(self) -> str:
         """``output-dir`` with ``~`` expanded: always absolute."""
         return os.path.expanduser(self.output_dir)

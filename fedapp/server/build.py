@@ -74,7 +74,7 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
         duplicate_threshold=cfg.detect_duplicate,
         cosine_spread=cfg.detect_cosine_spread,
         cluster_threshold=cfg.detect_cluster,
-        cosine_floor=None if cfg.detect_cosine_floor <= -1.0 else cfg.detect_cosine_floor,
+        cosine_floor=cfg.cosine_floor,
         floor_rounds=cfg.reputation_warmup,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,

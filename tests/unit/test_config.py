@@ -106,3 +106,8 @@ def test_attack_names_match_registry() -> None:
 def test_byzantine_fraction_range() -> None:
     with pytest.raises(ConfigError, match=r"byzantine-fraction=0.6 must be <= 0.45"):
         RunConfig(byzantine_fraction=0.6)
+
+
+def test_cosine_floor_minus_one_is_no_floor() -> None:
+    assert RunConfig(detect_cosine_floor=-1.0, detect_cosine=-0.5).cosine_floor is None
+    assert RunConfig().cosine_floor == -0.05
