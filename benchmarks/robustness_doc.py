@@ -16,7 +16,9 @@ DEFENSE_NOTES = [
     "`fedapp/server/screen.py`): "
     "every update is scored five ways, and the flagged updates, the most severe first, "
     "are left out up to just under half of the round (`(n - 1) // 2`, whatever the "
-    "Byzantine fraction); the rest are scaled down to the norm threshold. Self-reported "
+    "Byzantine fraction); the rest are scaled down to the norm threshold. An update "
+    "flagged by its norm alone is not left out, only scaled down (under label skew the "
+    "largest honest hospitals train more steps and send larger updates). Self-reported "
     "counts weigh at most 2x the median of the non-outlier counts, an outlier count as "
     "that median (`fedapp/robust/weights.py`).",
     "",

@@ -1,7 +1,8 @@
 """The screening as it was before the blocked kernels (commit bd315df), kept as the
 reference the tests compare the current code with: ``fedapp/robust/detection.py``'s
 scoring functions and ``fedapp/server/screen.py``'s ``Screen.__call__``, copied verbatim
-(the report type and the flagging rules are imported: they did not change), with one
+(the report type and the flagging rules are imported, so their later changes, such as
+which flagged rows exclusion may drop, apply to both), with one
 later change of behaviour made here too: with copies among the rows, the norm z-scores and
 the sign skews are taken among the rows that are no copy.
 

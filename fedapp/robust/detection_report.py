@@ -70,16 +70,31 @@ class DetectionReport:
                       if self.cluster_ratio and self.cluster_threshold > 0 else 0.0)
         return max(by_norm, by_cos, by_sign, by_copy, by_cluster)
 
+    @property
+    def excludable(self) -> tuple[int, ...]:
+        """The flagged rows that exclusion may drop: those flagged by a check of the update's
+        direction or of its likeness to other updates (cosine, sign, copy, cluster).
+
+        A row flagged by its norm alone is kept and scaled down to the norm bound
+        (``fedapp.server.screen``): its size is all that was seen wrong with it, and the
+        clip removes exactly that excess. Under label skew the largest honest hospitals
+        (more local steps, larger updates) are such rows; dropping them cost clean
+        accuracy, clipping a scaled or noisy attacker to the bound leaves it the influence
+        of an ordinary row."""
+        return tuple(i for i in self.flagged if set(self.checks.get(i, ())) != {"norm"})
+
     def most_severe(self, limit: int | None) -> tuple[int, ...]:
-        """The flagged rows to exclude when at most ``limit`` may go (None: all of them):
-        the ``limit`` with the highest ``severity``, ties to the lower index, in row order.
+        """The ``excludable`` rows to exclude when at most ``limit`` may go (None: all of
+        them): the ``limit`` with the highest ``severity``, ties to the lower index, in row
+        order.
 
         Detection flags honest outliers too (non-IID data has them every round), so the
         server never drops half of a round or more (``fedapp.server.screen.exclusion_limit``):
         the rows kept are a strict majority, whatever was flagged."""
-        if limit is None or limit >= len(self.flagged):
-            return self.flagged
-        ranked = sorted(self.flagged, key=lambda i: (-self.severity(i), i))
+        candidates = self.excludable
+        if limit is None or limit >= len(candidates):
+            return candidates
+        ranked = sorted(candidates, key=lambda i: (-self.severity(i), i))
         return tuple(sorted(ranked[: max(limit, 0)]))
 
     def with_reputation(self, cosine_reputation: Sequence[float],

@@ -11,7 +11,8 @@
    ``cosine_floor`` (``detection_report.reputation_floor``);
 3. in ``exclude`` mode at most ``limit`` flagged rows are dropped, the most severe first
    (``exclusion_limit``: fewer than half of the round's rows, whatever the Byzantine
-   fraction; all flagged rows when ``limit`` is None), none if fewer than ``min_keep``
+   fraction; all flagged rows when ``limit`` is None; a row flagged by its norm alone is
+   not dropped, only scaled down: ``DetectionReport.excludable``), none if fewer than ``min_keep``
    would remain; the rows kept are scaled down to the norm threshold of the
    kept rows' norms (``clip_factors``, as ``clip_to_norm_threshold``), so a large row that
    was not dropped cannot dominate.

@@ -19,6 +19,7 @@ from fedapp.robust.detection import (
     robust_z_scores,
     sign_skew,
 )
+from fedapp.robust.detection_report import flag_rows
 from fedapp.robust.robust_stats import z_scores_among
 from fedapp.server.screen import Reputation
 
@@ -181,6 +182,19 @@ def test_severity_ranks_by_the_check_most_exceeded() -> None:
     # 7 / 3.5 = 2.0; (1 + 0.5) / 1 = 1.5; 0.9 / 0.5 = 1.8
     assert [report.severity(i) for i in range(3)] == pytest.approx([2.0, 1.5, 1.8])
     assert report.most_severe(2) == (0, 2)
+
+
+def test_a_row_flagged_by_its_norm_alone_is_not_excluded() -> None:
+    # Row 0: norm only (a large honest hospital); row 1: norm and cosine; row 2: sign only.
+    report = flag_rows((7.0, 9.0, 0.0, 0.0), (0.5, -0.5, 0.5, 0.5), (0.0, 0.0, -0.9, 0.0),
+                       (), 3.5, 0.0, 0.5, 0.1)
+    assert report.flagged == (0, 1, 2)
+    assert report.checks[0] == ("norm",) and report.checks[1] == ("norm", "cosine")
+    assert report.excludable == (1, 2)
+    assert report.most_severe(None) == (1, 2) and report.most_severe(1) == (1,)
+    # A report built without its checks keeps every flagged row excludable.
+    bare = DetectionReport(flagged=(0,), norm_z=(7.0,), cosine=(0.5,))
+    assert bare.excludable == (0,)
 
 
 def test_clip_to_norm_threshold_scales_only_rows_past_it() -> None:

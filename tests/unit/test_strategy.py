@@ -9,6 +9,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedapp.robust.detection import clip_factors
 from fedapp.server.strategy import RobustStrategy
 from fedapp.updates import flatten
 
@@ -153,7 +154,7 @@ def test_aggregate_evaluate_skips_bad_replies() -> None:
 
 
 @pytest.mark.parametrize("mode", ["flag", "exclude"])
-def test_detection_flags_outlier_and_exclude_mode_drops_it(mode: str) -> None:
+def test_detection_flags_outlier_and_exclude_mode_clips_it(mode: str) -> None:
     # Every row is a constant shift, so each lies wholly on one side of the median: the
     # sign check would flag them all; this test is about the norm check.
     strategy = RobustStrategy(min_train_nodes=2, min_available_nodes=6, fraction_evaluate=0.0,
@@ -173,25 +174,29 @@ def test_detection_flags_outlier_and_exclude_mode_drops_it(mode: str) -> None:
     assert scores[honest] == pytest.approx(1.0) and scores[outlier] == pytest.approx(1.0)
     new = flatten(arrays)
     base = np.concatenate([v.ravel() for v in GLOBAL.values()])
-    if mode == "exclude":
-        assert metrics["excluded"] == 1
-        np.testing.assert_allclose(new - base, 1.0, atol=1e-5)  # mean of the five honest
+    assert metrics["excluded"] == 0  # flagged by its norm alone: nothing to drop it for
+    if mode == "exclude":  # scaled down to the norm bound, then averaged in
+        factors = clip_factors(torch.tensor(deltas, dtype=torch.float64), 3.5)
+        assert factors[:5].tolist() == [1.0] * 5 and 0.0 < float(factors[5]) < 0.01
+        want = float((torch.tensor(deltas, dtype=torch.float64) * factors).mean())
+        np.testing.assert_allclose(new - base, want, rtol=1e-5)
+        assert 1.0 < want < 1.5
     else:
-        assert metrics["excluded"] == 0
-        assert (new - base).min() > 50  # flagged but still averaged in
+        assert (new - base).min() > 50  # flagged but still averaged in as it is
 
 
 def test_exclusion_drops_every_flagged_update_whatever_the_byzantine_fraction() -> None:
     from fedapp.server.pipeline import AggregationPipeline
 
-    # Two rows are flagged (norm z huge); byzantine-fraction 0.125 (f = 1 of 8) does not
-    # limit exclusion: up to 3 of 8 (fewer than half) may go, so both are excluded.
+    # Two rows are flagged (pointing against the others, norm z huge); byzantine-fraction
+    # 0.125 (f = 1 of 8) does not limit exclusion: up to 3 of 8 (fewer than half) may go,
+    # so both are excluded.
     strategy = RobustStrategy(min_train_nodes=2, min_available_nodes=8, fraction_evaluate=0.0,
                               detection="exclude", sign_threshold=0.0,
                               aggregation=AggregationPipeline(byzantine_fraction=0.125))
     arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
     msgs = list(strategy.configure_train(1, arrays, ConfigRecord(), StubGrid(8)))
-    deltas = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 40.0, 500.0]
+    deltas = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, -40.0, -500.0]
     _, metrics = strategy.aggregate_train(1, [reply(m, shifted(d))
                                               for m, d in zip(msgs, deltas, strict=True)])
     assert metrics["flagged"] == 2 and metrics["excluded"] == 2
@@ -204,11 +209,12 @@ def test_exclusion_keeps_a_strict_majority() -> None:
     from fedapp.server.screen import Screen, exclusion_limit
 
     assert [exclusion_limit(n) for n in (1, 2, 3, 4, 5, 10, 20, 21)] == [0, 0, 1, 1, 2, 4, 9, 10]
-    # 4 of 12 rows far out (norm), 3 more copies of one row: 7 flagged, 5 may go. (The
-    # norm statistics are those of the 9 rows that are no copy, 5 of them ordinary.)
+    # 4 of 12 rows far out and pointing against the others (norm, cosine), 3 more copies
+    # of one row: 7 flagged, 5 may go. (The norm statistics are those of the 9 rows that
+    # are no copy, 5 of them ordinary.)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(12, 300, generator=gen)
-    x[:4] *= 50.0
+    x = torch.randn(300, generator=gen) + 0.3 * torch.randn(12, 300, generator=gen)
+    x[:4] *= -50.0 * (1.0 + torch.arange(4.0)[:, None] / 10)
     x[4:7] = x[4]
     plan = Screen("exclude", min_keep=2).plan(list(range(12)), x, limit=exclusion_limit(12))
     assert len(plan.report.flagged) == 7 and len(plan.dropped) == 5
