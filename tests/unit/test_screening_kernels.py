@@ -183,9 +183,12 @@ def test_every_branch_of_the_reference_choice_is_taken(monkeypatch: pytest.Monke
 def test_a_huge_row_no_longer_makes_the_others_look_like_copies() -> None:
     x = gaussian(10, 3 * BLOCK_ELEMENTS // 10 + 7, 0)
     x[0] *= 1e4
-    old = ref.detect_anomalies(x)
-    assert set(old.flagged) > {0} and "copy" in old.checks[2]  # the reference's float32 loss
-    assert_same_report(detect_anomalies(x), ref.detect_anomalies(x.to(torch.float64)))
+    # The float32 reference lost the others' distances to rounding on some CPUs (they
+    # looked like copies); whether it does depends on the CPU's summation order, the
+    # blocked kernels must not: only the huge row, as the float64 reference says.
+    new = detect_anomalies(x)
+    assert new.flagged == (0,) and new.checks[0] == ("norm",)
+    assert_same_report(new, ref.detect_anomalies(x.to(torch.float64)))
 
 
 @st.composite
