@@ -1,0 +1,78 @@
+"""Rows of a later ``robustness.py`` invocation in place of an earlier one's.
+
+    python benchmarks/robustness_merge.py BASE.json NEW.json --rows ours-recommended \
+        --out merged.json
+    python benchmarks/robustness.py --from-json merged.json   # the report, table and plot
+
+A change to fedapp's defence changes fedapp's rows only: Flower's built-ins and the oracle
+run the same code before and after, so they need not be played again (two thirds of the
+grid's time). The merge takes every cell of ``--rows`` from NEW and every other cell from
+BASE, and records both invocations under ``merged`` (the report's first paragraph names
+them). Both must have played the same grid, attacks and settings; NEW must hold every
+scenario of ``--rows`` that BASE holds. The rows BASE played are kept as they are; the
+noise between two invocations (seeded, not bit-exact) is what ``robustness_compare.py``
+measures on the rows both played (NEW's reference FedAvg against BASE's, for instance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from common import write_json
+
+SAME = ("grid", "attacks", "settings", "dataset")  # what both invocations must share
+
+
+def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
+    return (cell["nodes"], cell["alpha"], cell["fraction"], cell["seed"], cell["row"],
+            cell["attack"])
+
+
+def _origin(results: dict[str, Any]) -> dict[str, Any]:
+    return {"command": results["command"], "date": results["date"],
+            "wall-seconds": results["wall-seconds"]}
+
+
+def merge(base: dict[str, Any], new: dict[str, Any], rows: list[str]) -> dict[str, Any]:
+    """BASE with the cells of ``rows`` taken from NEW (module docstring). Raises
+    ``ValueError`` naming what differs, a row BASE does not have, or the scenarios of
+    ``rows`` that NEW lacks."""
+    differ = [k for k in SAME if base.get(k) != new.get(k)]
+    if differ:
+        raise ValueError(f"the invocations differ in {', '.join(differ)}: only rows of the "
+                         "same grid, attacks and settings can be merged")
+    unknown = [r for r in rows if r not in base["rows"]]
+    if unknown:
+        raise ValueError(f"rows {unknown} are not among the base's rows {base['rows']}")
+    have = {_key(c) for c in new["cells"] if c["row"] in rows}
+    missing = sorted(str(k) for c in base["cells"] if c["row"] in rows
+                     and (k := _key(c)) not in have)
+    if missing:
+        raise ValueError(f"NEW lacks {len(missing)} scenarios of {rows}, e.g. {missing[0]}")
+    cells = ([c for c in base["cells"] if c["row"] not in rows]
+             + [c for c in new["cells"] if c["row"] in rows])
+    merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
+    merged |= {"cells": cells, "versions": new["versions"], "machine": new["machine"],
+               "date": new["date"], "command": new["command"],
+               "wall-seconds": new["wall-seconds"],
+               "merged": {"rows": rows, "rows-from": _origin(new), "others-from": _origin(base)}}
+    return merged
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("base", type=Path, help="the earlier invocation's results JSON")
+    p.add_argument("new", type=Path, help="the later invocation's results JSON")
+    p.add_argument("--rows", required=True, help="comma list of the rows to take from NEW")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    base, new = (json.loads(path.read_text()) for path in (args.base, args.new))
+    write_json(args.out, merge(base, new, args.rows.split(",")))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
