@@ -169,6 +169,12 @@ class ScreenPlan(NamedTuple):
         """Whether the rule gets other rows than it was given (some dropped or scaled)."""
         return bool(self.dropped) or self.scales is not None
 
+    def scaled_rows(self) -> tuple[int, ...]:
+        """The rows kept but scaled down (their norm above the bound), by row index."""
+        if self.scales is None:
+            return ()
+        return tuple(i for i, s in zip(self.keep, self.scales.tolist(), strict=True) if s < 1.0)
+
     def materialise(self, updates: torch.Tensor, weights: torch.Tensor) -> Screened:
         """The kept rows, scaled, and their weights: one copy of the kept rows when some
         are dropped (scaled in place), one scaled copy when only scaling, else none."""

@@ -284,10 +284,11 @@ class RobustStrategy(FedAvg):
         stats.flagged_checks = {nodes[i]: report.checks[i] for i in report.flagged}
         stats.excluded_nodes = tuple(nodes[i] for i in dropped)
         scores = self.reputation.scores()
-        excluded = {nodes[i] for i in dropped}
+        fate = {nodes[i]: ", excluded" for i in dropped} | {
+            nodes[i]: ", scaled down to the norm bound" for i in plan.scaled_rows()}
         for node, reason in stats.flagged.items():
             log(WARNING, "round %d: node %d flagged (%s), cosine reputation %.2f%s",
-                server_round, node, reason, scores[node], ", excluded" if node in excluded else "")
+                server_round, node, reason, scores[node], fate.get(node, ""))
         return plan
 
     def screen(self, nodes: list[int], updates: torch.Tensor, weights: torch.Tensor, *,

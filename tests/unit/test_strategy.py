@@ -3,6 +3,8 @@ a valid round aggregates to the exact weighted mean of the updates."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -154,7 +156,8 @@ def test_aggregate_evaluate_skips_bad_replies() -> None:
 
 
 @pytest.mark.parametrize("mode", ["flag", "exclude"])
-def test_detection_flags_outlier_and_exclude_mode_clips_it(mode: str) -> None:
+def test_detection_flags_outlier_and_exclude_mode_clips_it(
+        mode: str, caplog: pytest.LogCaptureFixture) -> None:
     # Every row is a constant shift, so each lies wholly on one side of the median: the
     # sign check would flag them all; this test is about the norm check.
     strategy = RobustStrategy(min_train_nodes=2, min_available_nodes=6, fraction_evaluate=0.0,
@@ -162,9 +165,12 @@ def test_detection_flags_outlier_and_exclude_mode_clips_it(mode: str) -> None:
     arrays = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
     msgs = list(strategy.configure_train(1, arrays, ConfigRecord(), StubGrid(6)))
     deltas = [1.0, 1.1, 0.9, 1.05, 0.95, 500.0]
-    arrays, metrics = strategy.aggregate_train(1, [reply(m, shifted(d))
-                                                   for m, d in zip(msgs, deltas, strict=True)])
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        arrays, metrics = strategy.aggregate_train(
+            1, [reply(m, shifted(d)) for m, d in zip(msgs, deltas, strict=True)])
     outlier, honest = msgs[-1].metadata.dst_node_id, msgs[0].metadata.dst_node_id
+    assert (f"node {outlier} flagged (norm z=" in caplog.text
+            and caplog.text.count("scaled down to the norm bound") == (mode == "exclude"))
     stats = strategy.history[1]
     assert list(stats.flagged) == [outlier] and "norm z=" in stats.flagged[outlier]
     assert metrics["flagged"] == 1
