@@ -61,7 +61,10 @@ def prometheus(tmp_path: Path) -> Any:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("Debian's prometheus is not installed (.ci/run installs it)")
-    metrics_port, web_port = free_port(), free_port()
+    metrics_port = free_port()
+    web_port = free_port()
+    while web_port == metrics_port:  # the OS may hand out a just-closed port again
+        web_port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(prometheus_config(f"127.0.0.1:{metrics_port}", RULES))
     log = (tmp_path / "prometheus.log").open("w")
@@ -119,6 +122,12 @@ def test_prometheus_scrapes_the_run_and_fires_the_node_flagged_alert(
     # The series hold the run's values (max over the run: the target is gone now).
     def run_max(expr: str) -> float:
         return scalar(base, f"max(max_over_time({expr}[10m]))")
+
+    # No sample at all means the ServerApp's exporter was never scraped (e.g. its port was
+    # taken between choosing it and binding it): say so, with what Prometheus saw.
+    assert query(base, "max_over_time(fedapp_rounds_planned[10m])"), (
+        [t.get("lastError") for t in api(base, "targets")["activeTargets"]],
+        runner.logs(run_id, env=local_env)[-3000:])
 
     assert run_max("fedapp_rounds_completed_total") == ROUNDS
     assert run_max("fedapp_round") == ROUNDS
