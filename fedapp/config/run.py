@@ -116,6 +116,8 @@ class RunConfig:
     # Cluster check (fedapp.robust.collusion): noisy copies of one update; 0 turns it off.
     detect_cluster: float = field(default=0.1, metadata=_key("detect-cluster", min=0.0,
                                                               max=1.0))
+    # The copy check also on sign disagreement (collusion.sign_copy_ratio; Fang's attack).
+    detect_sign_copies: bool = field(default=True, metadata=_key("detect-sign-copies"))
     reputation_memory: float = field(
         default=0.9, metadata=_key("reputation-memory", min=0.0, max=0.999)
     )

@@ -1,4 +1,6 @@
-"""Colluders that send distinct noisy copies of one crafted update: the ``cluster`` check.
+"""Colluders: the ``copy`` check's ratios (``nearest_ratio``: one crafted update sent by
+several nodes; ``sign_copy_ratio``: one sign pattern with independent magnitudes, as in
+Fang's attack) and the ``cluster`` check (distinct noisy copies of one crafted update).
 
 Colluders who know that identical rows are flagged (``detection``'s copy check) send
 ``u_i = c + r e_i``: one crafted row ``c`` (ALIE, min-max, ...) plus independent noise of
@@ -43,7 +45,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["centred_gram", "cluster_ratio", "cluster_scores", "pair_alignment"]
+from fedapp.robust.distances import pairwise_sq_distances
+
+__all__ = ["centred_gram", "cluster_ratio", "cluster_scores", "nearest_ratio",
+           "pair_alignment", "ratio_to_typical", "sign_copy_ratio"]
 
 
 def centred_gram(gram: np.ndarray, observers: np.ndarray | None = None) -> np.ndarray:
@@ -109,3 +114,57 @@ def cluster_scores(gram: np.ndarray, threshold: float, observers: torch.Tensor) 
     if threshold <= 0:
         return torch.ones(gram.shape[0], dtype=torch.float64)
     return torch.from_numpy(cluster_ratio(gram, observers.numpy()))
+
+
+def sign_copy_ratio(sign_gram: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Colluders who share one sign pattern: ``q_i = s_i / median_l s_l`` with ``s_i`` row
+    ``i``'s smallest sign disagreement with another row,
+
+        s_ij = (C_ij - A_ij) / (2 C_ij),   A = S S^T,   C = |S| |S|^T,   S = sign(U),
+
+    the share of the coordinates where both rows are non-zero on which their signs differ
+    (``sign_gram`` is ``A``, ``support`` is ``C``; a pair with no such coordinate counts
+    as 1/2, no evidence). Fang's attack (Fang, Cao, Jia, Gong, USENIX Security 2020,
+    https://arxiv.org/abs/1911.11815) gives every colluder the sign ``-s_j`` of the honest
+    mean on every coordinate and draws the magnitudes independently, so the rows are no
+    copies by distance, and their noise is not isotropic enough for the cluster check, but
+    they agree in sign everywhere (``s_ij = 0``); honest updates disagree on 20-40% of the
+    coordinates even at Dirichlet alpha 1.0 (measured on the robustness benchmark's digits
+    MLP, n 10-40). Scale-free like ``cluster_ratio``: ``q_i`` far below 1 flags the row.
+    Ones for fewer than 2 rows; where the median is 0, rows with ``s_i = 0`` get 0 and the
+    others infinity."""
+    a = np.asarray(sign_gram, dtype=np.float64)
+    c = np.asarray(support, dtype=np.float64)
+    n = a.shape[0]
+    if n < 2:
+        return np.ones(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(c > 0, (c - a) / (2.0 * c), 0.5)
+    np.fill_diagonal(s, np.inf)
+    nearest = s.min(axis=1)
+    typical = float(np.median(nearest))
+    if typical > 0:
+        return nearest / typical
+    return np.where(nearest > 0, np.inf, 0.0)
+
+
+def ratio_to_typical(sq_dist: torch.Tensor) -> torch.Tensor:
+    """``q_i = nn_i / median_j nn_j`` from squared pairwise distances (``nearest_ratio``)."""
+    n = sq_dist.shape[0]
+    if n < 2:
+        return torch.ones(n, dtype=torch.float64)
+    dist = sq_dist.clone().fill_diagonal_(float("inf"))
+    nearest = dist.min(dim=1).values.sqrt()
+    typical = torch.quantile(nearest, 0.5)
+    if float(typical) > 0:
+        return nearest / typical
+    return torch.where(nearest > 0, torch.full_like(nearest, float("inf")),
+                       torch.zeros_like(nearest))
+
+
+def nearest_ratio(updates: torch.Tensor) -> torch.Tensor:
+    """``q_i = nn_i / median_j nn_j`` as float64, where ``nn_i = min_{j != i} ||u_i - u_j||``
+    (one Gram matrix, ``pairwise_sq_distances``). Copies have ``q = 0``. When half or more
+    of the rows have a copy (median 0), rows with a copy get 0 and the others infinity; a
+    single row gets 1."""
+    return ratio_to_typical(pairwise_sq_distances(updates))

@@ -41,7 +41,9 @@ says which rows look Byzantine and why. Five scores, each aimed at a family of a
   different data never gives two hospitals the same update, and the rule is scale-free:
   an IID federation, where all updates are close, has a larger typical distance too.
   Colluders who add independent noise to their copies escape it (the cluster check
-  below sees them). FoolsGold (Fung et al., RAID 2020, https://arxiv.org/abs/1808.04866)
+  below sees them). With ``sign_copies`` the ratio is also taken on sign disagreement
+  (``collusion.sign_copy_ratio``: colluders who share one sign pattern but draw their
+  magnitudes independently, as Fang's attack does). FoolsGold (Fung et al., RAID 2020, https://arxiv.org/abs/1808.04866)
   down-weights sybils by update similarity in the same spirit. The other checks use, as
   reference, the median of the rows no check suspects (see ``detect_anomalies``).
 * **Cluster** (colluders with independent noise on their copies): two rows that differ
@@ -77,8 +79,9 @@ import numpy as np
 import torch
 
 from fedapp.robust.collusion import cluster_scores as _cluster
+from fedapp.robust.collusion import nearest_ratio, ratio_to_typical, sign_copy_ratio
 from fedapp.robust.detection_report import CHECKS, DetectionReport, flag_rows
-from fedapp.robust.distances import distances_to, pairwise_sq_distances
+from fedapp.robust.distances import distances_to
 from fedapp.robust.robust_stats import (
     robust_location_scale,
     robust_z_scores,
@@ -145,28 +148,6 @@ def sign_skew(updates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return _skew(pos, neg)
 
 
-def ratio_to_typical(sq_dist: torch.Tensor) -> torch.Tensor:
-    """``q_i = nn_i / median_j nn_j`` from squared pairwise distances (``nearest_ratio``)."""
-    n = sq_dist.shape[0]
-    if n < 2:
-        return torch.ones(n, dtype=torch.float64)
-    dist = sq_dist.clone().fill_diagonal_(float("inf"))
-    nearest = dist.min(dim=1).values.sqrt()
-    typical = torch.quantile(nearest, 0.5)
-    if float(typical) > 0:
-        return nearest / typical
-    return torch.where(nearest > 0, torch.full_like(nearest, float("inf")),
-                       torch.zeros_like(nearest))
-
-
-def nearest_ratio(updates: torch.Tensor) -> torch.Tensor:
-    """``q_i = nn_i / median_j nn_j`` as float64, where ``nn_i = min_{j != i} ||u_i - u_j||``
-    (one Gram matrix, ``pairwise_sq_distances``). Copies have ``q = 0``. When half or more
-    of the rows have a copy (median 0), rows with a copy get 0 and the others infinity; a
-    single row gets 1."""
-    return ratio_to_typical(pairwise_sq_distances(updates))
-
-
 @dataclass(frozen=True)
 class Scan:
     """``detect_anomalies``' report, and the rows' norms ``||u_i||`` (float64) it used."""
@@ -176,7 +157,8 @@ class Scan:
 
 
 def _median_reference(x: np.ndarray, norms: torch.Tensor, z: torch.Tensor,
-                      thresholds: tuple[float, float, float, float]) -> _Scores:
+                      thresholds: tuple[float, float, float, float],
+                      sign_copies: bool) -> _Scores:
     """Nearest-neighbour and cluster ratios; the norm z-scores and sign skews against the
     rows that are no copy (``robust_stats.z_scores_among``; the median of all rows when nothing is a
     copy); the dots of every row with the cosine's reference: the median of the rows no
@@ -188,8 +170,12 @@ def _median_reference(x: np.ndarray, norms: torch.Tensor, z: torch.Tensor,
     n = x.shape[0]
     early = z > norm_threshold
     listed = torch.nonzero(early).reshape(-1).tolist()
-    merged = median_pass(x, listed if listed and 2 * (n - len(listed)) >= n else ())
+    merged = median_pass(x, listed if listed and 2 * (n - len(listed)) >= n else (),
+                         signs=sign_copies)
     similarity = ratio_to_typical(torch.from_numpy(sq_distances(merged.gram)))
+    if merged.sign_gram is not None and merged.sign_support is not None:
+        similarity = torch.minimum(similarity, torch.from_numpy(
+            sign_copy_ratio(merged.sign_gram, merged.sign_support)))
     cluster = _cluster(merged.gram, cluster_threshold, ~early)
     copies = (similarity < duplicate_threshold) | (cluster < cluster_threshold)
     z = z_scores_among(norms, z, copies)
@@ -222,8 +208,11 @@ class _Scores(NamedTuple):
 def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
               cosine_threshold: float = 0.0, sign_threshold: float = 0.5,
               duplicate_threshold: float = 0.1, reference: torch.Tensor | None = None,
-              cosine_spread: float = 0.0, cluster_threshold: float = 0.0) -> Scan:
-    """``detect_anomalies`` (same arguments), with the row norms for clipping. Two passes
+              cosine_spread: float = 0.0, cluster_threshold: float = 0.0,
+              sign_copies: bool = False) -> Scan:
+    """``detect_anomalies`` (same arguments), with the row norms for clipping; with
+    ``sign_copies`` (and no ``reference``) a row's copy ratio is the smaller of its
+    distance ratio and its ``collusion.sign_copy_ratio``. Two passes
     over the matrix (``screening_kernels``): the norms, then the median with the sign
     counts, the Gram matrix and the dots against it; a third only when the copy or sign
     check suspects rows the norm check did not."""
@@ -237,7 +226,8 @@ def scan_rows(updates: torch.Tensor, *, norm_threshold: float = 3.5,
     z = robust_z_scores(norms)
     if reference is None:
         thresholds = (norm_threshold, sign_threshold, duplicate_threshold, cluster_threshold)
-        z, skew, similarity, cluster, sums = _median_reference(x, norms, z, thresholds)
+        z, skew, similarity, cluster, sums = _median_reference(x, norms, z, thresholds,
+                                                               sign_copies)
     else:
         pos, neg, gram, sums = reference_pass(x, _as_numpy(reference.reshape(-1)))
         skew = _skew(pos, neg)
@@ -265,6 +255,7 @@ def detect_anomalies(
     reference: torch.Tensor | None = None,
     cosine_spread: float = 0.0,
     cluster_threshold: float = 0.0,
+    sign_copies: bool = False,
 ) -> DetectionReport:
     """Score and flag every row (module docstring): norm z-score above ``norm_threshold``,
     sign skew beyond ``+-sign_threshold`` (0 turns it off), nearest-neighbour ratio below
@@ -283,7 +274,7 @@ def detect_anomalies(
     return scan_rows(updates, norm_threshold=norm_threshold, cosine_threshold=cosine_threshold,
                      sign_threshold=sign_threshold, duplicate_threshold=duplicate_threshold,
                      reference=reference, cosine_spread=cosine_spread,
-                     cluster_threshold=cluster_threshold).report
+                     cluster_threshold=cluster_threshold, sign_copies=sign_copies).report
 
 
 def clip_factors(norms: torch.Tensor, norm_threshold: float) -> torch.Tensor:

@@ -19,7 +19,9 @@ time, and only per-row sums (and the ``n x n`` Gram matrix) leave a block.
   would leave the float32 products no digits for the distances between honest rows.
   Given suspect rows ``S`` (pass 1's norm check), pass 2 also gives the median of the
   other rows, with its dots, from the same pass over them
-  (``column_order.merged_medians``).
+  (``column_order.merged_medians``). Asked for (``signs``), it also adds up the sign
+  Gram matrices ``sign(X_b) sign(X_b)^T`` and ``|sign(X_b)| |sign(X_b)|^T``
+  (``collusion.sign_copy_ratio``; float32 products of 0 and +-1 per block, exact).
 * ``clean_median_dots`` (pass 3, only when the copy or sign check suspects rows that the
   norm check did not): the median of the given rows, by selection, and its dots.
 
@@ -143,19 +145,35 @@ class MedianPass:
     gram: np.ndarray
     all_rows: RowSums
     others: RowSums | None
+    sign_gram: np.ndarray | None = None  # sum of sign(X_b) sign(X_b)^T (``signs=True``)
+    sign_support: np.ndarray | None = None  # sum of |sign(X_b)| |sign(X_b)|^T
 
 
-def median_pass(x: np.ndarray, suspects: Sequence[int] = ()) -> MedianPass:
+def add_sign_grams(out: MedianPass, block: np.ndarray, scratch: Scratch) -> None:
+    """``out.sign_gram += S S^T`` and ``out.sign_support += |S| |S|^T`` for ``S =
+    sign(block)``, float32 products (exact: integers far below 2^24 per block)."""
+    assert out.sign_gram is not None and out.sign_support is not None
+    signs = scratch.get("signs", block.shape, np.float32)
+    np.sign(block, out=signs, casting="unsafe")
+    out.sign_gram += signs @ signs.T
+    np.abs(signs, out=signs)
+    out.sign_support += signs @ signs.T
+
+
+def median_pass(x: np.ndarray, suspects: Sequence[int] = (), *,
+                signs: bool = False) -> MedianPass:
     """Pass 2 (module docstring): sign counts, dots and the Gram matrix against the
     coordinate-wise median of all rows and, when ``suspects`` is not empty, dots against
-    the median of the others (which must be at least one row)."""
+    the median of the others (which must be at least one row); with ``signs``, the sign
+    Gram matrices (``add_sign_grams``)."""
     n, d = x.shape
     suspect_set = set(suspects)
     suspects = sorted(suspect_set)
     clean = [i for i in range(n) if i not in suspect_set]
     out = MedianPass(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
                      np.zeros((n, n), dtype=np.float64), RowSums.zeros(n),
-                     RowSums.zeros(n) if suspects else None)
+                     RowSums.zeros(n) if suspects else None,
+                     np.zeros((n, n)) if signs else None, np.zeros((n, n)) if signs else None)
     exact = n * d <= BLOCK_ELEMENTS
     blocks, scratch = _blocks(x)
     for cols in blocks:
@@ -170,6 +188,8 @@ def median_pass(x: np.ndarray, suspects: Sequence[int] = ()) -> MedianPass:
         out.neg += neg
         out.all_rows.add(block, med)
         add_gram(out.gram, block, None if exact else med, scratch)
+        if signs:
+            add_sign_grams(out, block, scratch)
     return out
 
 

@@ -74,6 +74,7 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
         duplicate_threshold=cfg.detect_duplicate,
         cosine_spread=cfg.detect_cosine_spread,
         cluster_threshold=cfg.detect_cluster,
+        sign_copies=cfg.detect_sign_copies,
         cosine_floor=cfg.cosine_floor,
         floor_rounds=cfg.reputation_warmup,
         fraction_train=cfg.fraction_train,

@@ -204,6 +204,7 @@ class Screen:
     cluster_threshold: float = 0.0  # 0: the cluster check (fedapp.robust.collusion) is off
     cosine_floor: float | None = None  # detection_report.reputation_floor; None: no floor
     floor_rounds: int = 3
+    sign_copies: bool = False  # the copy check on sign disagreement too (collusion)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -230,7 +231,8 @@ class Screen:
                          sign_threshold=self.sign_threshold,
                          duplicate_threshold=self.duplicate_threshold,
                          cosine_spread=self.cosine_spread,
-                         cluster_threshold=self.cluster_threshold)
+                         cluster_threshold=self.cluster_threshold,
+                         sign_copies=self.sign_copies)
         cosines = dict(zip(nodes, scan.report.cosine, strict=True))
         preview = self.reputation.preview(cosines)
         evidence = [self.reputation.evidence(n) + 1 for n in nodes]  # this round included
