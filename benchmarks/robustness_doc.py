@@ -26,7 +26,9 @@ DEFENSE_NOTES = [
     "with copies among the updates (the next two checks), the median and MAD are those of "
     "the other updates: one norm repeated by colluders would shrink the MAD;",
     "- copies: nearest other update ten times closer than updates typically are "
-    "(colluders sending one crafted update: ALIE, IPM, min-max, min-sum);",
+    "(colluders sending one crafted update: ALIE, IPM, min-max, min-sum), or disagreeing "
+    "in sign with it ten times less often than updates typically do (colluders sharing "
+    "one sign pattern with independent magnitudes: Fang; `detect-sign-copies`);",
     "- cluster: the update differs from some other update only by noise that no other "
     "update shares: the mean squared cosine of their difference to the other updates is "
     "under 0.1x the typical such value (`fedapp/robust/collusion.py`; colluders who make "
