@@ -186,7 +186,7 @@ def flag_rows(norm_z: tuple[float, ...], cosine: tuple[float, ...], skew: tuple[
             parts.append(("sign", f"sign skew {skew[i]:+.2f} beyond +-{sign_threshold}"))
         if ratio and ratio[i] < duplicate_threshold:
             parts.append(("copy", f"nearest update at {ratio[i]:.3f} x the typical distance "
-                          f"< {duplicate_threshold}"))
+                          f"(or sign disagreement) < {duplicate_threshold}"))
         if cluster and cluster_threshold > 0 and cluster[i] < cluster_threshold:
             parts.append(("cluster", f"differs from another update only by unshared noise: "
                           f"cluster ratio {cluster[i]:.3f} < {cluster_threshold}"))

@@ -162,7 +162,8 @@ def test_default_strategy_end_to_end_equals_the_reference(monkeypatch: pytest.Mo
     # reference broke such ties by float32 rounding that depends on the row order (the new
     # code takes the lowest row), so the order is fixed here.
     random.seed(8)
-    cfg = RunConfig(min_available_nodes=n, fraction_evaluate=0.0)
+    # The reference has no sign-copy check (test_sign_copies tests it): off here.
+    cfg = RunConfig(min_available_nodes=n, fraction_evaluate=0.0, detect_sign_copies=False)
     robust, _ = build_strategy(cfg)
     old_screen = Screen("exclude", min_keep=cfg.min_train_nodes,
                         cosine_spread=cfg.detect_cosine_spread,

@@ -90,3 +90,13 @@ def test_the_run_config_key_reaches_the_screen() -> None:
     assert robust.screen_updates.sign_copies is True  # the default
     robust, _ = build_strategy(RunConfig.from_flower({**base, "detect-sign-copies": False}))
     assert robust.screen_updates.sign_copies is False
+
+
+def test_a_scaled_copy_of_an_honest_update_flags_both_as_an_exact_copy_would() -> None:
+    # Which of two rows with one sign pattern is the original cannot be told from the
+    # rows: both are flagged, as the distance check flags both rows of an exact copy.
+    honest = honest_rows(10, 300, 6)
+    rows = torch.cat([honest, 1000.0 * honest[:1]])
+    report = detect_anomalies(rows, sign_copies=True)
+    assert "copy" in report.checks[0] and "copy" in report.checks[10]
+    assert not any("copy" in report.checks.get(i, ()) for i in range(1, 10))
