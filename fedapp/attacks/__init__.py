@@ -47,6 +47,7 @@ ATTACKS: dict[str, str] = {
     "alie-noisy-adaptive": "omniscient",
     "sign-balanced": "omniscient",
     "sleeper": "omniscient",
+    "fang-sign-noise": "omniscient",
 }
 
 #: The keyword of each attack that ``attack-scale`` sets, when positive.
@@ -60,6 +61,7 @@ SCALE_KEYWORD: dict[str, str] = {
     "fang": "b",
     "alie-noisy-adaptive": "noise",
     "sign-balanced": "z",
+    "fang-sign-noise": "share",
 }
 
 #: Attacks that take ``attack-perturbation`` (Shejwalkar & Houmansadr's direction).

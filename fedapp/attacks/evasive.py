@@ -11,7 +11,9 @@ each one:
 * ``sign_balanced``: an ALIE-sized shift with as many coordinates above the median as
   below (the sign-skew check);
 * ``sleeper``: honest-looking rows for ``delay`` rounds, then ``alie_noisy_adaptive`` (the
-  reputation's memory).
+  reputation's memory);
+* ``fang_sign_noise``: Fang's rows, each with the signs of a few random coordinates flipped
+  independently, just enough that no two share one sign pattern (the sign-copy check).
 
 Same contract as ``fedapp.attacks.omniscient``, where ``OMNISCIENT_ATTACKS`` registers them.
 ``mu`` and ``sigma`` are the honest rows' coordinate-wise mean and population std.
@@ -19,12 +21,14 @@ Same contract as ``fedapp.attacks.omniscient``, where ``OMNISCIENT_ATTACKS`` reg
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
-from fedapp.attacks.noise import jitter, spread, spread_radius
+from fedapp.attacks.noise import jitter, seeded, spread, spread_radius
 from fedapp.attacks.omniscient import ALIE_Z_GRID, _check, _repeat, adaptive_search, alie, alie_z
+from fedapp.attacks.published import fang
 from fedapp.robust.base import Aggregator
 from fedapp.robust.distances import distances_to
 
@@ -133,9 +137,39 @@ def sleeper(honest: torch.Tensor, num_byzantine: int, aggregator: Aggregator, *,
                                **aggregator_params)
 
 
+def typical_sign_disagreement(honest: torch.Tensor) -> float:
+    """``median_i min_{j != i} s_ij``, ``s_ij`` the share of the coordinates where both honest
+    rows ``i`` and ``j`` are non-zero on which their signs differ (the sign-copy check's
+    yardstick, ``collusion.sign_copy_ratio``); 0 for fewer than two rows."""
+    if honest.shape[0] < 2:
+        return 0.0
+    s = torch.sign(honest.to(torch.float64))
+    both = s.abs() @ s.abs().T
+    differ = torch.where(both > 0, (both - s @ s.T) / (2 * both.clamp_min(1)), 0.5)
+    return float(differ.fill_diagonal_(float("inf")).min(dim=1).values.median())
+
+
+def fang_sign_noise(honest: torch.Tensor, num_byzantine: int, *, share: float = 0.3,
+                    b: float = 2.0) -> torch.Tensor:
+    """Fang's rows (``published.fang``, ``b``), each with the sign of every coordinate
+    flipped independently with probability ``p``, where ``2 p (1 - p) = share x`` the honest
+    rows' typical nearest sign disagreement: two colluders then disagree in sign that
+    share as often as honest neighbours do (the sign-copy check flags below 0.1; default
+    0.3, a margin of 3; ``2 p (1 - p)`` is at most 1/2, signs drawn at random). Everything
+    else of Fang's attack is kept."""
+    if not (math.isfinite(share) and share >= 0.0):
+        raise ValueError(f"share must be finite and >= 0, got {share}")
+    rows = fang(honest, num_byzantine, b=b)
+    target = share * typical_sign_disagreement(honest)  # 2p(1-p) = target, p <= 1/2
+    p = 0.5 * (1.0 - (1.0 - 2.0 * min(target, 0.5)) ** 0.5)
+    flip = torch.rand(rows.shape, generator=seeded(honest), dtype=torch.float64) < p
+    return torch.where(flip, -rows, rows)
+
+
 #: This module's attacks by name (``OMNISCIENT_ATTACKS`` has them).
 EVASIVE_ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
     "alie-noisy-adaptive": alie_noisy_adaptive,
     "sign-balanced": sign_balanced,
     "sleeper": sleeper,
+    "fang-sign-noise": fang_sign_noise,
 }

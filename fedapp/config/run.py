@@ -38,7 +38,7 @@ DETECTION_MODES = ("off", "flag", "exclude")
 ATTACK_NAMES = (
     "none", "label-flip", "sign-flip", "gaussian", "scaling", "alie", "ipm", "min-max",
     "min-sum", "min-max-noisy", "alie-adaptive", "ipm-adaptive", "label-flip-inflated",
-    "mimic", "fang", "alie-noisy-adaptive", "sign-balanced", "sleeper",
+    "mimic", "fang", "alie-noisy-adaptive", "sign-balanced", "sleeper", "fang-sign-noise",
 )
 PERTURBATIONS = ("unit", "sign", "std")
 INITIAL_MODELS = ("fresh", "champion")

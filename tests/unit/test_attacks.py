@@ -39,7 +39,8 @@ def test_registry_names_and_kinds() -> None:
     assert list(ATTACKS) == ["none", "label-flip", "label-flip-inflated", "sign-flip",
                              "gaussian", "scaling", "alie", "ipm", "min-max", "min-sum",
                              "min-max-noisy", "alie-adaptive", "ipm-adaptive", "mimic", "fang",
-                             "alie-noisy-adaptive", "sign-balanced", "sleeper"]
+                             "alie-noisy-adaptive", "sign-balanced", "sleeper",
+                             "fang-sign-noise"]
     assert set(OMNISCIENT_ATTACKS) == {k for k, v in ATTACKS.items() if v == "omniscient"}
     assert set(MODEL_ATTACKS) == {k for k, v in ATTACKS.items() if v == "model"}
     assert {k for k, v in ATTACKS.items() if v == "data"} == {"label-flip",

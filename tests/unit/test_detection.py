@@ -132,8 +132,8 @@ def test_copies_are_flagged_and_the_cosine_reference_leaves_suspects_out() -> No
     x = torch.cat([honest_rows, crafted])
     report = detect_anomalies(x)
     assert set(range(14, 20)) <= set(report.flagged)
-    assert re.search(r"nearest update at 0\.000 x the typical distance \(or sign disagreement\) < 0\.1",
-                     report.reasons[14])
+    assert re.search(r"nearest update at 0\.000 x the typical distance "
+                     r"\(or sign disagreement\) < 0\.1", report.reasons[14])
     assert min(report.nearest_ratio[:14]) > 0.5
     reference = coordinate_median(honest_rows).aggregate  # the rows no check suspects
     expected = torch.nn.functional.cosine_similarity(crafted[0], reference, dim=0)

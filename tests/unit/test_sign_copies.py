@@ -100,3 +100,19 @@ def test_a_scaled_copy_of_an_honest_update_flags_both_as_an_exact_copy_would() -
     report = detect_anomalies(rows, sign_copies=True)
     assert "copy" in report.checks[0] and "copy" in report.checks[10]
     assert not any("copy" in report.checks.get(i, ()) for i in range(1, 10))
+
+
+def test_fang_with_sign_noise_escapes_the_sign_copy_check_by_design() -> None:
+    from fedapp.attacks.evasive import fang_sign_noise, typical_sign_disagreement
+
+    honest = honest_rows(14, 2000, 7)
+    rows = fang_sign_noise(honest, 6)  # share 0.3: three times the check's threshold
+    q = sign_copy_ratio(*grams(torch.cat([honest, rows]).numpy()))
+    assert q[14:].min() > 0.1
+    # ... while nearly every coordinate keeps Fang's sign: the attack is Fang's.
+    same = (torch.sign(rows) == torch.sign(fang(honest, 6))).double().mean()
+    expected = 0.5 * (1 - (1 - 2 * 0.3 * typical_sign_disagreement(honest)) ** 0.5)
+    assert 1 - float(same) == pytest.approx(expected, abs=0.01)
+    assert torch.equal(fang_sign_noise(honest, 6, share=0.0), fang(honest, 6))
+    with pytest.raises(ValueError, match="share must be finite and >= 0"):
+        fang_sign_noise(honest, 6, share=-0.5)

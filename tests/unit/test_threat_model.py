@@ -135,6 +135,7 @@ def test_designation_is_stable_across_rounds() -> None:
     ("ipm-adaptive", {"aggregator": "trimmed-mean", "aggregator_params": {"f": 1}}),
     ("mimic", {}), ("fang", {"b": 1.5}), ("alie-noisy-adaptive", {"aggregator": "median"}),
     ("sign-balanced", {"z": 1.0}), ("sleeper", {"aggregator": "median", "delay": 0}),
+    ("fang-sign-noise", {"share": 0.5}),
 ])
 @pytest.mark.parametrize("flower", [
     FedAvg, FedMedian, lambda **kw: FedTrimmedAvg(beta=0.2, **kw),
