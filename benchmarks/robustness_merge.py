@@ -2,6 +2,7 @@
 
     python benchmarks/robustness_merge.py BASE.json NEW.json --rows ours-recommended \
         --out merged.json
+    python benchmarks/robustness_merge.py BASE.json NEW.json --add-attacks --out merged.json
     python benchmarks/robustness.py --from-json merged.json   # the report, table and plot
 
 A change to fedapp's defence changes fedapp's rows only: Flower's built-ins and the oracle
@@ -12,6 +13,12 @@ them). Both must have played the same grid, attacks and settings; NEW must hold 
 scenario of ``--rows`` that BASE holds. The rows BASE played are kept as they are; the
 noise between two invocations (seeded, not bit-exact) is what ``robustness_compare.py``
 measures on the rows both played (NEW's reference FedAvg against BASE's, for instance).
+
+``--add-attacks`` instead adds NEW's attacks (an attack added to fedapp after BASE ran)
+to BASE: NEW's cells of those attacks are appended, its clean runs dropped (BASE's stay
+the reference); the same grid and settings, attacks BASE did not play, rows BASE has.
+Rows NEW did not play show no value for the added attacks (the report's worst case of
+such a row is over BASE's attacks).
 """
 
 from __future__ import annotations
@@ -62,15 +69,44 @@ def merge(base: dict[str, Any], new: dict[str, Any], rows: list[str]) -> dict[st
     return merged
 
 
+def add_attacks(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """BASE with NEW's attacks added (module docstring). Raises ``ValueError`` naming what
+    differs, an attack BASE already played, or a row BASE does not have."""
+    differ = [k for k in ("grid", "settings", "dataset") if base.get(k) != new.get(k)]
+    if differ:
+        raise ValueError(f"the invocations differ in {', '.join(differ)}: attacks can only "
+                         "be added to the same grid and settings")
+    added = [a for a in new["attacks"] if a != "none"]
+    again = [a for a in added if a in base["attacks"]]
+    if again or not added:
+        raise ValueError(f"NEW must play attacks BASE did not; BASE has {again or 'all'}")
+    unknown = sorted({c["row"] for c in new["cells"]} - set(base["rows"]))
+    if unknown:
+        raise ValueError(f"rows {unknown} are not among the base's rows {base['rows']}")
+    rows = [r for r in base["rows"] if any(c["row"] == r for c in new["cells"])]
+    merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
+    merged["attacks"] = [*base["attacks"], *added]
+    merged["cells"] = base["cells"] + [c for c in new["cells"] if c["attack"] in added]
+    merged["added-attacks"] = {"attacks": added, "rows": rows, "from": _origin(new)}
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("base", type=Path, help="the earlier invocation's results JSON")
     p.add_argument("new", type=Path, help="the later invocation's results JSON")
-    p.add_argument("--rows", required=True, help="comma list of the rows to take from NEW")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--rows", help="comma list of the rows to take from NEW")
+    how.add_argument("--add-attacks", action="store_true", help="add NEW's attacks to BASE")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     base, new = (json.loads(path.read_text()) for path in (args.base, args.new))
-    write_json(args.out, merge(base, new, args.rows.split(",")))
+    try:
+        out = add_attacks(base, new) if args.add_attacks else merge(base, new,
+                                                                    args.rows.split(","))
+    except ValueError as exc:
+        p.error(str(exc))
+    write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

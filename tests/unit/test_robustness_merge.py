@@ -68,3 +68,34 @@ def test_the_command_line_writes_the_merged_json(tmp_path: Path) -> None:
     merge.main([str(tmp_path / "base.json"), str(tmp_path / "new.json"), "--rows", OURS,
                 "--out", str(tmp_path / "merged.json")])
     assert accuracies(json.loads((tmp_path / "merged.json").read_text()))[(OURS, "a")] == 0.5
+
+
+def test_an_attack_played_later_is_added_with_the_base_clean_runs_kept() -> None:
+    later = results({OURS: {"none": 0.75, "b": 0.4}, AVG: {"none": 0.79}}, "day-3",
+                    "python robustness.py --attacks b")
+    later["attacks"] = ["none", "b"]
+    out = merge.add_attacks(BASE, later)
+    assert out["attacks"] == ["none", "a", "b"]
+    assert accuracies(out) == {**accuracies(BASE), (OURS, "b"): 0.4}  # BASE's clean runs
+    assert out["added-attacks"] == {"attacks": ["b"], "rows": [OURS, AVG],
+                                    "from": {"command": "python robustness.py --attacks b",
+                                             "date": "day-3", "wall-seconds": 60.0}}
+    line = robustness_doc._provenance(out)
+    assert line.endswith("; attacks `b` (rows `ours-recommended`, `flwr-fedavg`) added from "
+                         "`python robustness.py --attacks b` on day-3 "
+                         "(`robustness_merge.py --add-attacks`)")
+    with pytest.raises(ValueError, match=r"NEW must play attacks BASE did not; BASE has \['a'\]"):
+        merge.add_attacks(BASE, {**later, "attacks": ["none", "a"]})
+    with pytest.raises(ValueError, match="differ in grid"):
+        merge.add_attacks(BASE, {**later, "grid": {"nodes": [40]}})
+
+
+def test_the_command_line_names_a_refused_merge(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "base.json").write_text(json.dumps(BASE))
+    (tmp_path / "new.json").write_text(json.dumps(NEW))  # plays BASE's attacks
+    with pytest.raises(SystemExit):
+        merge.main([str(tmp_path / "base.json"), str(tmp_path / "new.json"), "--add-attacks",
+                    "--out", str(tmp_path / "merged.json")])
+    assert "NEW must play attacks BASE did not" in capsys.readouterr().err
+    assert not (tmp_path / "merged.json").exists()
