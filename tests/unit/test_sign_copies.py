@@ -116,3 +116,16 @@ def test_fang_with_sign_noise_escapes_the_sign_copy_check_by_design() -> None:
     assert torch.equal(fang_sign_noise(honest, 6, share=0.0), fang(honest, 6))
     with pytest.raises(ValueError, match="share must be finite and >= 0"):
         fang_sign_noise(honest, 6, share=-0.5)
+
+
+def test_large_models_count_signs_on_every_strided_column(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    import fedapp.robust.screening_kernels as kernels
+
+    monkeypatch.setattr(kernels, "SIGN_COLUMNS", 1000)
+    x = honest_rows(12, 70_001, 8).numpy()  # several column blocks, stride 71
+    assert kernels.sign_stride(70_001) == 71 and kernels.sign_stride(999) == 1
+    out = median_pass(x, signs=True)
+    a, c = grams(x[:, ::71])
+    np.testing.assert_array_equal(out.sign_gram, a)
+    np.testing.assert_array_equal(out.sign_support, c)
