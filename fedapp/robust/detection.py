@@ -43,8 +43,9 @@ says which rows look Byzantine and why. Five scores, each aimed at a family of a
   Colluders who add independent noise to their copies escape it (the cluster check
   below sees them). With ``sign_copies`` the ratio is also taken on sign disagreement
   (``collusion.sign_copy_ratio``: colluders who share one sign pattern but draw their
-  magnitudes independently, as Fang's attack does). FoolsGold (Fung et al., RAID 2020, https://arxiv.org/abs/1808.04866)
-  down-weights sybils by update similarity in the same spirit. The other checks use, as
+  magnitudes independently, as Fang's attack does). FoolsGold (Fung et al., RAID 2020,
+  https://arxiv.org/abs/1808.04866) down-weights sybils by update similarity in the same
+  spirit. The other checks use, as
   reference, the median of the rows no check suspects (see ``detect_anomalies``).
 * **Cluster** (colluders with independent noise on their copies): two rows that differ
   only by noise no other update shares (``fedapp.robust.collusion``, formula and
