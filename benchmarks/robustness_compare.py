@@ -120,6 +120,13 @@ def put_section(doc: Path, lines: list[str]) -> None:
     doc.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines))
 
 
+def emit(lines: list[str], doc: Path | None) -> None:
+    """Print the section; put it in ``doc`` too when given (``put_section``)."""
+    print("\n".join(lines))
+    if doc:
+        put_section(doc, lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("new", type=Path)
@@ -134,9 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         if new[what] != old[what]:
             p.error(f"the two invocations differ in {what}: {new[what]} vs {old[what]}")
     lines = section(new, old, args.row, tuple(args.labels), args.heading)
-    print("\n".join(lines))
-    if args.doc:
-        put_section(args.doc, lines)
+    emit(lines, args.doc)
 
 
 if __name__ == "__main__":

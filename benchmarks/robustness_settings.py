@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from robustness_compare import put_section
+from robustness_compare import emit
 from robustness_presets import ORACLE, REFERENCE
 
 FLOWER_PREFIX = "flwr-"
@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         lines = section(results, args.results.as_posix(), args.heading, args.intro, args.row)
     except ValueError as exc:
         p.error(str(exc))
-    print("\n".join(lines))
-    if args.doc:
-        put_section(args.doc, lines)
+    emit(lines, args.doc)
 
 
 if __name__ == "__main__":

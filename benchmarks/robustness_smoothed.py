@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from robustness_compare import put_section
+from robustness_compare import emit
 from robustness_doc import _worst_table
 from robustness_presets import ORACLE, REFERENCE
 from robustness_report import recommend, summarise
@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         lines = section(json.loads(args.results.read_text()), args.last)
     except ValueError as exc:
         p.error(str(exc))
-    print("\n".join(lines))
-    if args.doc:
-        put_section(args.doc, lines)
+    emit(lines, args.doc)
 
 
 if __name__ == "__main__":
