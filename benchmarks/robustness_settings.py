@@ -8,8 +8,9 @@ played afterwards to check that the default holds where it was not tuned (anothe
 n or Byzantine fraction) needs one line per configuration: our worst case over attacks as
 retained (% of clean FedAvg, mean over seeds, the lowest seed in parentheses) and the
 attacks that set it, the best Flower built-in's worst case, the oracle's, and our clean
-accuracy minus clean FedAvg's. The numbers are the results file's own ``summary`` (made by
-``robustness_report.summarise``); nothing is played or recomputed.
+accuracy minus clean FedAvg's. The numbers are the results file's own ``summary``, or for a
+merged file without one (``robustness_merge.py``) ``robustness_report.summarise`` of its
+cells; nothing is played.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from robustness_compare import emit
 from robustness_presets import ORACLE, REFERENCE
+from robustness_report import summarise
 
 FLOWER_PREFIX = "flwr-"
 
@@ -49,9 +51,11 @@ def worst_attacks(row: dict[str, Any]) -> str:
 
 def table(results: dict[str, Any], row: str) -> list[str]:
     """One markdown line per configuration of ``results``, in its summary's order."""
+    summary = results.get("summary") or summarise(results["cells"], results["rows"],
+                                                  results["attacks"])
     lines = [f"| configuration | {row}: mean (min) | worst attacks | best Flower built-in "
              "| oracle | clean - FedAvg (pt) |", "|---|---:|---|---:|---:|---:|"]
-    for c in results["summary"]["configs"].values():
+    for c in summary["configs"].values():
         rows = c["rows"]
         if row not in rows:
             raise ValueError(f"row {row!r} is not in the results; they have {sorted(rows)}")

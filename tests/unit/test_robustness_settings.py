@@ -70,3 +70,15 @@ def test_the_section_replaces_its_earlier_self_in_the_doc(tmp_path: Path) -> Non
     text = doc.read_text()
     assert text.count("## Larger") == 1 and "## Other" in text
     assert "Played later. `python benchmarks/robustness.py --nodes 40` (2026-12-03;" in text
+
+
+def test_a_merged_file_without_a_summary_is_summarised_from_its_cells() -> None:
+    cells = [{"nodes": 10, "alpha": 0.3, "fraction": 0.2, "seed": 0, "row": row,
+              "attack": attack, "final-accuracy": acc}
+             for row, attack, acc in [(OURS, "none", 0.8), (OURS, "a", 0.6),
+                                      ("flwr-fedavg", "none", 0.8), ("oracle", "none", 0.8),
+                                      ("oracle", "a", 0.76)]]
+    results = {"cells": cells, "rows": [OURS, "flwr-fedavg", "oracle"],
+               "attacks": ["none", "a"]}
+    assert settings.table(results, OURS)[2] == ("| n=10, alpha=0.3, 20% | 75.0 (75.0) | a | - "
+                                                "| 95.0 | +0.0 |")
