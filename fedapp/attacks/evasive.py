@@ -30,6 +30,7 @@ from fedapp.attacks.noise import jitter, seeded, spread, spread_radius
 from fedapp.attacks.omniscient import ALIE_Z_GRID, _check, _repeat, adaptive_search, alie, alie_z
 from fedapp.attacks.published import fang
 from fedapp.robust.base import Aggregator
+from fedapp.robust.collusion import nearest_sign_disagreement
 from fedapp.robust.distances import distances_to
 
 #: Rounds a ``sleeper`` behaves before it attacks (no run-config key sets it).
@@ -140,13 +141,13 @@ def sleeper(honest: torch.Tensor, num_byzantine: int, aggregator: Aggregator, *,
 def typical_sign_disagreement(honest: torch.Tensor) -> float:
     """``median_i min_{j != i} s_ij``, ``s_ij`` the share of the coordinates where both honest
     rows ``i`` and ``j`` are non-zero on which their signs differ (the sign-copy check's
-    yardstick, ``collusion.sign_copy_ratio``); 0 for fewer than two rows."""
+    yardstick, ``collusion.nearest_sign_disagreement``; the lower middle value for an even
+    count); 0 for fewer than two rows."""
     if honest.shape[0] < 2:
         return 0.0
     s = torch.sign(honest.to(torch.float64))
-    both = s.abs() @ s.abs().T
-    differ = torch.where(both > 0, (both - s @ s.T) / (2 * both.clamp_min(1)), 0.5)
-    return float(differ.fill_diagonal_(float("inf")).min(dim=1).values.median())
+    nearest = nearest_sign_disagreement((s @ s.T).numpy(), (s.abs() @ s.abs().T).numpy())
+    return float(torch.from_numpy(nearest).median())
 
 
 def fang_sign_noise(honest: torch.Tensor, num_byzantine: int, *, share: float = 0.3,

@@ -48,7 +48,8 @@ import torch
 from fedapp.robust.distances import pairwise_sq_distances
 
 __all__ = ["centred_gram", "cluster_ratio", "cluster_scores", "nearest_ratio",
-           "pair_alignment", "ratio_to_typical", "sign_copy_ratio"]
+           "nearest_sign_disagreement", "pair_alignment", "ratio_to_typical",
+           "sign_copy_ratio"]
 
 
 def centred_gram(gram: np.ndarray, observers: np.ndarray | None = None) -> np.ndarray:
@@ -133,19 +134,24 @@ def sign_copy_ratio(sign_gram: np.ndarray, support: np.ndarray) -> np.ndarray:
     MLP, n 10-40). Scale-free like ``cluster_ratio``: ``q_i`` far below 1 flags the row.
     Ones for fewer than 2 rows; where the median is 0, rows with ``s_i = 0`` get 0 and the
     others infinity."""
-    a = np.asarray(sign_gram, dtype=np.float64)
-    c = np.asarray(support, dtype=np.float64)
-    n = a.shape[0]
-    if n < 2:
-        return np.ones(n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.where(c > 0, (c - a) / (2.0 * c), 0.5)
-    np.fill_diagonal(s, np.inf)
-    nearest = s.min(axis=1)
+    if np.shape(sign_gram)[0] < 2:
+        return np.ones(np.shape(sign_gram)[0])
+    nearest = nearest_sign_disagreement(sign_gram, support)
     typical = float(np.median(nearest))
     if typical > 0:
         return nearest / typical
     return np.where(nearest > 0, np.inf, 0.0)
+
+
+def nearest_sign_disagreement(sign_gram: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """``s_i = min_{j != i} s_ij`` (``sign_copy_ratio``'s formula) from ``A`` and ``C``;
+    infinity for a single row."""
+    a = np.asarray(sign_gram, dtype=np.float64)
+    c = np.asarray(support, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(c > 0, (c - a) / (2.0 * c), 0.5)
+    np.fill_diagonal(s, np.inf)
+    return s.min(axis=1)
 
 
 def ratio_to_typical(sq_dist: torch.Tensor) -> torch.Tensor:
