@@ -105,9 +105,6 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
-# ---------------------------------------------------------------- the plan
-
-
 def pilot(res: dict[str, Any], p: dict[str, Any], env: dict[str, str], out: Path,
           dump: Any) -> None:
     """Choose row 1's lr (and rows 2, 4's) and row 3's rounds at eps 8, seed 0."""
@@ -253,11 +250,8 @@ def load(out: Path, fresh: bool) -> dict[str, Any]:
     """The results so far (none: an empty skeleton). A first benchmark's single-session
     fields become its entry in ``sessions``."""
     res: dict[str, Any] = json.loads(out.read_text()) if out.exists() and not fresh else {}
-    res.setdefault("pilot-lr", [])
-    res.setdefault("pilot-local", [])
-    res.setdefault("runs", [])
-    res.setdefault("audit-runs", [])
-    res.setdefault("audit", [])
+    for key in ("pilot-lr", "pilot-local", "runs", "audit-runs", "audit"):
+        res.setdefault(key, [])
     if "sessions" not in res:
         keys = ("command", "timestamp", "versions", "params", "loadavg-start",
                 "loadavg-end", "wall-seconds")

@@ -9,7 +9,8 @@
   per-sample-gradient mode the model allows (:func:`choose_grad_sample_mode`): ``fused``
   (:mod:`fedapp.privacy.fused`, closed-form per-example gradients from
   :mod:`fedapp.privacy.per_example`, Opacus's sampling, noise and accountant) or Opacus's
-  PrivacyEngine (ghost clipping, ExpandedWeights or hooks), and the model checks
+  PrivacyEngine (ghost clipping, ExpandedWeights or hooks);
+- :mod:`fedapp.privacy.modes`: the choice of that mode and the model checks
   (:func:`check_model`, :func:`make_compatible`);
 - :mod:`fedapp.privacy.budget`: the node's plan and accountant state (:class:`DPState`),
   kept in ``context.state`` (:func:`load_state`, :func:`store_state`), and the refusal test
@@ -49,15 +50,15 @@ from fedapp.privacy.central import (
     central_dp_mean,
     clip_updates,
 )
-from fedapp.privacy.dp_sgd import (
+from fedapp.privacy.dp_sgd import dp_train
+from fedapp.privacy.ledger import LedgerError, NodeBudget, PrivacyLedger
+from fedapp.privacy.local import BudgetExhausted, private_round
+from fedapp.privacy.modes import (
     GRAD_SAMPLE_MODES,
     check_model,
     choose_grad_sample_mode,
-    dp_train,
     make_compatible,
 )
-from fedapp.privacy.ledger import LedgerError, NodeBudget, PrivacyLedger
-from fedapp.privacy.local import BudgetExhausted, private_round
 
 __all__ = [
     "GRAD_SAMPLE_MODES",

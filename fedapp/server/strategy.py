@@ -50,9 +50,7 @@ from fedapp.server.rounds import RoundStats
 from fedapp.server.screen import Reputation, Screen, Screened, ScreenPlan, exclusion_limit
 from fedapp.server.state import ServerState
 from fedapp.updates import flatten, unflatten
-from fedapp.validation import (
-    WEIGHT_KEY,
-)
+from fedapp.validation import WEIGHT_KEY
 
 
 class RobustStrategy(FedAvg):
@@ -155,7 +153,7 @@ class RobustStrategy(FedAvg):
         self._sent[kind] = list(self._construct_messages(record, chosen, kind))
         return self._sent[kind]
 
-    def _senders(self, kind: str) -> dict[str, int]:
+    def sent_nodes(self, kind: str) -> dict[str, int]:
         """Message id of this round's instructions of ``kind`` -> the node it went to."""
         return {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent.get(kind, [])
                 if m.metadata.message_id}  # set when a Grid pushed it
@@ -171,7 +169,7 @@ class RobustStrategy(FedAvg):
         outcomes: dict[int, Reply] = {}
         matrix, nodes, metrics = collect_train(
             server_round, stats, list(replies), current, global_flat, outcomes,
-            sent=self._senders(MessageType.TRAIN), weight_cap=self.weight_cap)
+            sent=self.sent_nodes(MessageType.TRAIN), weight_cap=self.weight_cap)
         self._record_health(server_round, stats, outcomes)
         weights = [m[WEIGHT_KEY] for m in metrics]
         return self._apply(server_round, stats, nodes, matrix[: len(nodes)], weights,
@@ -221,11 +219,6 @@ class RobustStrategy(FedAvg):
         """Number of parameters of the current global model."""
         assert self.state.arrays is not None
         return sum(int(np.prod(a.shape, dtype=np.int64)) for a in self.state.arrays.values())
-
-    def sent_nodes(self, kind: str) -> dict[str, int]:
-        """Message id of this round's instructions of ``kind`` -> the node it went to."""
-        return self._senders(kind)
-
 
     def _record_health(self, server_round: int, stats: RoundStats,
                        outcomes: dict[int, Reply]) -> None:
@@ -302,4 +295,4 @@ class RobustStrategy(FedAvg):
     def aggregate_evaluate(self, server_round: int,
                            replies: Iterable[Message]) -> MetricRecord | None:
         """Weighted mean of client-side evaluation metrics; bad replies are skipped."""
-        return evaluation_metrics(server_round, replies, self._senders(MessageType.EVALUATE))
+        return evaluation_metrics(server_round, replies, self.sent_nodes(MessageType.EVALUATE))

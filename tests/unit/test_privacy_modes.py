@@ -9,7 +9,7 @@ from torch import nn
 
 from fedapp.data.specs import DATASET_SPECS, Split
 from fedapp.privacy import DPState, dp_train
-from fedapp.privacy.dp_sgd import GHOST_MIN_BATCH, choose_grad_sample_mode
+from fedapp.privacy.modes import GHOST_MIN_BATCH, choose_grad_sample_mode
 from fedapp.task import MLP, SmallCNN, build_model
 
 DELTA = 1e-5
