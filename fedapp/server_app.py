@@ -29,6 +29,7 @@ from fedapp.data.loading import dataset_spec
 from fedapp.device import resolve_device
 from fedapp.server import checkpoint
 from fedapp.server.build import build_strategy, load_champion, server_test_set
+from fedapp.server.checkpoint import Checkpoint
 from fedapp.server.health import Breaker
 from fedapp.server.resume import find_checkpoint
 from fedapp.server.rounds import round_line
@@ -52,12 +53,8 @@ def main(grid: Grid, context: Context) -> None:
     model_name = cfg.registered_model or registry.model_name_for(cfg.dataset)
     if cfg.initial_model == "champion" and resumed is None:
         load_champion(model, tracking_uri, model_name)
-    state = resumed.state if resumed else None
+    state = restored_state(resumed, cfg.num_server_rounds)
     done = state.server_round if state else 0
-    if state is not None:
-        state.restore_sampling_rng()
-        log(INFO, "[fedapp] resuming from %s: round %d of %d done", resumed.path,  # type: ignore[union-attr]
-            done, cfg.num_server_rounds)
     robust, strategy = build_strategy(cfg, state, round_offset=done)
     state = robust.state
     tracker = open_tracker(cfg, context.run_id, tracking_uri, resumed)
@@ -101,6 +98,16 @@ def main(grid: Grid, context: Context) -> None:
         register(cfg, tracker, model, model_name, final, context.run_id)
     log(INFO, "[fedapp] final accuracy %s; model, config and per-round metrics in %s",
         "n/a" if final is None else f"{final:.4f}", out_dir)
+
+
+def restored_state(resumed: Checkpoint | None, num_rounds: int) -> ServerState | None:
+    """The resumed checkpoint's server state, its sampling RNG restored (None without)."""
+    if resumed is None:
+        return None
+    resumed.state.restore_sampling_rng()
+    log(INFO, "[fedapp] resuming from %s: round %d of %d done", resumed.path,
+        resumed.state.server_round, num_rounds)
+    return resumed.state
 
 
 def open_tracker(cfg: RunConfig, run_id: int, tracking_uri: str,

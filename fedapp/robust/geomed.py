@@ -47,15 +47,8 @@ def geometric_median(
     the iterations run, the final objective and whether the tolerance was met.
     """
     w = check_updates(updates, weights)
-    n = updates.shape[0]
-    check_f("geomed", n, f)
-    if not (math.isfinite(nu) and nu > 0.0):
-        raise ValueError(f"geomed needs nu > 0, got nu={nu}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"geomed needs max_iter >= 1, got max_iter={max_iter!r}")
-    if not (math.isfinite(tol) and tol >= 0.0):
-        raise ValueError(f"geomed needs tol >= 0, got tol={tol}")
-
+    check_f("geomed", updates.shape[0], f)
+    check_weiszfeld(nu, max_iter, tol)
     alpha = w / w.sum()
     z = weighted_row_sum(updates, alpha, block_rows)
     dist = distances_to(updates, z, block_rows)
@@ -82,3 +75,14 @@ def geometric_median(
         },
     )
     return AggregationResult(z.to(updates.dtype), report)
+
+
+def check_weiszfeld(nu: float, max_iter: int, tol: float) -> None:
+    """Raise ``ValueError`` naming the parameter unless ``nu > 0``, ``max_iter >= 1``
+    (an int) and ``tol >= 0``, all finite."""
+    if not (math.isfinite(nu) and nu > 0.0):
+        raise ValueError(f"geomed needs nu > 0, got nu={nu}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"geomed needs max_iter >= 1, got max_iter={max_iter!r}")
+    if not (math.isfinite(tol) and tol >= 0.0):
+        raise ValueError(f"geomed needs tol >= 0, got tol={tol}")
