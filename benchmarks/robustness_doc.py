@@ -74,6 +74,10 @@ def _provenance(results: dict[str, Any]) -> str:
                  f"{', '.join(f'`{r}`' for r in added['rows'])}) added from "
                  f"`{added['from']['command']}` on {added['from']['date']} "
                  "(`robustness_merge.py --add-attacks`)")
+    if configs := results.get("added-configurations"):
+        where = ", ".join(f"n={n} alpha={a}" for n, a in configs["configurations"])
+        text += (f"; configurations {where} added from `{configs['from']['command']}` on "
+                 f"{configs['from']['date']} (`robustness_merge.py --add-configurations`)")
     return text
 
 

@@ -3,6 +3,8 @@
     python benchmarks/robustness_merge.py BASE.json NEW.json --rows ours-recommended \
         --out merged.json
     python benchmarks/robustness_merge.py BASE.json NEW.json --add-attacks --out merged.json
+    python benchmarks/robustness_merge.py BASE.json NEW.json --add-configurations \
+        --out merged.json
     python benchmarks/robustness.py --from-json merged.json   # the report, table and plot
 
 A change to fedapp's defence changes fedapp's rows only: Flower's built-ins and the oracle
@@ -19,6 +21,12 @@ to BASE: NEW's cells of those attacks are appended, its clean runs dropped (BASE
 the reference); the same grid and settings, attacks BASE did not play, rows BASE has.
 Rows NEW did not play show no value for the added attacks (the report's worst case of
 such a row is over BASE's attacks).
+
+``--add-configurations`` adds NEW's federations (n, alpha) to BASE's grid: the same
+fractions, seeds, settings and dataset, configurations BASE did not play, every row and
+attack BASE played; BASE's and NEW's together must make the whole product of their node
+counts and alphas (the report walks it). NEW's cells of a (row, attack) BASE did not play
+are dropped, so every configuration's worst case is over the same attacks.
 """
 
 from __future__ import annotations
@@ -91,6 +99,42 @@ def add_attacks(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _configurations(results: dict[str, Any]) -> set[tuple[int, float]]:
+    return {(c["nodes"], c["alpha"]) for c in results["cells"]}
+
+
+def add_configurations(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """BASE with NEW's configurations added (module docstring). Raises ``ValueError``
+    naming what differs, a configuration both played, the (row, attack) pairs NEW lacks, or
+    the configurations missing from the product of the merged grid."""
+    bg, ng = base["grid"], new["grid"]
+    differ = [k for k in ("settings", "dataset") if base.get(k) != new.get(k)]
+    differ += [f"grid {k}" for k in ("fractions", "seeds") if bg[k] != ng[k]]
+    if differ:
+        raise ValueError(f"the invocations differ in {', '.join(differ)}: configurations can "
+                         "only be added with the same fractions, seeds and settings")
+    old, added = _configurations(base), _configurations(new)
+    if old & added:
+        raise ValueError(f"both played configurations (n, alpha) {sorted(old & added)}")
+    pairs = {(c["row"], c["attack"]) for c in base["cells"]}
+    lacking = sorted(pairs - {(c["row"], c["attack"]) for c in new["cells"]})
+    if lacking:
+        raise ValueError(f"NEW lacks {len(lacking)} (row, attack) pairs BASE played, e.g. "
+                         f"{lacking[0]}")
+    grid = {**bg, "nodes": sorted({*bg["nodes"], *ng["nodes"]}),
+            "alphas": sorted({*bg["alphas"], *ng["alphas"]})}
+    holes = sorted({(n, a) for n in grid["nodes"] for a in grid["alphas"]} - old - added)
+    if holes:
+        raise ValueError(f"the merged grid would lack configurations (n, alpha) {holes}")
+    kept = [c for c in new["cells"] if (c["row"], c["attack"]) in pairs]
+    merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
+    merged |= {"grid": grid, "cells": base["cells"] + kept}
+    merged["added-configurations"] = {"configurations": [list(c) for c in sorted(added)],
+                                      "dropped-cells": len(new["cells"]) - len(kept),
+                                      "from": _origin(new)}
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("base", type=Path, help="the earlier invocation's results JSON")
@@ -98,12 +142,18 @@ def main(argv: list[str] | None = None) -> None:
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--rows", help="comma list of the rows to take from NEW")
     how.add_argument("--add-attacks", action="store_true", help="add NEW's attacks to BASE")
+    how.add_argument("--add-configurations", action="store_true",
+                     help="add NEW's federations (n, alpha) to BASE's grid")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     base, new = (json.loads(path.read_text()) for path in (args.base, args.new))
     try:
-        out = add_attacks(base, new) if args.add_attacks else merge(base, new,
-                                                                    args.rows.split(","))
+        if args.add_attacks:
+            out = add_attacks(base, new)
+        elif args.add_configurations:
+            out = add_configurations(base, new)
+        else:
+            out = merge(base, new, args.rows.split(","))
     except ValueError as exc:
         p.error(str(exc))
     write_json(args.out, out)

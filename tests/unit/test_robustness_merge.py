@@ -99,3 +99,55 @@ def test_the_command_line_names_a_refused_merge(tmp_path: Path,
                     "--out", str(tmp_path / "merged.json")])
     assert "NEW must play attacks BASE did not" in capsys.readouterr().err
     assert not (tmp_path / "merged.json").exists()
+
+
+def grid_results(configs: list[tuple[int, float]], date: str, rows: dict[str, list[str]],
+                 ) -> dict[str, Any]:
+    """Results over ``configs`` (n, alpha), each row playing its attacks, at 0.3, seed 0."""
+    cells = [{"nodes": n, "alpha": a, "fraction": 0.3, "seed": 0, "row": r, "attack": att,
+              "final-accuracy": n / 100 + a} for n, a in configs
+             for r, attacks in rows.items() for att in attacks]
+    grid = {"nodes": sorted({n for n, _ in configs}), "alphas": sorted({a for _, a in configs}),
+            "fractions": [0.3], "seeds": [0]}
+    return {"cells": cells, "rows": list(rows), "attacks": ["none", "a", "b"], "date": date,
+            "command": f"python robustness.py ({date})", "wall-seconds": 60.0, "grid": grid,
+            "settings": {"rounds": 8}, "dataset": "digits", "versions": {}, "machine": {},
+            "summary": {"stale": True}}
+
+
+def test_a_larger_federation_is_added_to_the_grid_over_the_same_attacks() -> None:
+    base = grid_results([(10, 0.1), (10, 1.0), (20, 0.1), (20, 1.0)], "day-1",
+                        {OURS: ["none", "a", "b"], MK: ["none", "a"]})
+    new = grid_results([(40, 0.1), (40, 1.0)], "day-2",
+                       {OURS: ["none", "a", "b"], MK: ["none", "a", "b"]})
+    out = merge.add_configurations(base, new)
+    assert out["grid"] == {"nodes": [10, 20, 40], "alphas": [0.1, 1.0], "fractions": [0.3],
+                           "seeds": [0]}
+    got = {(c["nodes"], c["alpha"], c["row"], c["attack"]) for c in out["cells"]}
+    assert len(out["cells"]) == len(got) == 6 * 5  # MK's attack b at n=40 dropped
+    assert (40, 0.1, MK, "b") not in got and (40, 1.0, OURS, "b") in got
+    assert out["added-configurations"] == {
+        "configurations": [[40, 0.1], [40, 1.0]], "dropped-cells": 2,
+        "from": {"command": "python robustness.py (day-2)", "date": "day-2",
+                 "wall-seconds": 60.0}}
+    assert "summary" not in out
+    assert robustness_doc._provenance(out).endswith(
+        "; configurations n=40 alpha=0.1, n=40 alpha=1.0 added from `python robustness.py "
+        "(day-2)` on day-2 (`robustness_merge.py --add-configurations`)")
+
+
+def test_configurations_that_overlap_leave_holes_or_lack_attacks_are_refused() -> None:
+    rows = {OURS: ["none", "a"]}
+    base = grid_results([(10, 0.1), (20, 0.1)], "day-1", rows)
+    with pytest.raises(ValueError, match=r"both played configurations \(n, alpha\) \[\(20, 0.1\)"):
+        merge.add_configurations(base, grid_results([(20, 0.1), (40, 0.1)], "day-2", rows))
+    with pytest.raises(ValueError, match=r"would lack configurations \(n, alpha\) "
+                                         r"\[\(10, 1.0\), \(20, 1.0\), \(40, 0.1\)\]"):
+        merge.add_configurations(base, grid_results([(40, 1.0)], "day-2", rows))
+    with pytest.raises(ValueError, match=r"NEW lacks 1 \(row, attack\) pairs .* "
+                                         r"\('ours-recommended', 'a'\)"):
+        merge.add_configurations(base, grid_results([(40, 0.1)], "day-2", {OURS: ["none"]}))
+    other_seeds = grid_results([(40, 0.1)], "day-2", rows)
+    other_seeds["grid"]["seeds"] = [0, 1]
+    with pytest.raises(ValueError, match="differ in grid seeds"):
+        merge.add_configurations(base, other_seeds)
