@@ -1,6 +1,8 @@
-"""Process supervision for the chaos tests: the deployment tier's ``Supervisor`` (start,
-stop by PID, time-stamped logs), a module-scoped fixture of its own, and the tails of
-every log attached to a failing test's report.
+"""The chaos tests' federation and process supervision: one federation for the package
+(``federation``, built by ``chaos_helpers.start_chaos_federation``: both chaos modules
+share it, each test leaving it whole), the deployment tier's ``Supervisor`` (start, stop by
+PID, time-stamped logs) in a package-scoped fixture of its own, and the tails of every log
+attached to a failing test's report.
 
 The supervisor, its fixture body and the hooks' bodies come from
 ``tests/deployment/conftest.py``; only the fixtures and hooks are declared here (a
@@ -13,13 +15,14 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from tests.chaos.chaos_helpers import ChaosFederation, start_chaos_federation
 from tests.deployment.conftest import Supervisor, attach_log_tails, supervise, write_timings
 
 CHAOS_TIMINGS: list[str] = []  # lines for the terminal summary
 CHAOS_ACTIVE: list[Supervisor] = []  # supervisors whose logs a failing test report shows
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def chaos_supervisor(request: pytest.FixtureRequest,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervisor]:
     yield from supervise(request, tmp_path_factory, "chaos", CHAOS_ACTIVE, CHAOS_TIMINGS)
@@ -28,6 +31,13 @@ def chaos_supervisor(request: pytest.FixtureRequest,
 @pytest.fixture(scope="session")
 def chaos_timings() -> list[str]:
     return CHAOS_TIMINGS
+
+
+@pytest.fixture(scope="package")
+def federation(chaos_supervisor: Supervisor, chaos_timings: list[str]) -> ChaosFederation:
+    """Certificates, keys, data for three hospitals, a TLS SuperLink with node
+    authentication and a database, the hospitals registered, their SuperNodes online."""
+    return start_chaos_federation(chaos_supervisor, chaos_timings)
 
 
 @pytest.hookimpl(hookwrapper=True)

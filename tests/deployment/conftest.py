@@ -176,7 +176,8 @@ def supervise(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     finally:
         sup.close()
         active.remove(sup)
-        timings.append(f"{request.module.__name__}: {time.perf_counter() - started:.1f}s "
+        label = request.node.nodeid or request.node.name  # a package's nodeid is empty
+        timings.append(f"{label}: {time.perf_counter() - started:.1f}s "
                        "wall (setup, tests, teardown)")
 
 

@@ -12,283 +12,59 @@ provisioning are followed to the pods and ports they must reach; the hospital's
 NetworkPolicy admits nothing and lets out only the SuperLink's port and DNS.
 
 The operator kustomization includes monitoring/ (alert rules, Grafana provisioning and
-dashboards), so it renders only where those files exist.
+dashboards), so it renders only where those files exist. Rendering and lookups: ``k8s_render.py``;
+resources, probes, namespaces and the docs' Secrets: ``test_k8s_conventions.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
-import functools
 import ipaddress
 import json
-import os
 import re
-import shutil
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import PurePosixPath
 
 import flwr
 import pytest
 import yaml
 
 from fedapp.config.node import NodeConfig
-from tests.unit.test_docker_compose import dockerfile_entrypoint, flower_parsers
+from tests.unit.k8s_render import (
+    HOSPITALS,
+    KUBECTL,
+    KUSTOMIZATIONS,
+    OPERATOR,
+    REPO,
+    WORKLOADS,
+    all_containers,
+    args_of,
+    compose,
+    compose_command,
+    config_file,
+    config_map_at,
+    container,
+    container_port,
+    env_of,
+    flower_args,
+    images,
+    ip_address,
+    mount_for,
+    named,
+    pod,
+    rendered,
+    secret_file,
+    selects,
+    service_port,
+    workload,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-OPERATOR = "deploy/k8s/operator"
-HOSPITAL = "deploy/k8s/hospital/base"
-EXAMPLE = "deploy/k8s/hospital/example"
-KUSTOMIZATIONS = (OPERATOR, HOSPITAL, EXAMPLE)
-HOSPITALS = (HOSPITAL, EXAMPLE)
 K8S_VERSION = "1.30"
-KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl")
-WORKLOADS = ("Deployment", "StatefulSet")
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 pytestmark = pytest.mark.skipif(
     KUBECTL is None,
     reason="kubectl is not on PATH (or KUBECTL): it renders the kustomizations offline",
 )
-
-Doc = dict[str, Any]
-
-
-# ---------------------------------------------------------------- rendering
-
-
-@functools.cache
-def kustomize_major() -> int:
-    assert KUBECTL is not None
-    out = subprocess.run([KUBECTL, "version", "--client"], capture_output=True, text=True,
-                         timeout=60, check=False).stdout
-    match = re.search(r"Kustomize Version: v(\d+)", out)
-    return int(match.group(1)) if match else 0
-
-
-@functools.cache
-def rendered(path: str) -> tuple[Doc, ...]:
-    """``kubectl kustomize PATH``, parsed."""
-    assert KUBECTL is not None
-    major = kustomize_major()
-    assert major >= 5, (f"{KUBECTL} embeds kustomize v{major or '<3'}; the manifests need "
-                        "kustomize v5 (kubectl >= 1.27)")
-    result = subprocess.run([KUBECTL, "kustomize", str(REPO / path)], capture_output=True,
-                            text=True, timeout=120, check=False)
-    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
-    docs = tuple(d for d in yaml.safe_load_all(result.stdout) if d)
-    assert docs, f"{path} renders nothing"
-    return docs
-
-
-def named(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"{len(found)} {kind} named {name!r}"
-    return found[0]
-
-
-def workload(docs: tuple[Doc, ...], app: str, kind: str | None = None) -> Doc:
-    """The Deployment or StatefulSet labelled app.kubernetes.io/name=APP."""
-    found = [d for d in docs if d["kind"] in WORKLOADS
-             and d["metadata"].get("labels", {}).get("app.kubernetes.io/name") == app]
-    assert len(found) == 1, f"{len(found)} workloads for {app!r}"
-    if kind:
-        assert found[0]["kind"] == kind, f"{app} is a {found[0]['kind']}, not a {kind}"
-    return found[0]
-
-
-def pod(doc: Doc) -> Doc:
-    return doc["spec"]["template"]["spec"]
-
-
-def all_containers(doc: Doc) -> list[Doc]:
-    return [*pod(doc).get("initContainers", []), *pod(doc)["containers"]]
-
-
-def container(doc: Doc, name: str) -> Doc:
-    found = [c for c in pod(doc)["containers"] if c["name"] == name]
-    assert len(found) == 1, f"{doc['metadata']['name']} has no container {name!r}"
-    return found[0]
-
-
-def selects(selector: dict[str, str], doc: Doc) -> bool:
-    labels = doc["spec"]["template"]["metadata"].get("labels", {})
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-
-def services_for(docs: tuple[Doc, ...], doc: Doc) -> list[Doc]:
-    return [d for d in docs if d["kind"] == "Service" and selects(d["spec"]["selector"], doc)]
-
-
-def container_port(box: Doc, port: int | str) -> int:
-    """The port number a probe or Service targets (a number or a port's name)."""
-    numbers = {p["containerPort"] for p in box.get("ports", [])}
-    names = {p["name"]: p["containerPort"] for p in box.get("ports", []) if "name" in p}
-    number = names.get(port) if isinstance(port, str) else port
-    assert number in numbers, f"{box['name']} exposes no port {port!r}"
-    return number
-
-
-def service_port(docs: tuple[Doc, ...], doc: Doc, number: int) -> tuple[str, int]:
-    """(Service name, Service port) that reaches container port NUMBER of DOC's pod."""
-    for service in services_for(docs, doc):
-        for port in service["spec"]["ports"]:
-            target = port.get("targetPort", port["port"])
-            for box in pod(doc)["containers"]:
-                names = {p.get("name"): p["containerPort"] for p in box.get("ports", [])}
-                if (names.get(target) if isinstance(target, str) else target) == number:
-                    return service["metadata"]["name"], port["port"]
-    raise AssertionError(f"no Service reaches port {number} of {doc['metadata']['name']}")
-
-
-# ------------------------------------------------------------ containers
-
-
-def env_of(docs: tuple[Doc, ...], box: Doc) -> dict[str, str]:
-    """The container's environment as far as ConfigMaps give it (Secrets left out)."""
-    env: dict[str, str] = {}
-    for source in box.get("envFrom", []):
-        env.update(named(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
-    for var in box.get("env", []):
-        if "value" in var:
-            env[var["name"]] = var["value"]
-        elif "configMapKeyRef" in var.get("valueFrom", {}):
-            ref = var["valueFrom"]["configMapKeyRef"]
-            env[var["name"]] = named(docs, "ConfigMap", ref["name"])["data"][ref["key"]]
-    return env
-
-
-def args_of(docs: tuple[Doc, ...], box: Doc) -> list[str]:
-    """The container's arguments with $(VAR) expanded as the kubelet does."""
-    env = env_of(docs, box)
-    return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), str(a))
-            for a in box.get("args", [])]
-
-
-def flower_executable(image: str) -> str:
-    repo = image.rsplit(":", 1)[0]
-    if repo.endswith("flwr/superlink"):
-        return "flower-superlink"
-    if repo.endswith("flwr/supernode"):
-        return "flower-supernode"
-    for app in ("serverapp", "clientapp"):
-        if repo.endswith(f"fedapp-{app}"):
-            return dockerfile_entrypoint(f"docker/Dockerfile.{app}")
-    raise AssertionError(f"{image} is no Flower image")
-
-
-def flower_args(docs: tuple[Doc, ...], box: Doc) -> argparse.Namespace:
-    """Parse the container's arguments with its Flower executable's own parser."""
-    exe, args = flower_executable(box["image"]), args_of(docs, box)
-    assert "command" not in box, f"{box['name']} replaces the image's entrypoint"
-    try:
-        return flower_parsers()[exe]().parse_args(args)
-    except SystemExit as exc:
-        raise AssertionError(f"{exe} rejects {args} (exit {exc.code})") from exc
-
-
-def mount_for(doc: Doc, box: Doc, path: str) -> tuple[Doc, Doc]:
-    """(volumeMount, volume) holding PATH in the container; a volumeClaimTemplate's
-    volume is returned as {"name": ..., "volumeClaimTemplate": True}."""
-    mounts = [m for m in box.get("volumeMounts", [])
-              if PurePosixPath(path).is_relative_to(m["mountPath"])]
-    assert mounts, f"{path} is on no volume of {box['name']}"
-    mount = max(mounts, key=lambda m: len(m["mountPath"]))
-    templates = {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
-    if mount["name"] in templates:
-        return mount, {"name": mount["name"], "volumeClaimTemplate": True}
-    volume = [v for v in pod(doc).get("volumes", []) if v["name"] == mount["name"]]
-    assert len(volume) == 1, f"volume {mount['name']} of {box['name']} is not defined"
-    return mount, volume[0]
-
-
-def secret_file(doc: Doc, box: Doc, path: str) -> tuple[str, str]:
-    """(Secret name, key) of the file PATH, which must come read-only from a Secret."""
-    mount, volume = mount_for(doc, box, path)
-    assert mount.get("readOnly"), f"{path}: secrets mounted writable in {box['name']}"
-    relative = str(PurePosixPath(path).relative_to(mount["mountPath"]))
-    sources = [s["secret"] for s in volume.get("projected", {}).get("sources", [])
-               if "secret" in s]
-    if "secret" in volume:
-        sources.append({"name": volume["secret"]["secretName"], **volume["secret"]})
-    for source in sources:
-        items = source.get("items")
-        if items is None:
-            return source["name"], relative
-        for item in items:
-            if item["path"] == relative:
-                return source["name"], item["key"]
-    raise AssertionError(f"{path} in {box['name']} comes from no Secret")
-
-
-def config_file(docs: tuple[Doc, ...], doc: Doc, box: Doc, path: str) -> Any:
-    """The parsed YAML of the file PATH, which must come from a rendered ConfigMap."""
-    mount, volume = mount_for(doc, box, path)
-    assert "configMap" in volume, f"{path} is not from a ConfigMap"
-    key = str(PurePosixPath(path).relative_to(mount["mountPath"]))
-    return yaml.safe_load(named(docs, "ConfigMap", volume["configMap"]["name"])["data"][key])
-
-
-def config_map_at(docs: tuple[Doc, ...], doc: Doc, box: Doc, directory: str) -> Doc:
-    """The ConfigMap mounted exactly at DIRECTORY."""
-    mount, volume = mount_for(doc, box, f"{directory}/x")
-    assert mount["mountPath"] == directory and "configMap" in volume, \
-        f"no ConfigMap mounted at {directory} in {box['name']}"
-    return named(docs, "ConfigMap", volume["configMap"]["name"])
-
-
-def probes(box: Doc) -> Iterator[Doc]:
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-        if kind in box:
-            yield box[kind]
-
-
-# ---------------------------------------------------------------- compose
-
-
-def compose_defaults(value: Any) -> Any:
-    """A compose value with ${VAR:-default} resolved to its default (${VAR:?..} to <VAR>)."""
-    if isinstance(value, str):
-        value = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", value)
-        return re.sub(r"\$\{(\w+):\?[^}]*\}", r"<\1>", value)
-    if isinstance(value, list):
-        return [compose_defaults(v) for v in value]
-    if isinstance(value, dict):
-        return {k: compose_defaults(v) for k, v in value.items()}
-    return value
-
-
-@functools.cache
-def compose(name: str) -> dict[str, Any]:
-    return compose_defaults(yaml.safe_load((REPO / "docker" / name).read_text()))["services"]
-
-
-def compose_command(name: str, service: str) -> list[str]:
-    return [str(a) for a in compose(name)[service]["command"]]
-
-
-def ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def images(docs: tuple[Doc, ...]) -> dict[str, str]:
-    """Image repository -> tag of every container."""
-    out = {}
-    for doc in docs:
-        if doc["kind"] in WORKLOADS:
-            for box in all_containers(doc):
-                repo, _, tag = box["image"].rpartition(":")
-                assert repo and "/" not in tag, f"{box['name']}: {box['image']} has no tag"
-                out[repo] = tag
-    return out
-
-
-# ------------------------------------------------------------------ tests
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -323,18 +99,6 @@ def test_images_are_the_docker_deployments(path: str) -> None:
                  "prom/prometheus", "grafana/grafana"} if path == OPERATOR
                 else {"flwr/supernode", "fedapp-clientapp"})
     assert set(rendered_images) == expected
-
-
-@pytest.mark.parametrize("path", KUSTOMIZATIONS)
-def test_every_container_has_requests_and_limits(path: str) -> None:
-    for doc in rendered(path):
-        if doc["kind"] not in WORKLOADS:
-            continue
-        for box in all_containers(doc):
-            resources = box.get("resources", {})
-            for bound in ("requests", "limits"):
-                missing = {"cpu", "memory"} - set(resources.get(bound, {}))
-                assert not missing, f"{box['name']}: no {bound} for {sorted(missing)}"
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -473,30 +237,6 @@ def test_mlflow_keeps_its_store_on_a_claim() -> None:
     assert "mlflow:5000" in command[command.index("--allowed-hosts") + 1].split(",")
 
 
-@pytest.mark.parametrize("path", KUSTOMIZATIONS)
-def test_probes_reach_only_what_listens_on_the_pod_address(path: str) -> None:
-    """tcpSocket/httpGet probes come from the kubelet, outside the pod: they must target a
-    port bound on 0.0.0.0. The SuperNode binds 127.0.0.1 only: its probe runs inside."""
-    docs = rendered(path)
-    for doc in docs:
-        if doc["kind"] not in WORKLOADS:
-            continue
-        for box in all_containers(doc):
-            flower = box["image"].startswith(("flwr/superlink", "flwr/supernode"))
-            host = flower_args(docs, box).host if flower else "0.0.0.0"
-            for probe in probes(box):
-                check = probe.get("httpGet") or probe.get("tcpSocket")
-                if check:
-                    assert host == "0.0.0.0", f"{box['name']}: probe on a {host} port"
-                    container_port(box, check["port"])
-                    continue
-                command = " ".join(probe["exec"]["command"])
-                if flower:
-                    assert f"127.0.0.1:{flower_args(docs, box).port}" in command, command
-            if box["image"].startswith("flwr/supernode"):
-                assert "exec" in box.get("livenessProbe", {}), "no SuperNode probe"
-
-
 @pytest.mark.parametrize("path", HOSPITALS)
 def test_hospital_pod_mirrors_the_docker_hospital(path: str) -> None:
     docs = rendered(path)
@@ -558,52 +298,3 @@ def test_hospital_network_policy_allows_only_the_superlink_and_dns(path: str) ->
     assert len(dns) == 1
     assert {p["protocol"] for p in dns[0]["ports"]} <= {"UDP", "TCP"}
     assert all(set(peer) == {"namespaceSelector", "podSelector"} for peer in dns[0]["to"])
-
-
-def test_example_overlay_instantiates_one_hospital() -> None:
-    base, docs = rendered(HOSPITAL), rendered(EXAMPLE)
-    namespaces = [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"]
-    assert len(namespaces) == 1
-    for doc in docs:
-        if doc["kind"] != "Namespace":
-            assert doc["metadata"]["namespace"] == namespaces[0], doc["metadata"]["name"]
-            assert doc["metadata"]["name"].startswith(f"{namespaces[0]}-")
-    cidr = [p["ipBlock"]["cidr"] for d in (base, docs) for n in d
-            if n["kind"] == "NetworkPolicy" for p in n["spec"]["egress"][0]["to"]]
-    assert cidr[0] != cidr[1], "the example does not set the SuperLink's address"
-
-
-def test_operator_objects_share_one_namespace() -> None:
-    docs = rendered(OPERATOR)
-    namespace = named(docs, "Namespace", "fedapp")["metadata"]["name"]
-    assert all(d["metadata"].get("namespace") == namespace for d in docs
-               if d["kind"] != "Namespace")
-
-
-def test_docs_create_every_secret_the_manifests_reference() -> None:
-    """Each referenced Secret (and key) has its `kubectl create secret` in the docs."""
-    text = re.sub(r"\\\n\s*", " ", (REPO / "docs/deployment.md").read_text())
-    commands = [line for line in text.splitlines() if "create secret" in line]
-    wanted: dict[str, set[str]] = {}
-    for path in (OPERATOR, HOSPITAL):
-        for doc in rendered(path):
-            if doc["kind"] not in WORKLOADS:
-                continue
-            for volume in pod(doc).get("volumes", []):
-                for source in volume.get("projected", {}).get("sources", []):
-                    if "secret" in source:
-                        wanted.setdefault(source["secret"]["name"], set()).update(
-                            i["key"] for i in source["secret"]["items"])
-            for box in all_containers(doc):
-                for var in box.get("env", []):
-                    ref = var.get("valueFrom", {}).get("secretKeyRef")
-                    if ref:
-                        wanted.setdefault(ref["name"], set()).add(ref["key"])
-    assert wanted
-    for name, keys in wanted.items():
-        found = [c for c in commands if re.search(rf"create secret \w+ {re.escape(name)}\b", c)]
-        assert found, f"docs/deployment.md never creates Secret {name}"
-        tls = {"tls.crt", "tls.key"} if "create secret tls" in found[0] else set()
-        missing = {k for k in keys - tls if not re.search(
-            rf"--from-(file|literal)={re.escape(k)}=", found[0])}
-        assert not missing, f"Secret {name}: the docs' command gives no {sorted(missing)}"
