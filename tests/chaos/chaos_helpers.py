@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from tests.deployment.tls_cli import (
+    BIN_PATH,
     CONNECTION,
     FLWR,
     REPO_ROOT,
@@ -49,6 +53,16 @@ if TYPE_CHECKING:  # the Supervisor comes from the chaos conftest's fixture
     from tests.deployment.conftest import ManagedProcess, Supervisor
 
 HOSPITALS = [f"hospital-{h}" for h in range(3)]
+CHAOS_MARKS = [  # every chaos module's pytestmark
+    pytest.mark.chaos,
+    # Upper bounds that catch hangs, not slowness (this machine's cores are shared).
+    pytest.mark.timeout(420, method="signal"),
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH"),
+    pytest.mark.skipif(
+        shutil.which("flower-superlink", path=BIN_PATH) is None,
+        reason="flower-superlink is not on PATH",
+    ),
+]
 # A healthy round of 3 fresh ClientApp processes takes about 25 s on 2 shared cores at load
 # 4; the round timeout leaves twice that.
 ROUND_TIMEOUT = 60.0

@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from typing import Any
 
-import pytest
-
 from tests.chaos.chaos_helpers import (
     BASE_CONFIG,
     BASE_CONFIG_NO_TIMEOUT,
+    CHAOS_MARKS,
     KILL_ROUND_TIMEOUT,
     ROUND_TIMEOUT,
     ChaosFederation,
@@ -47,19 +45,10 @@ from tests.chaos.chaos_helpers import (
     start_run,
     stop_run_client,
 )
-from tests.deployment.tls_cli import BIN_PATH, wait_until
+from tests.deployment.tls_cli import wait_until
 from tests.deployment.tls_federation import listed_nodes, logged_node_id, online_node_ids
 
-pytestmark = [
-    pytest.mark.chaos,
-    # Upper bounds that catch hangs, not slowness (this machine's cores are shared).
-    pytest.mark.timeout(420, method="signal"),
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH"),
-    pytest.mark.skipif(
-        shutil.which("flower-superlink", path=BIN_PATH) is None,
-        reason="flower-superlink is not on PATH",
-    ),
-]
+pytestmark = CHAOS_MARKS
 
 
 # ---------------------------------------------------------------- 1. SIGKILL a SuperNode

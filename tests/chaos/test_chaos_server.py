@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import pytest
 
 from tests.chaos.chaos_helpers import (
     BASE_CONFIG,
+    CHAOS_MARKS,
     DP_CAP,
     DP_EPSILON,
     HOSPITALS,
@@ -49,7 +49,7 @@ from tests.chaos.chaos_helpers import (
     stop_run_client,
 )
 from tests.deployment.conftest import stop_process_tree
-from tests.deployment.tls_cli import BIN_PATH, flwr_json, wait_until
+from tests.deployment.tls_cli import flwr_json, wait_until
 from tests.deployment.tls_federation import (
     NODE_CONFIG,
     health_ok,
@@ -60,16 +60,7 @@ from tests.deployment.tls_federation import (
 )
 from tests.flwr_cli import cmdline
 
-pytestmark = [
-    pytest.mark.chaos,
-    # Upper bounds that catch hangs, not slowness (this machine's cores are shared).
-    pytest.mark.timeout(420, method="signal"),
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH"),
-    pytest.mark.skipif(
-        shutil.which("flower-superlink", path=BIN_PATH) is None,
-        reason="flower-superlink is not on PATH",
-    ),
-]
+pytestmark = CHAOS_MARKS
 
 
 def kill_server_app_at_round_2(fed: ChaosFederation, run: BackgroundRun, out: Path,
