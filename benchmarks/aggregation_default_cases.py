@@ -46,7 +46,7 @@ from fedapp.config import RunConfig
 from fedapp.robust.screening_kernels import column_blocks
 from fedapp.server.build import build_strategy
 from fedapp.server.pipeline import AggregationPipeline, aggregate_screened
-from fedapp.server.screen import Reputation, Screen, exclusion_limit
+from fedapp.server.screen import Screen, exclusion_limit
 from fedapp.server.strategy import RobustStrategy
 
 #: Above this many matrix elements the previous implementation is not timed (it copied
@@ -73,16 +73,14 @@ def default_strategy(n: int) -> RobustStrategy:
 
 
 def default_on_matrix(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """What the default strategy does once the matrix is built: screen, then aggregate."""
+    """What the default strategy does once the matrix is built: screen, then aggregate,
+    with the screen and pipeline ``build_strategy`` makes from the default config (every
+    check the default runs: norm, copies and sign copies, cluster, sign skew, cosine
+    reputation with its floor)."""
     n = len(x)
-    cfg = RunConfig()
-    pipeline = AggregationPipeline.from_config(cfg)
-    screen = Screen("exclude", cfg.detect_norm_z, cfg.detect_cosine, cfg.detect_sign_skew,
-                    cfg.detect_duplicate, min_keep=cfg.min_train_nodes,
-                    cosine_spread=cfg.detect_cosine_spread,
-                    reputation=Reputation(cfg.reputation_memory, cfg.detect_cosine))
-    plan = screen.plan(list(range(n)), x, limit=exclusion_limit(n))
-    return aggregate_screened(pipeline, x, weights, plan, num_replies=n,
+    robust = default_strategy(n)
+    plan = robust.screen_updates.plan(list(range(n)), x, limit=exclusion_limit(n))
+    return aggregate_screened(robust.aggregation, x, weights, plan, num_replies=n,
                               num_sampled=n).aggregate
 
 
