@@ -57,6 +57,10 @@ OURS: dict[str, dict[str, Any]] = {
     # The default without the cosine check's margin (the fixed threshold 0 alone).
     "ours-no-margin": {"aggregator": "fedavg", "preaggregation": "none",
                        "anomaly-detection": "exclude", "detect-cosine-spread": 0.0},
+    # The default's checks in flag mode: every update scored and logged, none left out or
+    # scaled down (what exclusion itself costs or saves).
+    "ours-flag-only": {"aggregator": "fedavg", "preaggregation": "none",
+                       "anomaly-detection": "flag"},
 }
 FLOWER = ("flwr-fedavg", "flwr-multikrum", "flwr-fedmedian", "flwr-trimmedavg", "flwr-bulyan")
 ORACLE = "oracle"  # FedAvg over the honest nodes only: the bound no defense can beat
