@@ -21,7 +21,7 @@ from fedapp.data.builtin import load_raw, load_split
 from fedapp.task import build_model
 from fedapp.tracking import Tracker, connect, registry
 from fedapp.tracking import model as logged_model
-from tests.unit.test_tracking import fresh_store
+from tests.unit.mlflow_store import fresh_store
 
 NAME = "fedapp-flavor-test"
 

@@ -28,7 +28,7 @@ from fedapp.data.builtin import load_split
 from fedapp.task import build_model
 from fedapp.tracking import Tracker
 from tests.flwr_cli import free_port
-from tests.unit.test_tracking import fresh_store
+from tests.unit.mlflow_store import fresh_store
 
 pytestmark = pytest.mark.timeout(300)
 NAME = "fedapp-serve-test"

@@ -19,7 +19,7 @@ from fedapp.data import DATASET_SPECS
 from fedapp.task import build_model
 from fedapp.tracking import RegistrationResult, Tracker, connect, registry
 from fedapp.tracking.registry_cli import main as cli
-from tests.unit.test_tracking import fresh_store
+from tests.unit.mlflow_store import fresh_store
 
 NAME = "fedapp-test"
 SPEC = DATASET_SPECS["breast-cancer"]

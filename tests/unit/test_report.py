@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedapp.tracking import Tracker, report
-from tests.unit.test_tracking import PNG_MAGIC, fresh_store
+from tests.unit.mlflow_store import PNG_MAGIC, fresh_store
 
 CURVES = {  # aggregator -> server accuracy per round 0..3
     "fedavg": [0.1, 0.5, 0.7, 0.6],

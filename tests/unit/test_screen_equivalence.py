@@ -28,7 +28,7 @@ from fedapp.server.pipeline import AggregationPipeline, aggregate_screened
 from fedapp.server.screen import Reputation, Screen, ScreenPlan, exclusion_limit
 from fedapp.updates import flatten
 from tests.reference_detection import reference_screen
-from tests.unit.test_strategy import StubGrid, reply
+from tests.unit.strategy_stubs import StubGrid, reply
 
 
 def rounds_of_updates(n: int, d: int, rounds: int, seed: int = 0) -> list[torch.Tensor]:
