@@ -126,6 +126,10 @@ class RunConfig:
     detect_cosine_floor: float = field(default=-0.05,
                                        metadata=_key("detect-cosine-floor", min=-1.0, max=1.0))
     reputation_warmup: int = field(default=3, metadata=_key("reputation-warmup", min=1))
+    # Fewer flagged updates than this share of the round are kept, not excluded
+    # (fedapp.server.screen.tolerated); 0 excludes every flagged update.
+    exclusion_min_share: float = field(default=0.06, metadata=_key("exclusion-min-share",
+                                                                   min=0.0, max=0.49))
     # Attack simulation (fedapp.attacks): simulation only.
     attack: str = field(default="none", metadata=_key("attack", choices=ATTACK_NAMES))
     attack_fraction: float = field(

@@ -77,6 +77,7 @@ def build_strategy(cfg: RunConfig, state: ServerState | None = None, *, round_of
         sign_copies=cfg.detect_sign_copies,
         cosine_floor=cfg.cosine_floor,
         floor_rounds=cfg.reputation_warmup,
+        exclusion_min_share=cfg.exclusion_min_share,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_train_nodes,

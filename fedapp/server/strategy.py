@@ -73,7 +73,8 @@ class RobustStrategy(FedAvg):
                  weight_cap: float = 2.0, health_max_failures: int = 3,
                  health_cooldown: int = 5, cluster_threshold: float = 0.0,
                  cosine_floor: float | None = None, floor_rounds: int = 3,
-                 sign_copies: bool = False, **fedavg_kwargs: object) -> None:
+                 sign_copies: bool = False, exclusion_min_share: float = 0.0,
+                 **fedavg_kwargs: object) -> None:
         super().__init__(**fedavg_kwargs)  # type: ignore[arg-type]
         self.state = state or ServerState(
             reputation=Reputation(memory=reputation_memory, threshold=cosine_threshold))
@@ -87,7 +88,8 @@ class RobustStrategy(FedAvg):
                                      reputation=self.state.reputation,
                                      cluster_threshold=cluster_threshold,
                                      cosine_floor=cosine_floor, floor_rounds=floor_rounds,
-                                     sign_copies=sign_copies)
+                                     sign_copies=sign_copies,
+                                     min_share=exclusion_min_share)
         self.wait_timeout = wait_timeout
         self.weight_cap = weight_cap
         self.breaker = Breaker(health_max_failures, health_cooldown)
