@@ -26,16 +26,14 @@ from typing import Any
 
 from robustness_compare import emit
 from robustness_presets import LABELS, REFERENCE
+from robustness_smoothed import last_rounds_mean
 
 WITHIN = 0.01  # the issue's clean target: within 1 point of FedAvg
 
 
 def accuracy(cell: dict[str, Any], last: int) -> float | None:
     """The cell's final accuracy, or the mean of its last ``last`` rounds (``last`` > 1)."""
-    if last <= 1:
-        return cell["final-accuracy"]
-    rounds = [a for a in cell["accuracy"][1:] if a is not None]  # round 0: the initial model
-    return statistics.fmean(rounds[-last:]) if rounds else None
+    return cell["final-accuracy"] if last <= 1 else last_rounds_mean(cell, last)
 
 
 def clean_deltas(results: dict[str, Any], last: int = 1

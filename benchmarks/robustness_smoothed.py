@@ -27,16 +27,19 @@ from robustness_presets import ORACLE, REFERENCE
 from robustness_report import recommend, summarise
 
 
+def last_rounds_mean(cell: dict[str, Any], last: int) -> float | None:
+    """The mean accuracy of the cell's last ``last`` rounds (fewer when it has fewer; None
+    when it has none); ``accuracy`` holds one value per round, round 0 first."""
+    rounds = [a for a in cell["accuracy"][1:] if a is not None]  # round 0: the initial model
+    return statistics.fmean(rounds[-last:]) if rounds else None
+
+
 def smoothed(results: dict[str, Any], last: int) -> dict[str, Any]:
     """``results`` with every cell's ``final-accuracy`` the mean of its last ``last`` rounds
     (fewer when the run has fewer rounds; None stays None) and the summary recomputed."""
     if last < 1:
         raise ValueError(f"--last must be >= 1, got {last}")
-    cells = []
-    for c in results["cells"]:
-        rounds = [a for a in c["accuracy"][1:] if a is not None]  # round 0: the initial model
-        value = statistics.fmean(rounds[-last:]) if rounds else None
-        cells.append({**c, "final-accuracy": value})
+    cells = [{**c, "final-accuracy": last_rounds_mean(c, last)} for c in results["cells"]]
     out = {**results, "cells": cells}
     out["summary"] = summarise(cells, results["rows"], results["attacks"])
     out["recommended"] = recommend(out["summary"], results["rows"])
