@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common import md_table, shown
+from robustness_merge import configuration_additions
 from robustness_presets import LABELS, LEFT_OUT, ORACLE, OURS, REFERENCE, target
 from robustness_report import best_flower, byzantine, pct, where
 
@@ -76,11 +77,23 @@ def _provenance(results: dict[str, Any]) -> str:
                  f"{', '.join(f'`{r}`' for r in added['rows'])}) added from "
                  f"`{added['from']['command']}` on {added['from']['date']} "
                  "(`robustness_merge.py --add-attacks`)")
-    if configs := results.get("added-configurations"):
+    for configs in configuration_additions(results):
         where = ", ".join(f"n={n} alpha={a}" for n, a in configs["configurations"])
-        text += (f"; configurations {where} added from `{configs['from']['command']}` on "
-                 f"{configs['from']['date']} (`robustness_merge.py --add-configurations`)")
+        source = configs["from"]
+        text += (f"; configurations {where} added from `{source['command']}` on "
+                 f"{source['date']}{_merged_source(source)} "
+                 "(`robustness_merge.py --add-configurations`)")
     return text
+
+
+def _merged_source(source: dict[str, Any]) -> str:
+    """', itself a merge with rows from ...' for a source that was one, else ''."""
+    merged = source.get("history", {}).get("merged")
+    if not merged:
+        return ""
+    old = merged["others-from"]
+    return (f" (its rows {', '.join(f'`{r}`' for r in merged['rows'])}; the other rows "
+            f"from `{old['command']}` on {old['date']})")
 
 
 def _intro(results: dict[str, Any], json_path: Path) -> list[str]:

@@ -26,7 +26,13 @@ such a row is over BASE's attacks).
 fractions, seeds, settings and dataset, configurations BASE did not play, every row and
 attack BASE played; BASE's and NEW's together must make the whole product of their node
 counts and alphas (the report walks it). NEW's cells of a (row, attack) BASE did not play
-are dropped, so every configuration's worst case is over the same attacks.
+are dropped, so every configuration's worst case is over the same attacks. Each addition
+is appended to ``added-configurations`` (a list: a grid grown twice names both
+invocations).
+
+Every invocation named as a source keeps its own history: when NEW is itself a merge, its
+``merged`` / ``added-attacks`` / ``added-configurations`` records go along under
+``history`` (``_origin``), so the results file says where each of its cells came from.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Any
 from common import write_json
 
 SAME = ("grid", "attacks", "settings", "dataset")  # what both invocations must share
+HISTORY = ("merged", "added-attacks", "added-configurations")  # how a results file was made
 
 
 def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
@@ -47,8 +54,18 @@ def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _origin(results: dict[str, Any]) -> dict[str, Any]:
-    return {"command": results["command"], "date": results["date"],
-            "wall-seconds": results["wall-seconds"]}
+    """The invocation that made ``results``, with its own merges when it is one."""
+    origin = {"command": results["command"], "date": results["date"],
+              "wall-seconds": results["wall-seconds"]}
+    history = {k: results[k] for k in HISTORY if results.get(k)}
+    return origin | ({"history": history} if history else {})
+
+
+def configuration_additions(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``added-configurations`` records of ``results``, oldest first (one record, as
+    files written before the list, counts as a list of one)."""
+    added = results.get("added-configurations") or []
+    return [added] if isinstance(added, dict) else list(added)
 
 
 def merge(base: dict[str, Any], new: dict[str, Any], rows: list[str]) -> dict[str, Any]:
@@ -129,9 +146,9 @@ def add_configurations(base: dict[str, Any], new: dict[str, Any]) -> dict[str, A
     kept = [c for c in new["cells"] if (c["row"], c["attack"]) in pairs]
     merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
     merged |= {"grid": grid, "cells": base["cells"] + kept}
-    merged["added-configurations"] = {"configurations": [list(c) for c in sorted(added)],
-                                      "dropped-cells": len(new["cells"]) - len(kept),
-                                      "from": _origin(new)}
+    merged["added-configurations"] = [*configuration_additions(base), {
+        "configurations": [list(c) for c in sorted(added)],
+        "dropped-cells": len(new["cells"]) - len(kept), "from": _origin(new)}]
     return merged
 
 

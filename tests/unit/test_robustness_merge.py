@@ -126,10 +126,10 @@ def test_a_larger_federation_is_added_to_the_grid_over_the_same_attacks() -> Non
     got = {(c["nodes"], c["alpha"], c["row"], c["attack"]) for c in out["cells"]}
     assert len(out["cells"]) == len(got) == 6 * 5  # MK's attack b at n=40 dropped
     assert (40, 0.1, MK, "b") not in got and (40, 1.0, OURS, "b") in got
-    assert out["added-configurations"] == {
+    assert out["added-configurations"] == [{
         "configurations": [[40, 0.1], [40, 1.0]], "dropped-cells": 2,
         "from": {"command": "python robustness.py (day-2)", "date": "day-2",
-                 "wall-seconds": 60.0}}
+                 "wall-seconds": 60.0}}]
     assert "summary" not in out
     assert robustness_doc._provenance(out).endswith(
         "; configurations n=40 alpha=0.1, n=40 alpha=1.0 added from `python robustness.py "
@@ -151,3 +151,30 @@ def test_configurations_that_overlap_leave_holes_or_lack_attacks_are_refused() -
     other_seeds["grid"]["seeds"] = [0, 1]
     with pytest.raises(ValueError, match="differ in grid seeds"):
         merge.add_configurations(base, other_seeds)
+
+
+def test_a_second_addition_keeps_the_first_and_a_merged_source_keeps_its_history() -> None:
+    rows = {OURS: ["none", "a"]}
+    base = grid_results([(10, 0.1), (10, 1.0)], "day-1", rows)
+    first = merge.add_configurations(base, grid_results([(40, 0.1), (40, 1.0)], "day-2", rows))
+    before = grid_results([(10, 0.3), (40, 0.3)], "day-0", rows)
+    rerun = merge.merge(before, grid_results([(10, 0.3), (40, 0.3)], "day-3", rows), [OURS])
+    out = merge.add_configurations(first, rerun)
+    added = merge.configuration_additions(out)
+    assert [a["configurations"] for a in added] == [[[40, 0.1], [40, 1.0]],
+                                                    [[10, 0.3], [40, 0.3]]]
+    assert added[1]["from"]["date"] == "day-3"
+    assert added[1]["from"]["history"]["merged"]["others-from"]["date"] == "day-0"
+    text = robustness_doc._provenance(out)
+    assert "n=40 alpha=0.1, n=40 alpha=1.0 added from `python robustness.py (day-2)`" in text
+    assert text.endswith(
+        "n=10 alpha=0.3, n=40 alpha=0.3 added from `python robustness.py (day-3)` on day-3 "
+        "(its rows `ours-recommended`; the other rows from `python robustness.py (day-0)` "
+        "on day-0) (`robustness_merge.py --add-configurations`)")
+
+
+def test_a_file_written_with_one_addition_record_reads_as_a_list_of_one() -> None:
+    record = {"configurations": [[40, 0.1]], "dropped-cells": 0,
+              "from": {"command": "c", "date": "d", "wall-seconds": 1.0}}
+    assert merge.configuration_additions({"added-configurations": record}) == [record]
+    assert merge.configuration_additions({}) == []
