@@ -10,7 +10,9 @@ partition, the Byzantine nodes, the initial model, Flower's sampling) but not bi
 another order), and a chaotic cell (alpha 0.1, 8 rounds) amplifies a small difference.
 So the script measures the noise on the rows both played other than ``--row``
 (Flower's, the oracle): how many of their scenarios differ, by how much on average and at
-most; the row's own changes are to be read against it. It prints, and with
+most; the row's own changes are to be read against it. When the first file was merged
+from the second (``robustness_merge.py --rows``), the rows both hold are the same runs and
+the section says so instead. It prints, and with
 ``--doc`` appends to (or replaces, under the same heading) a markdown section: per
 configuration the worst case over attacks (retained: % of clean FedAvg, mean and min over
 seeds) and the clean delta for both, the worst case over the grid, and the attacks whose
@@ -45,6 +47,27 @@ def shared_evidence(new: dict[str, Any], old: dict[str, Any],
             max(diffs, default=0.0))
 
 
+def merged_from(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether NEW's other rows are OLD's own cells: NEW was made by ``robustness_merge.py
+    --rows`` from OLD, so the rows both hold are one run each and say nothing of the noise."""
+    source = (new.get("merged") or {}).get("others-from") or {}
+    return (source.get("command"), source.get("date")) == (old["command"], old["date"])
+
+
+def _noise(new: dict[str, Any], old: dict[str, Any], row: str) -> str:
+    """The section's sentence on run-to-run noise."""
+    if merged_from(new, old):
+        return ("Run-to-run noise: not measured; the other rows of the first file are the "
+                "second's own cells (merged from it), so compare the invocation that played "
+                f"`{row}` instead.")
+    shared, differ, mean_diff, max_diff = shared_evidence(new, old, row)
+    return (f"Run-to-run noise: of the {shared} scenarios of the other rows played in both, "
+            f"{differ} gave a different accuracy, by {100 * mean_diff:.1f} pt on average and "
+            f"{100 * max_diff:.1f} pt at most (the runs are seeded but not "
+            "bit-exact; chaotic cells amplify small differences); read the row's changes "
+            "against that.")
+
+
 def side_by_side(new: dict[str, Any], old: dict[str, Any], row: str) -> dict[str, Any]:
     """``summarise`` over the new invocation's cells plus the old one's ``row`` renamed
     ``row + ' (old)'``."""
@@ -66,17 +89,12 @@ def section(new: dict[str, Any], old: dict[str, Any], row: str, labels: tuple[st
             heading: str) -> list[str]:
     """The markdown section (module docstring)."""
     summary, old_row = side_by_side(new, old, row), f"{row} (old)"
-    shared, differ, mean_diff, max_diff = shared_evidence(new, old, row)
     lines = [f"## {heading}", "",
              f"`{row}` {labels[0]} (this invocation, {new['date'][:10]}) and {labels[1]} "
              f"(`{old['command']}`, {old['date'][:10]}): the same grid, seeds and settings. "
-             f"Run-to-run noise: of the {shared} scenarios of the other rows played in both, "
-             f"{differ} gave a different accuracy, by {100 * mean_diff:.1f} pt on average and "
-             f"{100 * max_diff:.1f} pt at most (the runs are seeded but not "
-             "bit-exact; chaotic cells amplify small differences); read the row's changes "
-             "against that. Worst case over attacks, retained (% of clean FedAvg of this "
-             "invocation): mean over seeds (min); clean: the row's clean accuracy minus "
-             "FedAvg's (pt).", ""]
+             f"{_noise(new, old, row)} Worst case over attacks, retained (% of clean FedAvg "
+             "of this invocation): mean over seeds (min); clean: the row's clean accuracy "
+             "minus FedAvg's (pt).", ""]
     rows = []
     for c in summary["configs"].values():
         t, o = c["rows"][row], c["rows"][old_row]

@@ -51,3 +51,16 @@ def test_the_section_replaces_its_old_self(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "old text" not in text and text.count("## Mine") == 1
     assert "kept" in text and "after" in text and text.rstrip().endswith("new text")
+
+
+def test_no_noise_is_claimed_when_the_new_file_was_merged_from_the_old() -> None:
+    old = results({"none": 0.8, "a": 0.4})
+    new = results({"none": 0.8, "a": 0.7})
+    new |= {"date": "2026-12-04T00:00", "merged": {"rows": [OURS], "others-from": {
+        "command": old["command"], "date": old["date"], "wall-seconds": 1.0}}}
+    assert compare.merged_from(new, old)
+    text = compare.section(new, old, OURS, ("with", "without"), "H")[2]
+    assert "Run-to-run noise: not measured" in text and "scenarios" not in text
+    other = {**old, "date": "2026-12-02T00:00"}  # another invocation of the same command
+    assert not compare.merged_from(new, other)
+    assert "of the 3 scenarios" in compare.section(new, other, OURS, ("a", "b"), "H")[2]
