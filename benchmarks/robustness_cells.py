@@ -61,6 +61,23 @@ class Group:
         return f"n{self.nodes}-a{self.alpha}-s{self.seed}/{what}"
 
 
+def _replace_line(text: str, pattern: str, replacement: str) -> str:
+    out, count = re.subn(pattern, replacement, text, flags=re.MULTILINE)
+    if count != 1:
+        raise RuntimeError(f"pyproject.toml has no single line matching {pattern!r}")
+    return out
+
+
+def app_pyproject(pyproject: str) -> str:
+    """fedapp's ``pyproject.toml`` for the benchmark's app: this benchmark's ServerApp
+    (``robustness_server:app``) as the serverapp component, and that module in the FAB
+    (``fab-include``; fedapp's own lists its package only)."""
+    text = _replace_line(pyproject, r'^serverapp = ".*"$', 'serverapp = "robustness_server:app"')
+    text = _replace_line(text, r'^fab-include = \[(.*)\]$',
+                         r'fab-include = [\1, "robustness_server.py"]')
+    return text.replace('name = "fedapp"', 'name = "fedapp-robustness"', 1)
+
+
 def build_app(dest: Path) -> tuple[Path, str]:
     """A Flower App (fedapp + this benchmark's ServerApp, fedapp's ClientApp unchanged) and
     the digest of its files."""
@@ -69,13 +86,7 @@ def build_app(dest: Path) -> tuple[Path, str]:
     shutil.copytree(REPO / "fedapp", app / "fedapp",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy(REPO / "benchmarks" / "robustness_server.py", app / "robustness_server.py")
-    pyproject = (REPO / "pyproject.toml").read_text()
-    pyproject, count = re.subn(r'(?m)^serverapp = ".*"$', 'serverapp = "robustness_server:app"',
-                               pyproject)
-    if count != 1:
-        raise RuntimeError("pyproject.toml has no single `serverapp = ...` component line")
-    (app / "pyproject.toml").write_text(pyproject.replace('name = "fedapp"',
-                                                          'name = "fedapp-robustness"', 1))
+    (app / "pyproject.toml").write_text(app_pyproject((REPO / "pyproject.toml").read_text()))
     digest = hashlib.sha256()
     for path in sorted(p for p in app.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(app)).encode() + b"\0" + path.read_bytes())

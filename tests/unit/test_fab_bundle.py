@@ -9,6 +9,7 @@ CLI does (``flwr.cli.build.build_fab_from_disk``).
 from __future__ import annotations
 
 import io
+import sys
 import zipfile
 from pathlib import Path
 
@@ -29,3 +30,13 @@ def test_the_bundle_holds_every_module_of_the_apps_and_nothing_else() -> None:
     others = {n for n in names - modules - {"pyproject.toml"} if not n.startswith(".info/")}
     assert not others, f"the FAB carries more than the apps: {sorted(others)[:5]}"
     assert len(fab) < FAB_MAX_SIZE / 4
+
+
+def test_the_robustness_benchmarks_bundle_carries_its_serverapp(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from robustness_cells import build_app
+
+    app, _ = build_app(tmp_path)
+    names = set(zipfile.ZipFile(io.BytesIO(build_fab_from_disk(app))).namelist())
+    assert {"robustness_server.py", "fedapp/server_app.py", "fedapp/client_app.py"} <= names
+    assert 'serverapp = "robustness_server:app"' in (app / "pyproject.toml").read_text()
