@@ -87,7 +87,8 @@ def _provenance(results: dict[str, Any]) -> str:
 
 
 def _merged_source(source: dict[str, Any]) -> str:
-    """', itself a merge with rows from ...' for a source that was one, else ''."""
+    """' (its rows ...; the other rows from `command` on date)' for a source that was itself
+    a ``robustness_merge.py --rows`` merge, else ''."""
     merged = source.get("history", {}).get("merged")
     if not merged:
         return ""
