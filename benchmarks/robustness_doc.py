@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common import md_table, shown
-from robustness_merge import configuration_additions
+from robustness_merge import configuration_additions, fraction_additions
 from robustness_presets import LABELS, LEFT_OUT, ORACLE, OURS, REFERENCE, target
 from robustness_report import best_flower, byzantine, pct, where
 
@@ -83,6 +83,14 @@ def _provenance(results: dict[str, Any]) -> str:
         text += (f"; configurations {where} added from `{source['command']}` on "
                  f"{source['date']}{_merged_source(source)} "
                  "(`robustness_merge.py --add-configurations`)")
+    for added_fractions in fraction_additions(results):
+        source = added_fractions["from"]
+        merges = len(source.get("history", {}).get("added-configurations") or [])
+        text += (f"; {', '.join(byzantine(f) for f in added_fractions['fractions'])} added "
+                 f"from `{source['command']}` on {source['date']}{_merged_source(source)}"
+                 + (f" and {merges} invocations it added configurations from (`history` "
+                    "in the results file)" if merges else "")
+                 + " (`robustness_merge.py --add-fractions`)")
     return text
 
 

@@ -5,6 +5,7 @@
     python benchmarks/robustness_merge.py BASE.json NEW.json --add-attacks --out merged.json
     python benchmarks/robustness_merge.py BASE.json NEW.json --add-configurations \
         --out merged.json
+    python benchmarks/robustness_merge.py BASE.json NEW.json --add-fractions --out merged.json
     python benchmarks/robustness.py --from-json merged.json   # the report, table and plot
 
 A change to fedapp's defence changes fedapp's rows only: Flower's built-ins and the oracle
@@ -30,6 +31,10 @@ are dropped, so every configuration's worst case is over the same attacks. Each 
 is appended to ``added-configurations`` (a list: a grid grown twice names both
 invocations).
 
+``--add-fractions`` adds NEW's Byzantine fractions to BASE's grid the same way (recorded
+under ``added-fractions``): the same configurations, seeds, attacks and settings,
+fractions BASE did not play, every row and attack BASE played.
+
 Every invocation named as a source keeps its own history: when NEW is itself a merge, its
 ``merged`` / ``added-attacks`` / ``added-configurations`` records go along under
 ``history`` (``_origin``), so the results file says where each of its cells came from.
@@ -45,7 +50,8 @@ from typing import Any
 from common import write_json
 
 SAME = ("grid", "attacks", "settings", "dataset")  # what both invocations must share
-HISTORY = ("merged", "added-attacks", "added-configurations")  # how a results file was made
+# how a results file was made
+HISTORY = ("merged", "added-attacks", "added-configurations", "added-fractions")
 
 
 def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
@@ -116,6 +122,17 @@ def add_attacks(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _cells_base_plays(base: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """NEW's cells of the (row, attack) pairs BASE played. Raises ``ValueError`` naming the
+    pairs BASE played that NEW lacks."""
+    pairs = {(c["row"], c["attack"]) for c in base["cells"]}
+    lacking = sorted(pairs - {(c["row"], c["attack"]) for c in new["cells"]})
+    if lacking:
+        raise ValueError(f"NEW lacks {len(lacking)} (row, attack) pairs BASE played, e.g. "
+                         f"{lacking[0]}")
+    return [c for c in new["cells"] if (c["row"], c["attack"]) in pairs]
+
+
 def _configurations(results: dict[str, Any]) -> set[tuple[int, float]]:
     return {(c["nodes"], c["alpha"]) for c in results["cells"]}
 
@@ -133,22 +150,45 @@ def add_configurations(base: dict[str, Any], new: dict[str, Any]) -> dict[str, A
     old, added = _configurations(base), _configurations(new)
     if old & added:
         raise ValueError(f"both played configurations (n, alpha) {sorted(old & added)}")
-    pairs = {(c["row"], c["attack"]) for c in base["cells"]}
-    lacking = sorted(pairs - {(c["row"], c["attack"]) for c in new["cells"]})
-    if lacking:
-        raise ValueError(f"NEW lacks {len(lacking)} (row, attack) pairs BASE played, e.g. "
-                         f"{lacking[0]}")
+    kept = _cells_base_plays(base, new)
     grid = {**bg, "nodes": sorted({*bg["nodes"], *ng["nodes"]}),
             "alphas": sorted({*bg["alphas"], *ng["alphas"]})}
     holes = sorted({(n, a) for n in grid["nodes"] for a in grid["alphas"]} - old - added)
     if holes:
         raise ValueError(f"the merged grid would lack configurations (n, alpha) {holes}")
-    kept = [c for c in new["cells"] if (c["row"], c["attack"]) in pairs]
     merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
     merged |= {"grid": grid, "cells": base["cells"] + kept}
     merged["added-configurations"] = [*configuration_additions(base), {
         "configurations": [list(c) for c in sorted(added)],
         "dropped-cells": len(new["cells"]) - len(kept), "from": _origin(new)}]
+    return merged
+
+
+def fraction_additions(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``added-fractions`` records of ``results``, oldest first."""
+    return list(results.get("added-fractions") or [])
+
+
+def add_fractions(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """BASE with NEW's Byzantine fractions added (module docstring). Raises ``ValueError``
+    naming what differs, a fraction both played, or the (row, attack) pairs NEW lacks."""
+    bg, ng = base["grid"], new["grid"]
+    differ = [k for k in ("settings", "dataset") if base.get(k) != new.get(k)]
+    differ += [f"grid {k}" for k in ("nodes", "alphas", "seeds") if bg[k] != ng[k]]
+    differ += ["attacks"] if set(base["attacks"]) != set(new["attacks"]) else []
+    if differ:
+        raise ValueError(f"the invocations differ in {', '.join(differ)}: fractions can only "
+                         "be added with the same configurations, seeds, attacks and settings")
+    both = sorted(set(bg["fractions"]) & set(ng["fractions"]))
+    if both:
+        raise ValueError(f"both played the fractions {both}")
+    kept = _cells_base_plays(base, new)
+    merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
+    merged |= {"grid": {**bg, "fractions": sorted({*bg["fractions"], *ng["fractions"]})},
+               "cells": base["cells"] + kept}
+    merged["added-fractions"] = [*fraction_additions(base), {
+        "fractions": list(ng["fractions"]), "dropped-cells": len(new["cells"]) - len(kept),
+        "from": _origin(new)}]
     return merged
 
 
@@ -161,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     how.add_argument("--add-attacks", action="store_true", help="add NEW's attacks to BASE")
     how.add_argument("--add-configurations", action="store_true",
                      help="add NEW's federations (n, alpha) to BASE's grid")
+    how.add_argument("--add-fractions", action="store_true",
+                     help="add NEW's Byzantine fractions to BASE's grid")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     base, new = (json.loads(path.read_text()) for path in (args.base, args.new))
@@ -169,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
             out = add_attacks(base, new)
         elif args.add_configurations:
             out = add_configurations(base, new)
+        elif args.add_fractions:
+            out = add_fractions(base, new)
         else:
             out = merge(base, new, args.rows.split(","))
     except ValueError as exc:

@@ -178,3 +178,49 @@ def test_a_file_written_with_one_addition_record_reads_as_a_list_of_one() -> Non
               "from": {"command": "c", "date": "d", "wall-seconds": 1.0}}
     assert merge.configuration_additions({"added-configurations": record}) == [record]
     assert merge.configuration_additions({}) == []
+
+
+def at_fraction(res: dict[str, Any], fraction: float) -> dict[str, Any]:
+    """``res`` as if played at ``fraction`` instead of 0.3."""
+    cells = [{**c, "fraction": fraction} for c in res["cells"]]
+    return {**res, "cells": cells, "grid": {**res["grid"], "fractions": [fraction]}}
+
+
+def test_a_fraction_played_later_joins_the_grid_with_its_own_history() -> None:
+    configs, rows = [(10, 0.1), (40, 0.1)], {OURS: ["none", "a"], MK: ["none"]}
+    base = grid_results(configs, "day-1", rows)
+    ten = at_fraction(grid_results([(10, 0.1)], "day-2", {OURS: ["none", "a", "b"],
+                                                          MK: ["none", "a"]}), 0.1)
+    ten = merge.add_configurations(ten, at_fraction(grid_results(
+        [(40, 0.1)], "day-3", {OURS: ["none", "a", "b"], MK: ["none", "a"]}), 0.1))
+    out = merge.add_fractions(base, ten)
+    assert out["grid"]["fractions"] == [0.1, 0.3]
+    got = {(c["nodes"], c["fraction"], c["row"], c["attack"]) for c in out["cells"]}
+    assert len(got) == len(out["cells"]) == 2 * 2 * 3  # b (and MK's a) dropped at 10%
+    assert (40, 0.1, OURS, "a") in got and (10, 0.1, OURS, "b") not in got
+    [record] = merge.fraction_additions(out)
+    assert record["fractions"] == [0.1] and record["dropped-cells"] == 4
+    assert record["from"]["history"]["added-configurations"][0]["from"]["date"] == "day-3"
+    assert robustness_doc._provenance(out).endswith(
+        "; 10% Byzantine added from `python robustness.py (day-2)` on day-2 and 1 invocations "
+        "it added configurations from (`history` in the results file) "
+        "(`robustness_merge.py --add-fractions`)")
+
+
+def test_fractions_of_other_configurations_or_already_played_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = {OURS: ["none", "a"]}
+    base = grid_results([(10, 0.1)], "day-1", rows)
+    with pytest.raises(ValueError, match="both played the fractions"):
+        merge.add_fractions(base, grid_results([(10, 0.1)], "day-2", rows))
+    with pytest.raises(ValueError, match="differ in grid nodes"):
+        merge.add_fractions(base, at_fraction(grid_results([(20, 0.1)], "day-2", rows), 0.2))
+    with pytest.raises(ValueError, match=r"NEW lacks 1 \(row, attack\) pairs"):
+        merge.add_fractions(base, at_fraction(grid_results([(10, 0.1)], "day-2",
+                                                           {OURS: ["none"]}), 0.2))
+    paths = [tmp_path / "base.json", tmp_path / "new.json"]
+    paths[0].write_text(json.dumps(base))
+    paths[1].write_text(json.dumps(at_fraction(grid_results([(10, 0.1)], "d", rows), 0.2)))
+    merge.main([*map(str, paths), "--add-fractions", "--out", str(tmp_path / "m.json")])
+    assert json.loads((tmp_path / "m.json").read_text())["grid"]["fractions"] == [0.2, 0.3]
+    assert "wrote" in capsys.readouterr().out
