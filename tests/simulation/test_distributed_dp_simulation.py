@@ -35,5 +35,8 @@ def test_distributed_dp_sgd_learns_and_spends_what_the_accountant_says(
     assert rounds[-1]["dp-epsilon"] <= 8.0 * 1.01
     curve = [round(r["server-accuracy"], 3) for r in rounds]
     print("distributed DP-SGD accuracy per round:", curve)
-    # noisy steps: the last three rounds' mean (measured 0.55 from 0.11 in two runs)
-    assert sum(curve[-3:]) / 3 > curve[0] + 0.25, curve
+    # One noisy step per round: single rounds swing by 0.2 (a CI run fell from 0.56 to 0.25
+    # in two rounds), so the test judges the mean of the last five rounds. Over 20 runs it
+    # was 0.48 (sd 0.04, lowest 0.40): the Poisson sampling and the noise come from the OS's
+    # entropy, not the run's seed. The bar, 0.2 above the first round's 0.11, is 4 sd below.
+    assert sum(curve[-5:]) / 5 > curve[0] + 0.2, curve
