@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common import md_table, shown
+from robustness_by_alpha import table as alpha_table
 from robustness_merge import configuration_additions, fraction_additions
 from robustness_presets import LABELS, LEFT_OUT, ORACLE, OURS, REFERENCE, target
 from robustness_report import best_flower, byzantine, pct, where
@@ -210,6 +211,8 @@ def _config_table(name: str, results: dict[str, Any]) -> list[str]:
 def write_doc(results: dict[str, Any], path: Path, png: Path, json_path: Path) -> None:
     """``docs/robustness.md`` (or its stand-in at ``path``)."""
     lines = [*_intro(results, json_path), *DEFENSE_NOTES, *_grid_table(results),
+             *(alpha_table(results, results["recommended"]) if results.get("recommended")
+               else []),
              "## Findings", "", *(f"- {x}" for x in results["findings"]), "",
              f"![worst case per configuration]({png.name})", "",
              "## Per configuration", "",
