@@ -9,7 +9,17 @@ from typing import Any
 from common import md_table, shown
 from robustness_by_alpha import table as alpha_table
 from robustness_merge import configuration_additions, fraction_additions
-from robustness_presets import LABELS, LEFT_OUT, ORACLE, OURS, REFERENCE, target
+from robustness_presets import (
+    GRID_ALPHAS,
+    GRID_FRACTIONS,
+    GRID_NODES,
+    LABELS,
+    LEFT_OUT,
+    ORACLE,
+    OURS,
+    REFERENCE,
+    target,
+)
 from robustness_report import best_flower, byzantine, pct, where
 
 # How the recommended row defends: fixed text of the report.
@@ -106,6 +116,13 @@ def _merged_source(source: dict[str, Any]) -> str:
             f"from `{old['command']}` on {old['date']})")
 
 
+def _coverage(grid: dict[str, Any]) -> str:
+    """Whether ``grid`` covers the issue's whole grid (three seeds or more) or a subset."""
+    whole = (set(GRID_NODES) <= set(grid["nodes"]) and set(GRID_ALPHAS) <= set(grid["alphas"])
+             and set(GRID_FRACTIONS) <= set(grid["fractions"]) and len(grid["seeds"]) >= 3)
+    return "this is all of it" if whole else "this is the subset that ran"
+
+
 def _intro(results: dict[str, Any], json_path: Path) -> list[str]:
     """Title, provenance, the grid and the setting, the rows and attacks played."""
     s, v, g = results["settings"], results["versions"], results["grid"]
@@ -123,7 +140,7 @@ def _intro(results: dict[str, Any], json_path: Path) -> list[str]:
         f"fraction in {g['fractions']}, seeds {g['seeds']} (the seed sets the partition, "
         "the Byzantine nodes and the initial model). The issue's grid is n in [10, 20, 40], "
         "alpha in [0.1, 0.3, 1.0], fraction in [0.1, 0.2, 0.3], 3 seeds "
-        "(`--full-grid`); this is the subset that ran. "
+        f"(`--full-grid`); {_coverage(g)}. "
         f"Setting: {results['dataset']}, model `{s['model']}`, {s['rounds']} rounds x "
         f"{s['local-epochs']} local epochs, every node trains every round; each scenario is "
         "one complete run on Flower's simulation engine and its number the final accuracy "
