@@ -36,7 +36,7 @@ under ``added-fractions``): the same configurations, seeds, attacks and settings
 fractions BASE did not play, every row and attack BASE played.
 
 Every invocation named as a source keeps its own history: when NEW is itself a merge, its
-``merged`` / ``added-attacks`` / ``added-configurations`` records go along under
+``merged`` / ``added-*`` records go along under
 ``history`` (``_origin``), so the results file says where each of its cells came from.
 """
 
@@ -52,6 +52,12 @@ from common import write_json
 SAME = ("grid", "attacks", "settings", "dataset")  # what both invocations must share
 # how a results file was made
 HISTORY = ("merged", "added-attacks", "added-configurations", "added-fractions")
+
+
+def _without_report(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` without what ``robustness.py --from-json`` computes again from the cells
+    (summary, recommendation, findings)."""
+    return {k: v for k, v in results.items() if k not in ("summary", "recommended", "findings")}
 
 
 def _key(cell: dict[str, Any]) -> tuple[Any, ...]:
@@ -92,7 +98,7 @@ def merge(base: dict[str, Any], new: dict[str, Any], rows: list[str]) -> dict[st
         raise ValueError(f"NEW lacks {len(missing)} scenarios of {rows}, e.g. {missing[0]}")
     cells = ([c for c in base["cells"] if c["row"] not in rows]
              + [c for c in new["cells"] if c["row"] in rows])
-    merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
+    merged = _without_report(base)
     merged |= {"cells": cells, "versions": new["versions"], "machine": new["machine"],
                "date": new["date"], "command": new["command"],
                "wall-seconds": new["wall-seconds"],
@@ -115,7 +121,7 @@ def add_attacks(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"rows {unknown} are not among the base's rows {base['rows']}")
     rows = [r for r in base["rows"] if any(c["row"] == r for c in new["cells"])]
-    merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
+    merged = _without_report(base)
     merged["attacks"] = [*base["attacks"], *added]
     merged["cells"] = base["cells"] + [c for c in new["cells"] if c["attack"] in added]
     merged["added-attacks"] = {"attacks": added, "rows": rows, "from": _origin(new)}
@@ -156,7 +162,7 @@ def add_configurations(base: dict[str, Any], new: dict[str, Any]) -> dict[str, A
     holes = sorted({(n, a) for n in grid["nodes"] for a in grid["alphas"]} - old - added)
     if holes:
         raise ValueError(f"the merged grid would lack configurations (n, alpha) {holes}")
-    merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
+    merged = _without_report(base)
     merged |= {"grid": grid, "cells": base["cells"] + kept}
     merged["added-configurations"] = [*configuration_additions(base), {
         "configurations": [list(c) for c in sorted(added)],
@@ -183,7 +189,7 @@ def add_fractions(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if both:
         raise ValueError(f"both played the fractions {both}")
     kept = _cells_base_plays(base, new)
-    merged = {k: v for k, v in base.items() if k not in ("summary", "recommended", "findings")}
+    merged = _without_report(base)
     merged |= {"grid": {**bg, "fractions": sorted({*bg["fractions"], *ng["fractions"]})},
                "cells": base["cells"] + kept}
     merged["added-fractions"] = [*fraction_additions(base), {
