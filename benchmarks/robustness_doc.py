@@ -8,7 +8,7 @@ from typing import Any
 
 from common import md_table, shown
 from robustness_by_alpha import table as alpha_table
-from robustness_merge import configuration_additions, fraction_additions
+from robustness_merge import configuration_additions, fraction_additions, invocations
 from robustness_presets import (
     GRID_ALPHAS,
     GRID_FRACTIONS,
@@ -127,13 +127,15 @@ def _intro(results: dict[str, Any], json_path: Path) -> list[str]:
     """Title, provenance, the grid and the setting, the rows and attacks played."""
     s, v, g = results["settings"], results["versions"], results["grid"]
     skipped = [a for a in LEFT_OUT if a not in results["attacks"]]
+    runs = invocations(results)
     return [
         "# Robustness: worst case under attack over a grid of federations",
         "",
         _provenance(results)
         + f" ({results['machine']['cpus']} cores, flwr {v['flwr']}, torch {v['torch']}); raw "
-        f"results in `{shown(json_path)}`. Total {results['wall-seconds'] / 60:.0f} min of "
-        "the last invocation: a killed run resumes from its finished scenarios "
+        f"results in `{shown(json_path)}`. Total {sum(r['wall-seconds'] for r in runs) / 60:.0f}"
+        + (f" min over the {len(runs)} invocations its cells come from" if len(runs) > 1
+           else " min") + ": a killed run resumes from its finished scenarios "
         "(`--workdir`), reused only when the code and settings they ran are unchanged.",
         "",
         f"Grid: nodes n in {g['nodes']}, Dirichlet alpha in {g['alphas']}, Byzantine "

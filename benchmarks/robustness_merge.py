@@ -80,6 +80,31 @@ def configuration_additions(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [added] if isinstance(added, dict) else list(added)
 
 
+def _sources(history: dict[str, Any]) -> list[dict[str, Any]]:
+    """The invocations a file's merge records name (``HISTORY`` keys)."""
+    merged = history.get("merged") or {}
+    found = [merged[k] for k in ("rows-from", "others-from") if k in merged]
+    for key in ("added-attacks", "added-configurations", "added-fractions"):
+        records = history.get(key) or []
+        found += [r["from"] for r in ([records] if isinstance(records, dict) else records)]
+    return found
+
+
+def invocations(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every ``robustness.py`` invocation whose cells ``results`` holds (its own, those it
+    was merged from, and theirs), once each (by command and date), as ``_origin`` records
+    without their history: their ``wall-seconds`` add up to the grid's machine time."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    todo = [results]
+    while todo:
+        record = todo.pop()
+        seen.setdefault((record["command"], record["date"]), {
+            k: record[k] for k in ("command", "date", "wall-seconds")})
+        history = record.get("history") or {k: record[k] for k in HISTORY if record.get(k)}
+        todo += _sources(history)
+    return list(seen.values())
+
+
 def merge(base: dict[str, Any], new: dict[str, Any], rows: list[str]) -> dict[str, Any]:
     """BASE with the cells of ``rows`` taken from NEW (module docstring). Raises
     ``ValueError`` naming what differs, a row BASE does not have, or the scenarios of

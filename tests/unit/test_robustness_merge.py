@@ -224,3 +224,16 @@ def test_fractions_of_other_configurations_or_already_played_are_refused(
     merge.main([*map(str, paths), "--add-fractions", "--out", str(tmp_path / "m.json")])
     assert json.loads((tmp_path / "m.json").read_text())["grid"]["fractions"] == [0.2, 0.3]
     assert "wrote" in capsys.readouterr().out
+
+
+def test_every_invocation_behind_a_twice_merged_file_is_counted_once() -> None:
+    rerun = merge.merge(BASE, NEW, [OURS])
+    later = results({OURS: {"none": 0.75, "b": 0.4}, AVG: {"none": 0.79}}, "day-3",
+                    "python robustness.py --attacks b")
+    later["attacks"], later["wall-seconds"] = ["none", "b"], 30.0
+    out = merge.add_attacks(rerun, later)
+    runs = merge.invocations(out)
+    assert sorted(r["date"] for r in runs) == ["day-1", "day-2", "day-3"]
+    assert sum(r["wall-seconds"] for r in runs) == 150.0  # NEW's own record is not doubled
+    assert merge.invocations(BASE) == [{"command": BASE["command"], "date": "day-1",
+                                        "wall-seconds": 60.0}]
