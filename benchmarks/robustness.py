@@ -12,7 +12,8 @@ A cell is (nodes n, Dirichlet alpha, Byzantine fraction, seed); every cell plays
 (our ``RobustStrategy`` configurations, Flower's built-in FedAvg, MultiKrum, FedMedian,
 FedTrimmedAvg, optionally Bulyan, and the oracle, FedAvg over the honest nodes only) against
 the attacks of ``fedapp.attacks.ATTACKS`` (by default all but ``robustness_presets.LEFT_OUT``;
-``--attacks all``). Digits, fixed rounds: every scenario is a complete federated training on
+``--attacks all``). Digits (``--dataset synthetic``: generated hospitals, a check beyond
+the grid's data), fixed rounds: every scenario is a complete federated training on
 Flower's simulation engine with fedapp's unchanged ClientApp. The attackers are the same for
 every row: the omniscient ones are played by ``fedapp.attacks.threat_model.ThreatModel``
 around whichever strategy runs, the node-side ones ("data" / "model" kinds) by the
@@ -66,6 +67,7 @@ from robustness_presets import (
     ALPHAS,
     ATTACK_COLUMNS,
     BATCH_SIZE,
+    DATASETS,
     DEFAULT_ATTACKS,
     DEFAULT_ROWS,
     FRACTIONS,
@@ -106,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-epochs", type=int, default=LOCAL_EPOCHS)
     p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "auto"))
+    p.add_argument("--dataset", default="digits", choices=DATASETS,
+                   help="digits (the grid's), or synthetic: generated hospitals "
+                        "(fedapp/data/synthetic.py, pyproject's synthetic-* settings)")
     p.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--timeout", type=float, default=5400, help="seconds per Flower run")
@@ -156,10 +161,10 @@ def make_plan(p: argparse.ArgumentParser,
         (grid.alphas, ALPHAS), (grid.fractions, FRACTIONS), (grid.seeds, SEEDS)))
     settings = {"rounds": rounds, "local-epochs": args.local_epochs, "model": args.model,
                 "learning-rate": args.learning_rate, "batch-size": args.batch_size,
-                "attack-fedavg": args.attack_fedavg}
+                "attack-fedavg": args.attack_fedavg, "dataset": args.dataset}
     settings["full"] = (not args.quick and covers and rounds >= ROUNDS and (
-        args.local_epochs, args.model, args.learning_rate, args.batch_size) == (
-        LOCAL_EPOCHS, "mlp", LEARNING_RATE, BATCH_SIZE))
+        args.local_epochs, args.model, args.learning_rate, args.batch_size, args.dataset) == (
+        LOCAL_EPOCHS, "mlp", LEARNING_RATE, BATCH_SIZE, DATASETS[0]))
     return rows, attacks, grid, settings
 
 
@@ -194,7 +199,7 @@ def measure(plan: tuple[list[str], list[str], Grid, dict[str, Any]], args: argpa
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": {"cpus": facts["cpus"], "loadavg-end": loadavg(),
                         "platform": facts["platform"]},
-            "versions": versions("flwr", "torch"), "dataset": "digits",
+            "versions": versions("flwr", "torch"), "dataset": settings["dataset"],
             "settings": settings, "grid": {"nodes": list(grid.nodes),
                                            "alphas": list(grid.alphas),
                                            "fractions": list(grid.fractions),

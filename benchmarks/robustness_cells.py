@@ -150,7 +150,7 @@ def run_config(g: Group, out: Path, settings: dict[str, Any]) -> dict[str, Any]:
             "num-server-rounds": settings["rounds"], "local-epochs": settings["local-epochs"],
             "model": settings["model"], "learning-rate": settings["learning-rate"],
             "batch-size": settings["batch-size"],
-            "partitioner": "dirichlet", "dirichlet-alpha": g.alpha,
+            "dataset": settings["dataset"], "partitioner": "dirichlet", "dirichlet-alpha": g.alpha,
             "seed": g.seed, "tracking": False, "fraction-evaluate": 0.0,
             "min-available-nodes": g.nodes, "min-train-nodes": g.nodes}
 

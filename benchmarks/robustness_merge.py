@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     base, new = (json.loads(path.read_text()) for path in (args.base, args.new))
+    for results in (base, new):  # files written before settings named the dataset
+        results["settings"].setdefault("dataset", results["dataset"])
     try:
         if args.add_attacks:
             out = add_attacks(base, new)

@@ -33,6 +33,7 @@ QUICK_ROUNDS = 3
 LOCAL_EPOCHS = 5
 LEARNING_RATE = 0.05
 BATCH_SIZE = 16
+DATASETS = ("digits", "synthetic")  # the first is the grid's (robustness.py --dataset)
 
 NODE_SIDE = tuple(a for a, kind in ATTACKS.items() if kind in ("data", "model"))
 OMNISCIENT = tuple(a for a, kind in ATTACKS.items() if kind == "omniscient")

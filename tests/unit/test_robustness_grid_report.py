@@ -190,8 +190,10 @@ def test_groups_follow_attack_kinds_and_play_shared_runs_once() -> None:
 def test_run_config_sets_the_cell() -> None:
     g = cells_mod.Group(40, 0.3, 2, 0.1, "alie")
     cfg = cells_mod.run_config(g, Path("/x"), {"rounds": 5, "local-epochs": 1, "model": "mlp",
-                                               "learning-rate": 0.1, "batch-size": 8})
+                                               "learning-rate": 0.1, "batch-size": 8,
+                                               "dataset": "synthetic"})
     assert (cfg["dirichlet-alpha"], cfg["seed"], cfg["attack-fraction"]) == (0.3, 2, 0.1)
+    assert (cfg["dataset"], cfg["partitioner"]) == ("synthetic", "dirichlet")
     assert cfg["min-train-nodes"] == cfg["min-available-nodes"] == 40
 
 

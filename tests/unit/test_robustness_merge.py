@@ -237,3 +237,19 @@ def test_every_invocation_behind_a_twice_merged_file_is_counted_once() -> None:
     assert sum(r["wall-seconds"] for r in runs) == 150.0  # NEW's own record is not doubled
     assert merge.invocations(BASE) == [{"command": BASE["command"], "date": "day-1",
                                         "wall-seconds": 60.0}]
+
+
+def test_a_file_from_before_settings_named_the_dataset_merges_with_a_newer_one(
+        tmp_path: Path) -> None:
+    newer = {**NEW, "settings": {"rounds": 8, "dataset": "digits"}}
+    (tmp_path / "base.json").write_text(json.dumps(BASE))
+    (tmp_path / "new.json").write_text(json.dumps(newer))
+    merge.main([str(tmp_path / "base.json"), str(tmp_path / "new.json"), "--rows", OURS,
+                "--out", str(tmp_path / "merged.json")])
+    out = json.loads((tmp_path / "merged.json").read_text())
+    assert out["settings"] == {"rounds": 8, "dataset": "digits"}
+    (tmp_path / "other.json").write_text(json.dumps(
+        {**newer, "dataset": "synthetic", "settings": {"rounds": 8, "dataset": "synthetic"}}))
+    with pytest.raises(SystemExit):  # another dataset is refused
+        merge.main([str(tmp_path / "base.json"), str(tmp_path / "other.json"), "--rows", OURS,
+                    "--out", str(tmp_path / "refused.json")])
