@@ -5,6 +5,7 @@ of federations, on Flower.
     python benchmarks/robustness.py --seeds 0,1 --workdir /tmp/rgrid   # + a seed, ~45 min more
     python benchmarks/robustness.py --full-grid --dry-run  # the issue's 3x3x3 grid, 3 seeds
     python benchmarks/robustness.py --quick         # smoke: 2 rows, 1 attack, 3 rounds, /tmp
+    python benchmarks/robustness.py --from-json R.json --publish   # R's report into docs/
     python benchmarks/robustness.py --nodes 20 --alphas 0.1 --fractions 0.3 --seeds 0,1 \\
         --rows ours-recommended,flwr-multikrum --attacks alie-adaptive
 
@@ -42,7 +43,8 @@ scenarios in 30 Flower runs) is estimated at 44 min; each further seed as much a
 
 Outputs (the default subset or more, at least the default rounds): ``benchmarks/results/
 robustness.json``, ``docs/robustness.md`` and ``docs/robustness.png``; other runs write to
-a temporary directory (or ``--out-dir``). Nothing here asserts anything.
+a temporary directory (or ``--out-dir``), unless ``--publish``. Another ``--dataset`` names
+its files ``robustness-<dataset>.*``. Nothing here asserts anything.
 
 Modules: ``robustness_presets`` (rows, attacks, grid), ``robustness_cells`` (the App and the
 groups), ``robustness_runs`` (the Flower runs, resumption, estimate), ``robustness_report``
@@ -91,6 +93,12 @@ from robustness_presets import (
 OUTPUTS = ("robustness.json", "robustness.md", "robustness.png")
 
 
+def output_names(dataset: str) -> tuple[str, ...]:
+    """``OUTPUTS`` for the grid's dataset; ``robustness-<dataset>.*`` for another."""
+    return OUTPUTS if dataset == DATASETS[0] else tuple(
+        name.replace("robustness", f"robustness-{dataset}", 1) for name in OUTPUTS)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run in /tmp")
@@ -120,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, help="keep runs here (resumes a killed run)")
     p.add_argument("--from-json", type=Path, help="rewrite the report from a results file")
     p.add_argument("--out-dir", type=Path)
+    p.add_argument("--publish", action="store_true",
+                   help="write benchmarks/results and docs even for a subset of the grid "
+                        "(file names: output_names)")
     return p
 
 
@@ -238,9 +249,10 @@ def main(argv: list[str] | None = None) -> None:
         if measured is None:
             return
         results = measured
+    names = output_names(results["dataset"])
     json_path, doc_path, png_path = output_paths(
-        OUTPUTS, [RESULTS / OUTPUTS[0], DOCS / OUTPUTS[1], DOCS / OUTPUTS[2]], full=full,
-        out_dir=args.out_dir, prefix="fedapp-robustness-bench-")
+        names, [RESULTS / names[0], DOCS / names[1], DOCS / names[2]],
+        full=full or args.publish, out_dir=args.out_dir, prefix="fedapp-robustness-bench-")
     write_outputs(results, json_path, doc_path, png_path)
     print(f"wrote {json_path}, {doc_path}, {png_path}", flush=True)
     for line in results["findings"]:
