@@ -200,8 +200,8 @@ def _grid_table(results: dict[str, Any]) -> list[str]:
             *_worst_table(results, "retained", results["rows"]), "",
             "The same worst case as a share of the oracle's accuracy in the same "
             "configuration and seed (FedAvg over the honest nodes only: what a defence that "
-            "leaves every attacker out gets), lowest over the grid. At alpha 0.1 leaving the "
-            "attackers' data out costs much on its own (the oracle's row above), so clean "
+            "leaves every attacker out gets), lowest over the grid. Where leaving the "
+            "attackers' data out costs much on its own (the oracle's row above), clean "
             "FedAvg is out of reach of any defence that leaves them out; this table "
             "separates \"the defence fails\" from \"the attackers' data is gone\".", "",
             *_worst_table(results, "of-oracle", robust), ""]
