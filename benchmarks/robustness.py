@@ -116,7 +116,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-epochs", type=int, default=LOCAL_EPOCHS)
     p.add_argument("--model", default="mlp", choices=("mlp", "cnn", "auto"))
-    p.add_argument("--dataset", default="digits", choices=DATASETS,
+    p.add_argument("--dataset", default=DATASETS[0], choices=DATASETS,
                    help="digits (the grid's), or synthetic: generated hospitals "
                         "(fedapp/data/synthetic.py, pyproject's synthetic-* settings)")
     p.add_argument("--learning-rate", type=float, default=LEARNING_RATE)

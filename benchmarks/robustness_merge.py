@@ -82,12 +82,11 @@ def configuration_additions(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _sources(history: dict[str, Any]) -> list[dict[str, Any]]:
     """The invocations a file's merge records name (``HISTORY`` keys)."""
-    merged = history.get("merged") or {}
+    merged, attacks = history.get("merged") or {}, history.get("added-attacks")
     found = [merged[k] for k in ("rows-from", "others-from") if k in merged]
-    for key in ("added-attacks", "added-configurations", "added-fractions"):
-        records = history.get(key) or []
-        found += [r["from"] for r in ([records] if isinstance(records, dict) else records)]
-    return found
+    found += [attacks["from"]] if attacks else []
+    return found + [r["from"] for r in (configuration_additions(history)
+                                        + fraction_additions(history))]
 
 
 def invocations(results: dict[str, Any]) -> list[dict[str, Any]]:
